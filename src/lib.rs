@@ -1,0 +1,20 @@
+//! Switchyard: an Endpoint Picker for the Gateway API Inference Extension, built as a distributed
+//! control plane.
+//!
+//! # Layout
+//! - [`model`]: plain data shared by all roles (endpoints, engine-neutral metrics).
+//! - [`metrics`]: exposition scanner, metric specs, engine mappings, normalization (pure).
+//! - [`config`]: `EndpointPickerConfig` loading and validation.
+//! - [`scraper`]: scraper actors (one per endpoint) and their supervisor.
+//! - [`sim`]: the model-server simulator used by the demo, the tests and the benchmarks.
+//! - [`tools`]: command-line tools beside the product (`metrics parse`, benchmarks).
+//!
+//! Roles never import each other; they meet through the model types and the control-plane
+//! protocol (`switchyard-proto`).
+
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod scraper;
+pub mod sim;
+pub mod tools;

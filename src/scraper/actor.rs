@@ -1,0 +1,105 @@
+//! The scraper actor: a thin shell that ticks, runs one fetch + normalize at a time on the tokio
+//! pool, and publishes what happened. Errors are logged on transitions only.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use tokio::time::Instant;
+
+use super::fetch::{Fetcher, ScrapeError};
+use super::{MetricsScraped, ScrapeFailed, ScrapeSink};
+use crate::metrics::{EngineMapping, Normalized};
+use crate::model::{Endpoint, MetricsSample};
+
+pub struct ScraperActor {
+    endpoint: Endpoint,
+    mapping: Arc<EngineMapping>,
+    fetcher: Fetcher,
+    interval: Duration,
+    sink: ScrapeSink,
+    in_flight: bool,
+    /// Kind of the current failure, for transition logging.
+    failing: Option<&'static str>,
+    pub(super) stats: ScraperStats,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScraperStats {
+    pub ok: u64,
+    pub failed: u64,
+    /// Ticks skipped because the previous scrape was still running.
+    pub skipped: u64,
+}
+
+impl ScraperActor {
+    pub fn new(
+        endpoint: Endpoint,
+        mapping: Arc<EngineMapping>,
+        fetcher: Fetcher,
+        interval: Duration,
+        sink: ScrapeSink,
+    ) -> Self {
+        ScraperActor {
+            endpoint,
+            mapping,
+            fetcher,
+            interval,
+            sink,
+            in_flight: false,
+            failing: None,
+            stats: ScraperStats::default(),
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight {
+            self.stats.skipped += 1;
+            return;
+        }
+        self.in_flight = true;
+        let (fetcher, mapping, url) = (self.fetcher.clone(), self.mapping.clone(), self.endpoint.metrics_url.clone());
+        let started = Instant::now();
+        let task = tokio::spawn(async move { fetcher.scrape(&url, &mapping).await });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |joined, act, _| {
+            act.in_flight = false;
+            let result = joined.unwrap_or_else(|e| Err(ScrapeError::Request(format!("scrape task failed: {e}"))));
+            act.on_scraped(result, started.elapsed());
+        }));
+    }
+
+    fn on_scraped(&mut self, result: Result<Normalized, ScrapeError>, latency: Duration) {
+        let endpoint = self.endpoint.id.clone();
+        match result {
+            Ok(normalized) => {
+                self.stats.ok += 1;
+                if let Some(kind) = self.failing.take() {
+                    tracing::info!(%endpoint, previous_error = kind, "scrape recovered");
+                }
+                let sample = MetricsSample {
+                    metrics: normalized.metrics,
+                    scraped_at: SystemTime::now(),
+                    errors: normalized.errors,
+                };
+                self.sink.scraped.do_send(MetricsScraped { endpoint, sample: Arc::new(sample), latency });
+            }
+            Err(error) => {
+                self.stats.failed += 1;
+                if self.failing != Some(error.kind()) {
+                    tracing::warn!(%endpoint, url = %self.endpoint.metrics_url, %error, "scrape failing");
+                    self.failing = Some(error.kind());
+                }
+                self.sink.failed.do_send(ScrapeFailed { endpoint, error, at: SystemTime::now(), latency });
+            }
+        }
+    }
+}
+
+impl Actor for ScraperActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.tick(ctx);
+        ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
+    }
+}

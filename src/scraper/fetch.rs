@@ -1,0 +1,143 @@
+//! Fetching one metrics page: a shared keep-alive client, a per-scrape timeout and a size cap.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use thiserror::Error;
+
+use crate::metrics::{EngineMapping, Normalized, normalize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ScrapeError {
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("http status {0}")]
+    Status(u16),
+    #[error("page larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("page is not valid UTF-8")]
+    NotUtf8,
+    #[error("no mapped metric could be read: {0}")]
+    NothingMapped(String),
+}
+
+impl ScrapeError {
+    /// A short stable label for metrics (`switchyard_scrape_errors_total{kind=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScrapeError::Request(_) => "request",
+            ScrapeError::Refused => "refused",
+            ScrapeError::Timeout(_) => "timeout",
+            ScrapeError::Status(_) => "status",
+            ScrapeError::TooLarge(_) => "too_large",
+            ScrapeError::NotUtf8 => "not_utf8",
+            ScrapeError::NothingMapped(_) => "nothing_mapped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub timeout: Duration,
+    pub max_page_bytes: usize,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings { timeout: Duration::from_secs(1), max_page_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+/// Shared by every scraper actor of a process: one connection pool.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    settings: FetchSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: FetchSettings) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(2)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(settings.timeout)
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Fetcher { client, settings })
+    }
+
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
+    /// GETs the page, reading at most `max_page_bytes`.
+    pub async fn fetch(&self, url: &str) -> Result<String, ScrapeError> {
+        let timeout = self.settings.timeout;
+        match tokio::time::timeout(timeout, self.fetch_inner(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(ScrapeError::Timeout(timeout)),
+        }
+    }
+
+    async fn fetch_inner(&self, url: &str) -> Result<String, ScrapeError> {
+        let resp = self.client.get(url).send().await.map_err(request_error)?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(ScrapeError::Status(resp.status().as_u16()));
+        }
+        let max = self.settings.max_page_bytes;
+        if resp.content_length().is_some_and(|n| n as usize > max) {
+            return Err(ScrapeError::TooLarge(max));
+        }
+        let mut body = Vec::with_capacity(resp.content_length().map_or(64 * 1024, |n| n as usize));
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(request_error)?;
+            if body.len() + chunk.len() > max {
+                return Err(ScrapeError::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)
+    }
+
+    /// Fetches and normalizes; a page from which nothing mapped can be read is an error.
+    pub async fn scrape(&self, url: &str, mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
+        let page = self.fetch(url).await?;
+        let normalized = normalize(&page, mapping);
+        if !normalized.any() && !mapping.names().is_empty() {
+            return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));
+        }
+        Ok(normalized)
+    }
+}
+
+fn request_error(e: reqwest::Error) -> ScrapeError {
+    if e.is_connect() {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                return ScrapeError::Refused;
+            }
+            source = s.source();
+        }
+    }
+    ScrapeError::Request(error_chain(&e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

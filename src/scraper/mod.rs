@@ -1,0 +1,194 @@
+//! Scraping: one actix actor per assigned endpoint, started and stopped by a supervisor.
+//!
+//! Inputs: the assigned endpoint set (`AssignEndpoints`, the full set each time) and the engine
+//! registry. Outputs: `MetricsScraped` / `ScrapeFailed` sent to a [`ScrapeSink`] (the aggregator in
+//! standalone mode, the control-plane stream in the scraper role).
+//!
+//! Each actor scrapes `metrics_url` every interval (50 ms by default) with a shared keep-alive
+//! client, at most one scrape in flight, bounded by a timeout and a page-size cap. A hostile
+//! endpoint (slow, huge, garbage, 500s, refused) only costs its own actor a failed scrape.
+//! Scraping does not decide anything about freshness: samples carry their scrape time and the
+//! consumer judges their age.
+
+mod actor;
+mod fetch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+pub use actor::{ScraperActor, ScraperStats};
+pub use fetch::{FetchSettings, Fetcher, ScrapeError};
+
+use crate::metrics::EngineRegistry;
+use crate::model::{Endpoint, EndpointChange, EndpointId, MetricsSample, diff_endpoints};
+
+/// A scrape succeeded (some metrics may still be missing: see `sample.errors`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct MetricsScraped {
+    pub endpoint: EndpointId,
+    pub sample: Arc<MetricsSample>,
+    pub latency: Duration,
+}
+
+/// A scrape failed; the previous sample (if any) stays valid but ages.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ScrapeFailed {
+    pub endpoint: EndpointId,
+    pub error: ScrapeError,
+    pub at: SystemTime,
+    pub latency: Duration,
+}
+
+/// Where scraper actors publish.
+#[derive(Clone)]
+pub struct ScrapeSink {
+    pub scraped: Recipient<MetricsScraped>,
+    pub failed: Recipient<ScrapeFailed>,
+}
+
+/// The full set of endpoints this process must scrape; anything else is stopped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AssignEndpoints(pub Vec<Endpoint>);
+
+/// Asks an actor for its observable state.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "SupervisorState")]
+pub struct GetState;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SupervisorState {
+    /// Endpoint id → engine used.
+    pub scraping: BTreeMap<String, String>,
+    pub started: u64,
+    pub stopped: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScrapeSettings {
+    pub interval: Duration,
+    pub fetch: FetchSettings,
+}
+
+impl Default for ScrapeSettings {
+    fn default() -> Self {
+        ScrapeSettings { interval: Duration::from_millis(50), fetch: FetchSettings::default() }
+    }
+}
+
+pub struct ScrapeSupervisor {
+    registry: Arc<EngineRegistry>,
+    fetcher: Fetcher,
+    interval: Duration,
+    sink: ScrapeSink,
+    actors: BTreeMap<EndpointId, (Endpoint, Addr<ScraperActor>)>,
+    started: u64,
+    stopped: u64,
+}
+
+impl ScrapeSupervisor {
+    pub fn new(
+        registry: Arc<EngineRegistry>,
+        settings: &ScrapeSettings,
+        sink: ScrapeSink,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(ScrapeSupervisor {
+            registry,
+            fetcher: Fetcher::new(settings.fetch.clone())?,
+            interval: settings.interval,
+            sink,
+            actors: BTreeMap::new(),
+            started: 0,
+            stopped: 0,
+        })
+    }
+
+    fn on_assign(&mut self, desired: Vec<Endpoint>) {
+        let current: BTreeMap<EndpointId, Endpoint> =
+            self.actors.iter().map(|(id, (e, _))| (id.clone(), e.clone())).collect();
+        for change in diff_endpoints(&current, &desired) {
+            match change {
+                EndpointChange::Added(e) => self.start(e),
+                EndpointChange::Updated { previous, updated } => {
+                    self.stop(&previous.id);
+                    self.start(updated);
+                }
+                EndpointChange::Removed(e) => self.stop(&e.id),
+            }
+        }
+    }
+
+    fn start(&mut self, endpoint: Endpoint) {
+        let mapping = self.registry.get(&endpoint.engine).unwrap_or_else(|| self.registry.default_mapping()).clone();
+        let actor =
+            ScraperActor::new(endpoint.clone(), mapping, self.fetcher.clone(), self.interval, self.sink.clone());
+        tracing::debug!(endpoint = %endpoint.id, engine = %endpoint.engine, "scraper started");
+        self.actors.insert(endpoint.id.clone(), (endpoint, actor.start()));
+        self.started += 1;
+    }
+
+    fn stop(&mut self, id: &EndpointId) {
+        if let Some((_, addr)) = self.actors.remove(id) {
+            // Dropping the last address stops the actor once its mailbox is empty; ask explicitly
+            // so an in-flight scrape result is not published after removal.
+            addr.do_send(StopScraping);
+            self.stopped += 1;
+            tracing::debug!(endpoint = %id, "scraper stopped");
+        }
+    }
+}
+
+impl Actor for ScrapeSupervisor {
+    type Context = Context<Self>;
+}
+
+impl Handler<AssignEndpoints> for ScrapeSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AssignEndpoints, _: &mut Context<Self>) {
+        self.on_assign(msg.0);
+    }
+}
+
+impl Handler<GetState> for ScrapeSupervisor {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(SupervisorState {
+            scraping: self.actors.iter().map(|(id, (e, _))| (id.to_string(), e.engine.clone())).collect(),
+            started: self.started,
+            stopped: self.stopped,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct StopScraping;
+
+impl Handler<StopScraping> for ScraperActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopScraping, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Asks a scraper actor for its counters.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ScraperStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for ScraperActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats.clone())
+    }
+}

@@ -1,0 +1,117 @@
+//! `switchyard sim`: a fleet of simulated model servers on loopback.
+//!
+//! Each server emits the real /metrics format of its engine (vLLM V1 and V0, SGLang, Triton
+//! TensorRT-LLM, trtllm-serve) and serves the OpenAI completions and chat completions APIs,
+//! streaming (SSE) or not, with `usage`. Behaviour follows the queueing + KV-cache model in
+//! [`model`]; runs are reproducible for a given seed and request sequence.
+//!
+//! It does not model tokenization (4 characters per token), chunked prefill, preemption or
+//! speculative decoding.
+
+pub mod model;
+pub mod render;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+pub use model::ModelParams;
+pub use render::Flavor;
+pub use server::{SimHandle, SimServer, SimServerConfig};
+
+/// What to start: how many servers of each flavor, and how they behave.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub fleet: Vec<(Flavor, usize)>,
+    pub host: IpAddr,
+    /// First port; 0 picks free ports.
+    pub base_port: u16,
+    pub seed: u64,
+    pub speed: f64,
+    pub model: String,
+    /// LoRA adapters served by the vLLM servers.
+    pub adapters: Vec<String>,
+    pub params: ModelParams,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            fleet: Flavor::ALL.iter().map(|f| (*f, 1)).collect(),
+            host: IpAddr::from([127, 0, 0, 1]),
+            base_port: 0,
+            seed: 1,
+            speed: 1.0,
+            model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+            adapters: Vec::new(),
+            params: ModelParams::default(),
+        }
+    }
+}
+
+/// Parses `vllm-v1=2,sglang=1`.
+pub fn parse_fleet(s: &str) -> Result<Vec<(Flavor, usize)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (name, count) = part.split_once('=').unwrap_or((part, "1"));
+            let flavor = Flavor::parse(name.trim()).ok_or_else(|| {
+                format!("unknown engine {name:?} (known: vllm-v1, vllm-v0, sglang, triton-tensorrt-llm, trtllm-serve)")
+            })?;
+            let count = count.trim().parse().map_err(|_| format!("invalid count {count:?} for {name}"))?;
+            Ok((flavor, count))
+        })
+        .collect()
+}
+
+/// One started server, as printed by `switchyard sim` and read back as a static endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimEndpoint {
+    pub name: String,
+    pub flavor: &'static str,
+    pub engine: &'static str,
+    pub address: SocketAddr,
+}
+
+/// Starts the fleet. Servers are numbered per flavor; seeds differ per server but derive from
+/// `cfg.seed`.
+pub async fn start_fleet(cfg: &FleetConfig) -> std::io::Result<Vec<SimHandle>> {
+    let mut handles = Vec::new();
+    let mut port = cfg.base_port;
+    for (flavor, count) in &cfg.fleet {
+        for i in 0..*count {
+            let listener = TcpListener::bind(SocketAddr::new(cfg.host, port)).await?;
+            if port != 0 {
+                port += 1;
+            }
+            let server_cfg = SimServerConfig {
+                name: format!("sim-{}-{i}", flavor.name()),
+                flavor: *flavor,
+                model: cfg.model.clone(),
+                adapters: if flavor.supports_lora() { cfg.adapters.clone() } else { Vec::new() },
+                params: cfg.params.clone(),
+                seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(handles.len() as u64),
+                speed: cfg.speed,
+            };
+            handles.push(SimServer::spawn(server_cfg, listener)?);
+        }
+    }
+    Ok(handles)
+}
+
+impl SimHandle {
+    pub fn endpoint(&self) -> SimEndpoint {
+        SimEndpoint {
+            name: self.name.clone(),
+            flavor: self.flavor.name(),
+            engine: self.flavor.engine(),
+            address: self.addr,
+        }
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+}

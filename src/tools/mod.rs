@@ -1,0 +1,6 @@
+//! Command-line tools beside the product: `metrics parse`, `demo`, `bench`.
+
+pub mod bench;
+pub mod board;
+pub mod demo;
+pub mod parse;
