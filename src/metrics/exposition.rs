@@ -184,7 +184,7 @@ fn parse_rest<'a>(name: &'a str, rest: &'a str, in_braces: bool) -> Result<Sampl
         // `{"name", l="v"}` or `{"name"}`: continue the label list after the name.
         let r = rest.trim_start();
         rest = parse_labels(r.strip_prefix(',').unwrap_or(r), &mut labels)?;
-    } else if let Some(r) = rest.strip_prefix('{') {
+    } else if let Some(r) = rest.trim_start_matches([' ', '\t']).strip_prefix('{') {
         rest = parse_labels(r, &mut labels)?;
     }
     let mut fields = rest.split_ascii_whitespace();
