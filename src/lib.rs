@@ -18,3 +18,12 @@ pub mod model;
 pub mod scraper;
 pub mod sim;
 pub mod tools;
+
+/// Installs ring as the process-wide rustls provider (reqwest and tonic are built without one so
+/// that only one TLS provider is compiled). Idempotent; called before any client is built.
+pub fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -152,7 +152,7 @@ impl SimArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    switchyard::ensure_crypto_provider();
     match cli.command {
         Command::Metrics(MetricsCommand::Parse(args)) => metrics_parse(&args),
         command => run_async(command),

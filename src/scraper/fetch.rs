@@ -61,6 +61,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Result<Self, reqwest::Error> {
+        crate::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(2)
             .pool_idle_timeout(Duration::from_secs(90))

@@ -61,6 +61,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &ScrapeSettings::default(), sink)?.start();
     supervisor.do_send(AssignEndpoints(endpoints.clone()));
 
+    crate::ensure_crypto_provider();
     let client = reqwest::Client::new();
     let targets: Vec<(String, Flavor)> = fleet.iter().map(|h| (h.addr.to_string(), h.flavor)).collect();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

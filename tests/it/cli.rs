@@ -1,0 +1,101 @@
+//! The `switchyard` binary: `metrics parse`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn parse(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["metrics", "parse"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn prints_exactly_the_documented_keys() {
+    let (code, out, err) = parse(&[&fixture("vllm_v1.txt")], b"");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut want = vec![
+        "engine",
+        "queued",
+        "running",
+        "kv_usage",
+        "running_lora",
+        "waiting_lora",
+        "max_lora",
+        "cache_block_size",
+        "cache_num_blocks",
+        "errors",
+    ];
+    want.sort();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, want);
+    assert_eq!(v["engine"], "vllm");
+    assert_eq!(v["queued"], 4);
+    assert_eq!(v["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn missing_metrics_are_null_with_errors_and_exit_zero() {
+    let (code, out, _) = parse(&["--engine", "sglang", "-"], b"vllm:num_requests_waiting 3\nsglang:num_queue_reqs 2\n");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["queued"], 2);
+    assert_eq!(v["running"], serde_json::Value::Null);
+    assert_eq!(v["running_lora"], serde_json::Value::Null);
+    assert_eq!(v["errors"].as_array().expect("errors").len(), 3);
+}
+
+#[test]
+fn flags_and_config_select_the_mapping() {
+    let (code, out, _) = parse(
+        &["--kv-cache-usage-percentage-metric", "sglang:token_usage", "--lora-info-metric", "", &fixture("sglang.txt")],
+        b"",
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["kv_usage"], 0.96);
+    assert_eq!(v["running_lora"], serde_json::Value::Null);
+    let (code, out, _) =
+        parse(&["--config", &fixture("config.yaml"), "--engine", "my-engine", "-"], b"my_queue_depth{pool=\"a\"} 9\n");
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).expect("json")["queued"], 9);
+}
+
+#[test]
+fn unusable_input_and_config_fail_clearly() {
+    let (code, _, err) = parse(&["-"], b"\xff\xfe");
+    assert_ne!(code, 0);
+    assert!(err.contains("not valid UTF-8"), "{err}");
+    let (code, _, err) = parse(&["--engine", "nope", "-"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown engine \"nope\""), "{err}");
+    let (code, _, err) = parse(&["--config", &fixture("config.wrongkey.yaml"), "-"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("plugins[0].parameters.engineConfigs[0].kvUsageSpc"), "{err}");
+    let (code, _, err) = parse(&["--total-queued-requests-metric", "a{", "-"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("--total-queued-requests-metric"), "{err}");
+    let (code, _, err) = parse(&["/no/such/file"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read"), "{err}");
+}

@@ -1,0 +1,195 @@
+//! Scraper actors against the simulator and hostile servers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use switchyard::metrics::EngineRegistry;
+use switchyard::model::{Endpoint, EndpointId, MetricsState};
+use switchyard::scraper::{AssignEndpoints, FetchSettings, GetState, ScrapeSettings, ScrapeSupervisor};
+use switchyard::sim::{self, Flavor};
+use switchyard::tools::board::{Board, GetBoard};
+
+use crate::hostile::{self, Hostile};
+use crate::support::wait_for;
+
+fn endpoint(id: &str, addr: &str, engine: &str) -> Endpoint {
+    Endpoint {
+        id: EndpointId::new(id),
+        address: addr.to_string(),
+        metrics_url: format!("http://{addr}/metrics"),
+        engine: engine.to_string(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn settings() -> ScrapeSettings {
+    ScrapeSettings {
+        interval: Duration::from_millis(50),
+        fetch: FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 256 * 1024 },
+    }
+}
+
+#[actix_rt::test]
+async fn every_engine_is_scraped_and_normalized() {
+    let fleet = sim::start_fleet(&sim::FleetConfig::default()).await.expect("fleet");
+    let endpoints: Vec<Endpoint> =
+        fleet.iter().map(|h| endpoint(&h.name, &h.addr.to_string(), h.flavor.engine())).collect();
+    let (board, sink) = Board::start_sink();
+    let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
+    sup.do_send(AssignEndpoints(endpoints.clone()));
+    let view = wait_for("all endpoints scraped", Duration::from_secs(10), || {
+        let board = board.clone();
+        async move {
+            let v = board.send(GetBoard).await.ok()?;
+            (v.states.len() == 5 && v.states.values().all(|s| s.sample().is_some())).then_some(v)
+        }
+    })
+    .await;
+    for (id, state) in &view.states {
+        let s = state.sample().expect("sample");
+        assert!(s.errors.is_empty(), "{id}: {:?}", s.errors);
+        assert_eq!(s.metrics.queued, Some(0), "{id}");
+        assert_eq!(s.metrics.kv_usage, Some(0.0), "{id}");
+        assert_eq!(s.metrics.cache_block_size, Some(16), "{id}");
+        let lora = fleet.iter().find(|h| h.name == id.as_str()).expect("handle").flavor.supports_lora();
+        assert_eq!(s.metrics.running_lora.is_some(), lora, "{id}");
+    }
+    let state = sup.send(GetState).await.expect("state");
+    assert_eq!(state.scraping.len(), 5);
+}
+
+#[actix_rt::test]
+async fn load_shows_up_in_scraped_metrics() {
+    let cfg = sim::FleetConfig {
+        fleet: vec![(Flavor::VllmV1, 1)],
+        params: sim::ModelParams { kv_blocks: 400, decode_base_s: 0.05, ..sim::ModelParams::default() },
+        ..sim::FleetConfig::default()
+    };
+    let fleet = sim::start_fleet(&cfg).await.expect("fleet");
+    let addr = fleet[0].addr.to_string();
+    let (board, sink) = Board::start_sink();
+    let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
+    sup.do_send(AssignEndpoints(vec![endpoint("busy", &addr, "vllm")]));
+    let client = crate::support::client();
+    for _ in 0..6 {
+        let (client, addr) = (client.clone(), addr.clone());
+        tokio::spawn(async move {
+            let body = serde_json::json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x".repeat(4000), "max_tokens": 400});
+            let _ = client.post(format!("http://{addr}/v1/completions")).json(&body).send().await;
+        });
+    }
+    // 6 requests × (1000 + 400 tokens) / 16 = 528+ blocks > 400: some run, the rest queue.
+    wait_for("a queue and KV usage to be scraped", Duration::from_secs(10), || {
+        let board = board.clone();
+        async move {
+            let v = board.send(GetBoard).await.ok()?;
+            let m = &v.states.get(&EndpointId::new("busy"))?.sample()?.metrics;
+            (m.queued? > 0 && m.running? > 0 && m.kv_usage? > 0.5).then_some(())
+        }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn hostile_endpoints_only_hurt_themselves() {
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 1)], ..Default::default() })
+        .await
+        .expect("fleet");
+    let mut endpoints = vec![endpoint("good", &fleet[0].addr.to_string(), "vllm")];
+    let kinds = [
+        (Hostile::Silent, "timed out"),
+        (Hostile::Endless, "larger than"),
+        (Hostile::Garbage, "no mapped metric"),
+        (Hostile::ServerError, "http status 500"),
+        (Hostile::NotUtf8, "not valid UTF-8"),
+        (Hostile::Hangup, "request failed"),
+    ];
+    for (kind, _) in kinds {
+        let addr = hostile::spawn(kind).await;
+        endpoints.push(endpoint(&format!("{kind:?}"), &addr.to_string(), "vllm"));
+    }
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    endpoints.push(endpoint("Refused", &closed.to_string(), "vllm"));
+
+    let (board, sink) = Board::start_sink();
+    let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
+    sup.do_send(AssignEndpoints(endpoints));
+    // Let several rounds of timeouts (300 ms) pass; the good endpoint must stay fresh throughout.
+    let mut worst_age = Duration::ZERO;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let v = board.send(GetBoard).await.expect("board");
+        if let Some(age) = v.states.get(&EndpointId::new("good")).and_then(|s| s.age(SystemTime::now())) {
+            worst_age = worst_age.max(age);
+        }
+    }
+    assert!(worst_age < Duration::from_millis(1000), "good endpoint went stale: {worst_age:?}");
+    let v = board.send(GetBoard).await.expect("board");
+    for id in ["Silent", "Endless", "Garbage", "ServerError", "NotUtf8", "Hangup", "Refused"] {
+        let state = v.states.get(&EndpointId::new(id)).cloned().unwrap_or_default();
+        assert_eq!(state, MetricsState::Unknown, "{id} must never look scraped");
+    }
+    assert!(v.failed >= 7, "failures were published: {}", v.failed);
+}
+
+#[actix_rt::test]
+async fn failure_reasons_are_specific() {
+    use switchyard::scraper::{Fetcher, ScrapeError};
+    let fetcher = Fetcher::new(FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 64 * 1024 })
+        .expect("fetcher");
+    let mapping = EngineRegistry::builtin().default_mapping().clone();
+    let url = |a: std::net::SocketAddr| format!("http://{a}/metrics");
+    let cases = [
+        (Hostile::Silent, ScrapeError::Timeout(Duration::from_millis(300)).kind()),
+        (Hostile::Endless, "too_large"),
+        (Hostile::Garbage, "nothing_mapped"),
+        (Hostile::ServerError, "status"),
+        (Hostile::NotUtf8, "not_utf8"),
+        (Hostile::Hangup, "request"),
+    ];
+    for (kind, want) in cases {
+        let addr = hostile::spawn(kind).await;
+        let err = fetcher.scrape(&url(addr), &mapping).await.expect_err("hostile");
+        assert_eq!(err.kind(), want, "{kind:?}: {err}");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    assert_eq!(fetcher.scrape(&url(closed), &mapping).await.expect_err("refused"), ScrapeError::Refused);
+}
+
+#[actix_rt::test]
+async fn reassignment_starts_and_stops_actors() {
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 2)], ..Default::default() })
+        .await
+        .expect("fleet");
+    let a = endpoint("a", &fleet[0].addr.to_string(), "vllm");
+    let b = endpoint("b", &fleet[1].addr.to_string(), "vllm");
+    let (board, sink) = Board::start_sink();
+    let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
+    sup.do_send(AssignEndpoints(vec![a.clone()]));
+    sup.do_send(AssignEndpoints(vec![b.clone()]));
+    let state = sup.send(GetState).await.expect("state");
+    assert_eq!(state.scraping.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!((state.started, state.stopped), (2, 1));
+    // a stops being scraped: its sample (if any) ages while b stays fresh.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let v = board.send(GetBoard).await.expect("board");
+    let now = SystemTime::now();
+    let age_b = v.states.get(&b.id).and_then(|s| s.age(now)).expect("b scraped");
+    assert!(age_b < Duration::from_millis(300), "{age_b:?}");
+    if let Some(age_a) = v.states.get(&a.id).and_then(|s| s.age(now)) {
+        assert!(age_a > Duration::from_millis(250), "a still scraped: {age_a:?}");
+    }
+    // Changing the engine of an endpoint restarts its actor with the new mapping.
+    let mut b2 = b.clone();
+    b2.engine = "sglang".into();
+    sup.do_send(AssignEndpoints(vec![b2]));
+    let state = sup.send(GetState).await.expect("state");
+    assert_eq!(state.scraping.get("b").map(String::as_str), Some("sglang"));
+    assert_eq!((state.started, state.stopped), (3, 2));
+}
