@@ -1,4 +1,5 @@
 //! The single integration-test binary: real sockets on 127.0.0.1, real actors, the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
 mod hostile;
