@@ -71,16 +71,29 @@ pub fn scan<'a>(page: &'a str, wanted: Wanted<'_>, mut on_sample: impl FnMut(usi
         },
         ..ScanReport::default()
     };
-    for (lineno, raw) in page.split('\n').enumerate() {
+    let prefilter = match wanted {
+        Wanted::All => None,
+        Wanted::Names(names) => Some(Prefilter::new(names)),
+    };
+    for (lineno, raw) in lines(page).enumerate() {
         report.lines += 1;
         let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
         if line.is_empty() {
             continue;
         }
         if let Some(comment) = line.strip_prefix('#') {
-            if let Wanted::Names(names) = wanted {
-                note_declaration(comment, names, &mut report.declared);
+            if let (Wanted::Names(names), Some(pf)) = (&wanted, &prefilter)
+                && let Some(family) = comment.strip_prefix(" TYPE ")
+                && pf.may_match(family.trim_start())
+            {
+                note_declaration(family, names, &mut report.declared);
             }
+            continue;
+        }
+        // Most lines belong to families nobody asked for: reject them on their first bytes.
+        if let Some(pf) = &prefilter
+            && !pf.may_match(line)
+        {
             continue;
         }
         let (name, rest, in_braces) = match split_name(line) {
@@ -109,6 +122,62 @@ pub fn scan<'a>(page: &'a str, wanted: Wanted<'_>, mut on_sample: impl FnMut(usi
     report
 }
 
+/// Splits on `\n` with memchr (the hot loop of a scan is finding line ends).
+fn lines(page: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(page);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match memchr::memchr(b'\n', s.as_bytes()) {
+            Some(i) => {
+                rest = Some(&s[i + 1..]);
+                Some(&s[..i])
+            }
+            None => {
+                rest = None;
+                Some(s)
+            }
+        }
+    })
+}
+
+/// Rejects lines by comparing their first 8 bytes with those of each wanted name (masked for
+/// names shorter than 8 bytes). A pass only means "maybe"; the name is then read in full.
+struct Prefilter {
+    keys: Vec<(u64, u64)>,
+    /// A wanted name starts with `{` or a quote (UTF-8 names): no prefiltering possible.
+    disabled: bool,
+}
+
+impl Prefilter {
+    fn new(names: &[String]) -> Self {
+        let keys = names
+            .iter()
+            .map(|n| {
+                let len = n.len().min(8);
+                let mask = if len == 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+                (prefix_key(n.as_bytes()) & mask, mask)
+            })
+            .collect();
+        let disabled = names.iter().any(|n| n.is_empty() || !is_name_start(n.as_bytes()[0]));
+        Prefilter { keys, disabled }
+    }
+
+    fn may_match(&self, line: &str) -> bool {
+        if self.disabled || line.starts_with('{') {
+            return true;
+        }
+        let key = prefix_key(line.as_bytes());
+        self.keys.iter().any(|(k, mask)| key & mask == *k)
+    }
+}
+
+fn prefix_key(b: &[u8]) -> u64 {
+    let mut k = [0u8; 8];
+    let n = b.len().min(8);
+    k[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(k)
+}
+
 /// Reads every sample of a page; used by tests, `metrics parse --all` and as a reference.
 pub fn parse_all(page: &str) -> (Vec<Sample<'_>>, ScanReport) {
     let mut out = Vec::new();
@@ -130,13 +199,9 @@ fn match_name(name: &str, names: &[String]) -> Option<usize> {
     })
 }
 
-fn note_declaration(comment: &str, names: &[String], declared: &mut [bool]) {
-    let comment = comment.trim_start();
-    let rest = match comment.strip_prefix("TYPE").or_else(|| comment.strip_prefix("HELP")) {
-        Some(rest) => rest.trim_start(),
-        None => return,
-    };
-    let family = rest.split([' ', '\t']).next().unwrap_or_default();
+/// Notes which wanted families a `# TYPE` line declares (`rest` starts at the family name).
+fn note_declaration(rest: &str, names: &[String], declared: &mut [bool]) {
+    let family = rest.trim_start().split([' ', '\t']).next().unwrap_or_default();
     let family = family.trim_matches('"');
     for (i, w) in names.iter().enumerate() {
         if w == family || w.strip_suffix("_total") == Some(family) {
@@ -149,8 +214,19 @@ fn is_name_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b == b':'
 }
 
+const NAME_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+        i += 1;
+    }
+    t
+};
+
 fn is_name_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b':'
+    NAME_CHARS[b as usize]
 }
 
 /// Splits a sample line into its metric name and the rest (starting at `{` or whitespace).

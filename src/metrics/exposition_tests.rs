@@ -112,7 +112,7 @@ fn openmetrics_eof_and_quoted_names() {
 fn declared_without_samples_is_tracked() {
     let n = names(&["vllm:lora_requests_info", "missing"]);
     let report = scan(
-        "# HELP vllm:lora_requests_info Running stats on lora requests.\n# TYPE vllm:lora_requests_info gauge\n",
+        "# HELP vllm:lora_requests_info Running stats on lora requests.\n# TYPE vllm:lora_requests_info gauge\n# TYPE missing_but_longer gauge\n",
         Wanted::Names(&n),
         |_, _| panic!("no samples expected"),
     );
@@ -201,4 +201,12 @@ mod props {
             prop_assert_eq!(all[0].value, x);
         }
     }
+}
+
+#[test]
+fn short_wanted_names_pass_the_prefilter() {
+    assert_eq!(
+        wanted_values("a 1\nab 2\nabc{x=\"y\"} 3\nabcdefghij 4\n", &["ab", "abcdefghij"]),
+        vec![(0, 2.0), (1, 4.0)]
+    );
 }

@@ -14,6 +14,8 @@ use crate::model::{Endpoint, MetricsSample};
 
 pub struct ScraperActor {
     endpoint: Endpoint,
+    /// Parsed once; `None` when the endpoint's URL is invalid (every tick then fails clearly).
+    url: Option<reqwest::Url>,
     mapping: Arc<EngineMapping>,
     fetcher: Fetcher,
     interval: Duration,
@@ -41,6 +43,7 @@ impl ScraperActor {
         sink: ScrapeSink,
     ) -> Self {
         ScraperActor {
+            url: reqwest::Url::parse(&endpoint.metrics_url).ok(),
             endpoint,
             mapping,
             fetcher,
@@ -57,8 +60,13 @@ impl ScraperActor {
             self.stats.skipped += 1;
             return;
         }
+        let Some(url) = self.url.clone() else {
+            let error = ScrapeError::Request(format!("invalid metrics URL {:?}", self.endpoint.metrics_url));
+            self.on_scraped(Err(error), Duration::ZERO);
+            return;
+        };
         self.in_flight = true;
-        let (fetcher, mapping, url) = (self.fetcher.clone(), self.mapping.clone(), self.endpoint.metrics_url.clone());
+        let (fetcher, mapping) = (self.fetcher.clone(), self.mapping.clone());
         let started = Instant::now();
         let task = tokio::spawn(async move { fetcher.scrape(&url, &mapping).await });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |joined, act, _| {

@@ -77,7 +77,7 @@ impl Fetcher {
     }
 
     /// GETs the page, reading at most `max_page_bytes`.
-    pub async fn fetch(&self, url: &str) -> Result<String, ScrapeError> {
+    pub async fn fetch(&self, url: &reqwest::Url) -> Result<String, ScrapeError> {
         let timeout = self.settings.timeout;
         match tokio::time::timeout(timeout, self.fetch_inner(url)).await {
             Ok(r) => r,
@@ -85,8 +85,8 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_inner(&self, url: &str) -> Result<String, ScrapeError> {
-        let resp = self.client.get(url).send().await.map_err(request_error)?;
+    async fn fetch_inner(&self, url: &reqwest::Url) -> Result<String, ScrapeError> {
+        let resp = self.client.get(url.clone()).send().await.map_err(request_error)?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(ScrapeError::Status(resp.status().as_u16()));
         }
@@ -94,7 +94,12 @@ impl Fetcher {
         if resp.content_length().is_some_and(|n| n as usize > max) {
             return Err(ScrapeError::TooLarge(max));
         }
-        let mut body = Vec::with_capacity(resp.content_length().map_or(64 * 1024, |n| n as usize));
+        if resp.content_length().is_some() {
+            // Size known and within the cap: let hyper collect it in one buffer.
+            let body = resp.bytes().await.map_err(request_error)?;
+            return String::from_utf8(body.into()).map_err(|_| ScrapeError::NotUtf8);
+        }
+        let mut body = Vec::with_capacity(64 * 1024);
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(request_error)?;
@@ -107,7 +112,7 @@ impl Fetcher {
     }
 
     /// Fetches and normalizes; a page from which nothing mapped can be read is an error.
-    pub async fn scrape(&self, url: &str, mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
+    pub async fn scrape(&self, url: &reqwest::Url, mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
         let page = self.fetch(url).await?;
         let normalized = normalize(&page, mapping);
         if !normalized.any() && !mapping.names().is_empty() {

@@ -49,9 +49,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// CPU seconds (user + system) used by this process so far, from /proc.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU seconds (user + system) used by a process so far (`self` or a pid), from /proc.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
@@ -103,7 +103,9 @@ async fn scrape(args: ScrapeBenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let start_view = board.send(GetBoard).await?;
-    let cpu0 = cpu_seconds();
+    let child_pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let cpu0 = cpu_seconds("self");
+    let sim_cpu0 = cpu_seconds(&child_pid);
     let t0 = tokio::time::Instant::now();
     let mut ages = Vec::new();
     while t0.elapsed() < Duration::from_secs(args.seconds) {
@@ -119,15 +121,18 @@ async fn scrape(args: ScrapeBenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let end_view = board.send(GetBoard).await?;
-    let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| (b - a) / elapsed);
+    let cpu = cpu0.zip(cpu_seconds("self")).map(|(a, b)| (b - a) / elapsed);
+    let sim_cpu = sim_cpu0.zip(cpu_seconds(&child_pid)).map(|(a, b)| (b - a) / elapsed);
     ages.sort_by(f64::total_cmp);
     let scrapes = (end_view.ok - start_view.ok) as f64 / elapsed;
     let failures = (end_view.failed - start_view.failed) as f64 / elapsed;
     println!("endpoints={} interval_ms={} seconds={:.1}", args.endpoints, args.interval_ms, elapsed);
     println!(
-        "scrapes_per_s={scrapes:.0} (ideal {:.0}) failures_per_s={failures:.1} scraper_cpu_cores={}",
+        "scrapes_per_s={scrapes:.0} (ideal {:.0}) failures_per_s={failures:.1} scraper_cpu_cores={} sim_cpu_cores={} scraper_cpu_us_per_scrape={}",
         args.endpoints as f64 * 1000.0 / args.interval_ms as f64,
-        cpu.map_or("n/a".into(), |c| format!("{c:.2}"))
+        cpu.map_or("n/a".into(), |c| format!("{c:.2}")),
+        sim_cpu.map_or("n/a".into(), |c| format!("{c:.2}")),
+        cpu.map_or("n/a".into(), |c| format!("{:.0}", c * 1e6 / scrapes))
     );
     println!(
         "metrics_age_ms p50={:.1} p90={:.1} p99={:.1} max={:.1} (samples={})",

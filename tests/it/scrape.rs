@@ -144,7 +144,7 @@ async fn failure_reasons_are_specific() {
     let fetcher = Fetcher::new(FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 64 * 1024 })
         .expect("fetcher");
     let mapping = EngineRegistry::builtin().default_mapping().clone();
-    let url = |a: std::net::SocketAddr| format!("http://{a}/metrics");
+    let url = |a: std::net::SocketAddr| reqwest::Url::parse(&format!("http://{a}/metrics")).expect("url");
     let cases = [
         (Hostile::Silent, ScrapeError::Timeout(Duration::from_millis(300)).kind()),
         (Hostile::Endless, "too_large"),
