@@ -15,6 +15,7 @@
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod scheduling;
 pub mod scraper;
 pub mod sim;
 pub mod tools;

@@ -10,6 +10,10 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+mod snapshot;
+
+pub use snapshot::{EndpointState, Load, Snapshot};
+
 /// Stable endpoint identity: `<namespace>/<pod>-rank-<i>` for Kubernetes pods, the configured name
 /// for static endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

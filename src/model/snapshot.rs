@@ -1,0 +1,50 @@
+//! The snapshot: everything a picker schedules from, immutable and replaced whole.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{Endpoint, EndpointId, MetricsState};
+
+/// Requests and estimated tokens in flight to an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub requests: i64,
+    pub tokens: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointState {
+    pub endpoint: Endpoint,
+    pub metrics: MetricsState,
+    /// In-flight load reported by other pickers (distributed mode); zero in standalone.
+    pub shared_load: Load,
+}
+
+/// Stamped `(epoch, seq)`: `epoch` is the leader term, `seq` grows within an epoch. A receiver
+/// never replaces a snapshot with one that is not newer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub epoch: u64,
+    pub seq: u64,
+    pub endpoints: Vec<EndpointState>,
+    pub published_at: SystemTime,
+}
+
+impl Snapshot {
+    pub fn empty() -> Arc<Self> {
+        Arc::new(Snapshot { epoch: 0, seq: 0, endpoints: Vec::new(), published_at: SystemTime::UNIX_EPOCH })
+    }
+
+    pub fn is_newer_than(&self, other: &Snapshot) -> bool {
+        (self.epoch, self.seq) > (other.epoch, other.seq)
+    }
+
+    pub fn index_of(&self, id: &EndpointId) -> Option<usize> {
+        self.endpoints.iter().position(|e| &e.endpoint.id == id)
+    }
+
+    /// Age of the snapshot itself.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.published_at).unwrap_or_default()
+    }
+}

@@ -1,0 +1,237 @@
+//! Scheduling: which endpoint serves a request. Pure: it takes a snapshot, this picker's local
+//! counters, the request's features and a seeded RNG, and returns a decision.
+//!
+//! Pipeline (one profile, as upstream's `single-profile-handler`): admission (sheddable requests
+//! are rejected when the pool is saturated) → filters → weighted scorers → picker.
+//!
+//! Deliberate differences from upstream (its known traps):
+//! - an endpoint that was never scraped, or whose metrics are older than the staleness threshold,
+//!   gets the worst load scores instead of looking idle;
+//! - when no endpoint has fresh metrics, load scorers are skipped (load-agnostic choice) rather
+//!   than scoring garbage or failing;
+//! - requests this picker sent since the endpoint's last scrape count as queued, and totals within
+//!   `tie_epsilon` of the best are treated as ties broken at random, so pickers sharing one
+//!   snapshot do not all pile onto the same "best" endpoint.
+
+pub mod config;
+pub mod prefix;
+mod score;
+#[cfg(test)]
+mod tests;
+
+use std::time::SystemTime;
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use thiserror::Error;
+
+pub use config::{Detector, FilterKind, PickerKind, PrefixParams, Profile, SchedulerConfig, ScorerKind};
+pub use prefix::{PrefixIndex, hash_blocks};
+
+use crate::model::{Load, Snapshot};
+
+/// What the scheduler knows about the request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFeatures<'a> {
+    /// Model after rewrites (what the endpoint will serve).
+    pub target_model: &'a str,
+    pub priority: i32,
+    /// Bytes the prefix index hashes (messages, prompt, input…).
+    pub prefix_input: &'a [u8],
+    pub cache_salt: &'a str,
+    /// Estimated prompt + output tokens (for token-based load).
+    pub estimated_tokens: i64,
+    /// `test-epp-endpoint-selection` header, for `header-based-testing-filter`.
+    pub test_selection: Option<&'a str>,
+}
+
+/// This picker's own view of each snapshot endpoint (same order as `snapshot.endpoints`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LocalLoad {
+    /// Requests this picker routed to the endpoint since its metrics were scraped.
+    pub sent_since_scrape: u64,
+    /// Requests and tokens in flight from this picker.
+    pub inflight: Load,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Snapshot indices, primary first (more than one when the picker returns fallbacks).
+    pub endpoints: Vec<usize>,
+    /// Prefix hashes of the request, to record for the primary endpoint.
+    pub prefix_hashes: Vec<u64>,
+    /// Block size used for hashing (tokens).
+    pub block_size_tokens: usize,
+    /// True when no candidate had fresh metrics and load was ignored.
+    pub load_agnostic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ScheduleError {
+    #[error("failed to find endpoint candidates for serving the request")]
+    NoCandidates,
+    #[error("system saturated, sheddable request dropped")]
+    Saturated,
+    #[error("failed to find target endpoint: no endpoints available for the given request after filtering")]
+    AllFiltered,
+}
+
+/// What a decision reads besides the request: the snapshot, this picker's counters (same order
+/// as the snapshot's endpoints; may be empty), the prefix index and the time.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub snapshot: &'a Snapshot,
+    pub local: &'a [LocalLoad],
+    pub prefix: &'a PrefixIndex,
+    pub now: SystemTime,
+}
+
+/// Per-candidate facts the plugins read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub index: usize,
+    pub fresh: bool,
+    /// Waiting requests, plus what this picker sent since the scrape.
+    pub queued: f64,
+    pub running: f64,
+    pub kv_usage: f64,
+    pub inflight: Load,
+    pub prefix_match: usize,
+    pub score: f64,
+}
+
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler { config }
+    }
+
+    /// Schedules among `candidates` (snapshot indices already restricted by subset hints).
+    pub fn schedule(
+        &self,
+        view: &View<'_>,
+        candidates: &[usize],
+        req: &RequestFeatures<'_>,
+        rng: &mut SmallRng,
+    ) -> Result<Decision, ScheduleError> {
+        let View { snapshot, local, prefix, now } = *view;
+        if candidates.is_empty() {
+            return Err(ScheduleError::NoCandidates);
+        }
+        let block_size_tokens = self.block_size(snapshot, candidates);
+        let prefix_hashes = hash_blocks(
+            req.target_model,
+            req.cache_salt,
+            req.prefix_input,
+            block_size_tokens,
+            self.config.prefix.max_blocks,
+        );
+        let matches = prefix.match_lengths(&prefix_hashes);
+        let mut cands: Vec<Candidate> = candidates
+            .iter()
+            .map(|&i| {
+                let state = &snapshot.endpoints[i];
+                let l = local.get(i).copied().unwrap_or_default();
+                score::candidate(i, state, l, &matches, now, self.config.staleness)
+            })
+            .collect();
+
+        if req.priority < 0 && score::saturation(&self.config.detector, snapshot, &cands, now) >= 1.0 {
+            return Err(ScheduleError::Saturated);
+        }
+        for f in &self.config.profile.filters {
+            cands = score::filter(f, snapshot, cands, req, prefix_hashes.len(), now, rng);
+            if cands.is_empty() {
+                return Err(ScheduleError::AllFiltered);
+            }
+        }
+        let load_agnostic = !cands.iter().any(|c| c.fresh);
+        let mut total_weight = 0.0;
+        for (scorer, weight) in &self.config.profile.scorers {
+            if load_agnostic && scorer.is_load() {
+                continue;
+            }
+            total_weight += weight;
+            let scores = score::score(*scorer, snapshot, &cands, req, prefix_hashes.len());
+            for (c, s) in cands.iter_mut().zip(scores) {
+                c.score += weight * s.clamp(0.0, 1.0);
+            }
+        }
+        let endpoints = self.pick(&mut cands, total_weight, rng);
+        Ok(Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic })
+    }
+
+    /// Upstream's auto-tune: the first candidate's cache block size when known.
+    fn block_size(&self, snapshot: &Snapshot, candidates: &[usize]) -> usize {
+        let p = &self.config.prefix;
+        if p.auto_tune
+            && let Some(bs) = candidates
+                .iter()
+                .find_map(|&i| snapshot.endpoints[i].metrics.sample().and_then(|s| s.metrics.cache_block_size))
+                .filter(|bs| *bs > 0)
+        {
+            return bs as usize;
+        }
+        p.block_size_tokens
+    }
+
+    /// Index capacity for an endpoint: its KV block count when auto-tuned and known.
+    pub fn prefix_capacity(&self, snapshot: &Snapshot, index: usize) -> usize {
+        let p = &self.config.prefix;
+        let blocks = snapshot.endpoints[index].metrics.sample().and_then(|s| s.metrics.cache_num_blocks);
+        match blocks {
+            Some(b) if p.auto_tune && b > 0 => b as usize,
+            _ => p.lru_capacity_per_server,
+        }
+    }
+
+    fn pick(&self, cands: &mut [Candidate], total_weight: f64, rng: &mut SmallRng) -> Vec<usize> {
+        cands.shuffle(rng);
+        match self.config.profile.picker {
+            PickerKind::Random { n } => cands.iter().take(n).map(|c| c.index).collect(),
+            PickerKind::MaxScore { n } => {
+                cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+                // Near-ties (within epsilon of the best) are ties: the shuffle already ordered
+                // them randomly, so move a random one among them to the front.
+                let eps = self.config.tie_epsilon * total_weight.max(1.0);
+                let best = cands[0].score;
+                let tied = cands.iter().take_while(|c| c.score >= best - eps).count();
+                if tied > 1 {
+                    let k = rng.random_range(0..tied);
+                    cands[..tied].rotate_left(k);
+                }
+                cands.iter().take(n).map(|c| c.index).collect()
+            }
+            PickerKind::WeightedRandom { n } => {
+                if cands.iter().all(|c| c.score <= 0.0) {
+                    return cands.iter().take(n).map(|c| c.index).collect();
+                }
+                let mut keyed: Vec<(f64, usize)> = cands
+                    .iter()
+                    .map(|c| {
+                        let key = if c.score <= 0.0 {
+                            0.0
+                        } else {
+                            let u: f64 = rng.random::<f64>().max(1e-10);
+                            u.powf(1.0 / c.score)
+                        };
+                        (key, c.index)
+                    })
+                    .collect();
+                keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+                keyed.into_iter().take(n).map(|(_, i)| i).collect()
+            }
+        }
+    }
+}
+
+impl ScorerKind {
+    /// Scorers that read load metrics (skipped when nothing is fresh).
+    pub fn is_load(self) -> bool {
+        matches!(self, ScorerKind::Queue | ScorerKind::KvCache | ScorerKind::RunningRequests)
+    }
+}

@@ -1,0 +1,206 @@
+//! Filters, scorers and saturation, as free functions over candidates.
+
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use super::config::{Detector, FilterKind, ScorerKind};
+use super::{Candidate, LocalLoad, RequestFeatures};
+use crate::model::{EndpointId, EndpointState, Load, Snapshot};
+
+pub(super) fn candidate(
+    index: usize,
+    state: &EndpointState,
+    local: LocalLoad,
+    matches: &[(EndpointId, usize)],
+    now: SystemTime,
+    staleness: Duration,
+) -> Candidate {
+    let sample = state.metrics.sample();
+    let fresh = state.metrics.age(now).is_some_and(|age| age <= staleness);
+    let m = sample.map(|s| &s.metrics);
+    let prefix_match = matches.iter().find(|(id, _)| *id == state.endpoint.id).map_or(0, |(_, n)| *n);
+    Candidate {
+        index,
+        fresh,
+        queued: m.and_then(|m| m.queued).unwrap_or(0) as f64 + local.sent_since_scrape as f64,
+        running: m.and_then(|m| m.running).unwrap_or(0) as f64,
+        kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(0.0),
+        inflight: Load {
+            requests: local.inflight.requests + state.shared_load.requests,
+            tokens: local.inflight.tokens + state.shared_load.tokens,
+        },
+        prefix_match,
+        score: 0.0,
+    }
+}
+
+/// Pool saturation over the candidates (≥ 1.0 means saturated).
+pub(super) fn saturation(detector: &Detector, snapshot: &Snapshot, cands: &[Candidate], now: SystemTime) -> f64 {
+    if cands.is_empty() {
+        return 1.0;
+    }
+    let sum: f64 = cands.iter().map(|c| endpoint_saturation(detector, snapshot, c, now)).sum();
+    match detector {
+        Detector::Utilization { .. } => sum / cands.len() as f64,
+        Detector::Concurrency { .. } => sum / cands.len() as f64,
+    }
+}
+
+fn endpoint_saturation(detector: &Detector, snapshot: &Snapshot, c: &Candidate, now: SystemTime) -> f64 {
+    match *detector {
+        Detector::Utilization { queue_threshold, kv_threshold, staleness, .. } => {
+            let fresh = snapshot.endpoints[c.index].metrics.age(now).is_some_and(|a| a <= staleness);
+            if !fresh {
+                return 1.0;
+            }
+            (c.queued / queue_threshold).max(c.kv_usage / kv_threshold)
+        }
+        Detector::Concurrency { tokens, max_requests, max_tokens, .. } => {
+            if tokens {
+                c.inflight.tokens as f64 / max_tokens
+            } else {
+                c.inflight.requests as f64 / max_requests
+            }
+        }
+    }
+}
+
+pub(super) fn filter(
+    f: &FilterKind,
+    snapshot: &Snapshot,
+    cands: Vec<Candidate>,
+    req: &RequestFeatures<'_>,
+    total_blocks: usize,
+    now: SystemTime,
+    rng: &mut SmallRng,
+) -> Vec<Candidate> {
+    match f {
+        FilterKind::Detector(Detector::Utilization { queue_threshold, kv_threshold, staleness, headroom }) => {
+            let (q_limit, kv_limit) = (queue_threshold * (1.0 + headroom), kv_threshold * (1.0 + headroom));
+            let kept: Vec<Candidate> = cands
+                .iter()
+                .filter(|c| {
+                    let fresh = snapshot.endpoints[c.index].metrics.age(now).is_some_and(|a| a <= *staleness);
+                    fresh && c.queued < q_limit && c.kv_usage < kv_limit
+                })
+                .cloned()
+                .collect();
+            // Fail open, as upstream: nothing passes → keep everything.
+            if kept.is_empty() { cands } else { kept }
+        }
+        FilterKind::Detector(Detector::Concurrency { tokens, max_requests, max_tokens, headroom }) => cands
+            .into_iter()
+            .filter(|c| {
+                if *tokens {
+                    (c.inflight.tokens as f64) < (max_tokens * (1.0 + headroom)).floor()
+                } else {
+                    (c.inflight.requests as f64) < (max_requests * (1.0 + headroom)).floor()
+                }
+            })
+            .collect(),
+        FilterKind::HeaderBasedTesting => {
+            let Some(list) = req.test_selection else { return Vec::new() };
+            let wanted: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            cands
+                .into_iter()
+                .filter(|c| {
+                    let addr = snapshot.endpoints[c.index].endpoint.address.as_str();
+                    let ip = host_of(addr);
+                    wanted.iter().any(|w| *w == addr || w.trim_start_matches('[').trim_end_matches(']') == ip)
+                })
+                .collect()
+        }
+        FilterKind::PrefixAffinity { threshold, exploration } => {
+            if total_blocks == 0 || rng.random_bool(exploration.clamp(0.0, 1.0)) {
+                return cands;
+            }
+            let kept: Vec<Candidate> =
+                cands.iter().filter(|c| c.prefix_match as f64 / total_blocks as f64 >= *threshold).cloned().collect();
+            if kept.is_empty() { cands } else { kept }
+        }
+    }
+}
+
+/// `ip` of `ip:port` or `[v6]:port`.
+pub(super) fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, _)) if !host.contains(':') => host,
+        _ => addr,
+    }
+}
+
+/// Scores in 0..=1, one per candidate (same order).
+pub(super) fn score(
+    s: ScorerKind,
+    snapshot: &Snapshot,
+    cands: &[Candidate],
+    req: &RequestFeatures<'_>,
+    total_blocks: usize,
+) -> Vec<f64> {
+    match s {
+        ScorerKind::Queue => min_max(cands, |c| c.queued),
+        ScorerKind::RunningRequests => min_max(cands, |c| c.running),
+        ScorerKind::KvCache => cands.iter().map(|c| if c.fresh { 1.0 - c.kv_usage } else { 0.0 }).collect(),
+        ScorerKind::PrefixCache => cands
+            .iter()
+            .map(|c| if total_blocks == 0 { 0.0 } else { c.prefix_match as f64 / total_blocks as f64 })
+            .collect(),
+        ScorerKind::TokenLoad { threshold_tokens } => cands
+            .iter()
+            .map(|c| {
+                let t = c.inflight.tokens as f64;
+                if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens }
+            })
+            .collect(),
+        ScorerKind::LoraAffinity => cands
+            .iter()
+            .map(|c| {
+                let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
+                let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
+                let waiting = m.and_then(|m| m.waiting_lora.as_deref()).unwrap_or_default();
+                let max = m.and_then(|m| m.max_lora).unwrap_or(0) as usize;
+                let model = req.target_model;
+                if running.iter().any(|a| a == model) {
+                    1.0
+                } else if distinct(running, waiting) < max {
+                    0.8
+                } else if waiting.iter().any(|a| a == model) {
+                    0.6
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    }
+}
+
+fn distinct(a: &[String], b: &[String]) -> usize {
+    let mut all: Vec<&str> = a.iter().chain(b).map(String::as_str).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.len()
+}
+
+/// Upstream's min-max normalization (lower is better) over fresh candidates; stale or unknown
+/// ones score 0, the worst.
+fn min_max(cands: &[Candidate], value: impl Fn(&Candidate) -> f64) -> Vec<f64> {
+    let fresh = cands.iter().filter(|c| c.fresh).map(&value);
+    let (min, max) = fresh.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    cands
+        .iter()
+        .map(|c| {
+            if !c.fresh {
+                0.0
+            } else if max <= min {
+                1.0
+            } else {
+                (max - value(c)) / (max - min)
+            }
+        })
+        .collect()
+}
