@@ -12,9 +12,14 @@
 //! Roles never import each other; they meet through the model types and the control-plane
 //! protocol (`switchyard-proto`).
 
+pub mod aggregator;
+pub mod app;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
 pub mod model;
+pub mod picker;
+pub mod protocol;
 pub mod scheduling;
 pub mod scraper;
 pub mod sim;

@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// All roles in one process: scrapers, aggregator and the ext-proc picker (the default role).
+    Standalone(Box<StandaloneArgs>),
     /// Start a sim fleet, scrape it, send it load, and print what the scrapers read.
     Demo(tools::demo::DemoArgs),
     /// Run simulated model servers on loopback.
@@ -36,6 +38,71 @@ enum Command {
     /// Benchmarks (results go to docs/benchmarks.md).
     #[command(subcommand)]
     Bench(tools::bench::BenchCommand),
+}
+
+/// Flags follow upstream's EPP names where they exist.
+#[derive(Args)]
+struct StandaloneArgs {
+    /// ext-proc gRPC port.
+    #[arg(long, default_value_t = 9002)]
+    grpc_port: u16,
+    /// gRPC health port.
+    #[arg(long, default_value_t = 9003)]
+    grpc_health_port: u16,
+    /// Prometheus metrics port.
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_host: std::net::IpAddr,
+    /// EndpointPickerConfig file.
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// Inline EndpointPickerConfig.
+    #[arg(long)]
+    config_text: Option<String>,
+    /// Static endpoints file (see docs/standalone.md; `switchyard sim --endpoints-out` writes one).
+    #[arg(long)]
+    endpoints_file: PathBuf,
+    /// Metrics polling period per endpoint.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    refresh_metrics_interval: std::time::Duration,
+    /// Metrics older than this are not trusted for load scoring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    metrics_staleness_threshold: std::time::Duration,
+    /// Per-scrape timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    scrape_timeout: std::time::Duration,
+    /// TLS on the ext-proc port (self-signed unless --cert-path is set).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    secure_serving: bool,
+    /// Directory with tls.crt and tls.key.
+    #[arg(long)]
+    cert_path: Option<PathBuf>,
+    /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
+    #[arg(long)]
+    disable_endpoint_subset_filter: bool,
+    /// Accepted for compatibility: health is always served on the ext-proc port too.
+    #[arg(long)]
+    health_checking: bool,
+    /// Request bodies above this size get a 413.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_request_body_bytes: usize,
+    /// InferenceObjective priorities, NAME=PRIORITY (repeatable).
+    #[arg(long = "inference-objective")]
+    inference_objectives: Vec<String>,
+    /// Seed for scheduling randomness (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seconds to drain in-flight requests on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    grace_period_secs: u64,
+    #[command(flatten)]
+    metric_flags: MetricFlagArgs,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    switchyard::scheduling::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 50ms, 2s)"))
 }
 
 #[derive(Subcommand)]
@@ -123,6 +190,9 @@ struct SimArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     duration_secs: Option<u64>,
+    /// Also write the fleet as a static endpoints file for `switchyard standalone`.
+    #[arg(long)]
+    endpoints_out: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -175,6 +245,7 @@ fn run_async(command: Command) -> ExitCode {
     let result = system.block_on(async move {
         match command {
             Command::Demo(args) => tools::demo::run(args).await,
+            Command::Standalone(args) => run_standalone(*args).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) => unreachable!("handled synchronously"),
@@ -193,20 +264,68 @@ fn run_async(command: Command) -> ExitCode {
     }
 }
 
+async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    use switchyard::app::{self, StandaloneOptions, Tls};
+    let mut picker = switchyard::picker::PickerSettings {
+        max_body_bytes: args.max_request_body_bytes,
+        disable_subset_filter: args.disable_endpoint_subset_filter,
+        objectives: app::parse_objectives(&args.inference_objectives)?,
+        ..Default::default()
+    };
+    if let Some(seed) = args.seed {
+        picker.seed = seed;
+    }
+    let _ = args.health_checking;
+    let opts = StandaloneOptions {
+        host: args.listen_host,
+        grpc_port: args.grpc_port,
+        grpc_health_port: args.grpc_health_port,
+        metrics_port: args.metrics_port,
+        config_file: args.config_file,
+        config_text: args.config_text,
+        endpoints_file: args.endpoints_file,
+        metric_flags: args.metric_flags.to_flags(),
+        refresh_metrics_interval: args.refresh_metrics_interval,
+        metrics_staleness_threshold: args.metrics_staleness_threshold,
+        scrape_timeout: args.scrape_timeout,
+        tls: match (args.secure_serving, args.cert_path) {
+            (false, _) => Tls::Plaintext,
+            (true, None) => Tls::SelfSigned,
+            (true, Some(dir)) => Tls::Files(dir),
+        },
+        picker,
+    };
+    let handle = app::start_standalone(opts).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: readiness off, draining");
+    handle.shutdown(std::time::Duration::from_secs(args.grace_period_secs)).await;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     let cfg = args.fleet_config()?;
     let fleet = sim::start_fleet(&cfg).await.context("cannot start the sim fleet")?;
-    println!("endpoints:");
-    for h in &fleet {
-        let e = h.endpoint();
-        println!(
-            "- {{name: {}, address: \"{}\", port: {}, labels: {{inference.networking.k8s.io/engine-type: {}}}, flavor: {}}}",
-            e.name,
-            e.address.ip(),
-            e.address.port(),
-            e.engine,
-            e.flavor
-        );
+    let file = sim::endpoints_file(&fleet);
+    let yaml = serde_saphyr::to_string(&file).context("cannot encode the endpoints file")?;
+    print!("{yaml}");
+    if let Some(path) = &args.endpoints_out {
+        std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(servers = fleet.len(), "sim fleet running; ctrl-c to stop");
     match args.duration_secs {

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod prefix;
 mod score;
+pub use score::host;
 #[cfg(test)]
 mod tests;
 

@@ -107,7 +107,7 @@ pub(super) fn filter(
                 .into_iter()
                 .filter(|c| {
                     let addr = snapshot.endpoints[c.index].endpoint.address.as_str();
-                    let ip = host_of(addr);
+                    let ip = host(addr);
                     wanted.iter().any(|w| *w == addr || w.trim_start_matches('[').trim_end_matches(']') == ip)
                 })
                 .collect()
@@ -124,7 +124,7 @@ pub(super) fn filter(
 }
 
 /// `ip` of `ip:port` or `[v6]:port`.
-pub(super) fn host_of(addr: &str) -> &str {
+pub fn host(addr: &str) -> &str {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

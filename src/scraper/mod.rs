@@ -15,7 +15,7 @@ mod fetch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -24,38 +24,8 @@ pub use actor::{ScraperActor, ScraperStats};
 pub use fetch::{FetchSettings, Fetcher, ScrapeError};
 
 use crate::metrics::EngineRegistry;
-use crate::model::{Endpoint, EndpointChange, EndpointId, MetricsSample, diff_endpoints};
-
-/// A scrape succeeded (some metrics may still be missing: see `sample.errors`).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct MetricsScraped {
-    pub endpoint: EndpointId,
-    pub sample: Arc<MetricsSample>,
-    pub latency: Duration,
-}
-
-/// A scrape failed; the previous sample (if any) stays valid but ages.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct ScrapeFailed {
-    pub endpoint: EndpointId,
-    pub error: ScrapeError,
-    pub at: SystemTime,
-    pub latency: Duration,
-}
-
-/// Where scraper actors publish.
-#[derive(Clone)]
-pub struct ScrapeSink {
-    pub scraped: Recipient<MetricsScraped>,
-    pub failed: Recipient<ScrapeFailed>,
-}
-
-/// The full set of endpoints this process must scrape; anything else is stopped.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct AssignEndpoints(pub Vec<Endpoint>);
+use crate::model::{Endpoint, EndpointChange, EndpointId, diff_endpoints};
+pub use crate::protocol::{AssignEndpoints, MetricsScraped, ScrapeFailed, ScrapeSink};
 
 /// Asks an actor for its observable state.
 #[derive(Debug, Clone, Copy, Message)]

@@ -101,6 +101,29 @@ pub async fn start_fleet(cfg: &FleetConfig) -> std::io::Result<Vec<SimHandle>> {
     Ok(handles)
 }
 
+/// The fleet as a static endpoints file (engine label set, flavor as an extra label).
+pub fn endpoints_file(fleet: &[SimHandle]) -> crate::discovery::StaticEndpoints {
+    crate::discovery::StaticEndpoints {
+        endpoints: fleet
+            .iter()
+            .map(|h| crate::discovery::StaticEndpoint {
+                name: h.name.clone(),
+                address: h.addr.ip().to_string(),
+                port: Some(h.addr.port()),
+                ports: Vec::new(),
+                labels: [
+                    (crate::metrics::DEFAULT_ENGINE_LABEL_KEY.to_string(), h.flavor.engine().to_string()),
+                    ("switchyard.io/sim-flavor".to_string(), h.flavor.name().to_string()),
+                ]
+                .into_iter()
+                .collect(),
+                metrics_port: None,
+                metrics_path: None,
+            })
+            .collect(),
+    }
+}
+
 impl SimHandle {
     pub fn endpoint(&self) -> SimEndpoint {
         SimEndpoint {

@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod envoy;
 mod hostile;
+mod picker;
 mod scrape;
 mod sim_api;
 mod support;

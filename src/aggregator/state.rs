@@ -1,0 +1,156 @@
+//! The aggregator's state as plain data: apply events, build the next snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use crate::model::{Endpoint, EndpointId, EndpointState, MetricsState, Snapshot};
+use crate::protocol::{MetricsScraped, ScrapeFailed};
+
+#[derive(Debug)]
+pub struct AggregatorState {
+    epoch: u64,
+    seq: u64,
+    endpoints: BTreeMap<EndpointId, Endpoint>,
+    metrics: HashMap<EndpointId, MetricsState>,
+    dirty: bool,
+}
+
+impl AggregatorState {
+    pub fn new(epoch: u64) -> Self {
+        AggregatorState { epoch, seq: 0, endpoints: BTreeMap::new(), metrics: HashMap::new(), dirty: true }
+    }
+
+    pub fn on_endpoints(&mut self, endpoints: Vec<Endpoint>) {
+        let next: BTreeMap<EndpointId, Endpoint> = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+        if next != self.endpoints {
+            // Metrics of a changed endpoint (new address or engine) no longer apply.
+            self.metrics.retain(|id, _| next.get(id).is_some_and(|e| self.endpoints.get(id) == Some(e)));
+            self.endpoints = next;
+            self.dirty = true;
+        }
+    }
+
+    pub fn on_scraped(&mut self, msg: MetricsScraped) {
+        if !self.endpoints.contains_key(&msg.endpoint) {
+            return;
+        }
+        self.metrics.insert(msg.endpoint, MetricsState::Known { sample: msg.sample, last_error: None });
+        self.dirty = true;
+    }
+
+    pub fn on_failed(&mut self, msg: ScrapeFailed) {
+        if !self.endpoints.contains_key(&msg.endpoint) {
+            return;
+        }
+        // The last good sample stays (it ages); a never-scraped endpoint stays Unknown.
+        if let Some(MetricsState::Known { last_error, .. }) = self.metrics.get_mut(&msg.endpoint) {
+            let e = msg.error.to_string();
+            if last_error.as_deref() != Some(e.as_str()) {
+                *last_error = Some(e);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// The next snapshot when anything changed since the last one.
+    pub fn build(&mut self, now: SystemTime) -> Option<Snapshot> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.seq += 1;
+        let endpoints = self
+            .endpoints
+            .values()
+            .map(|e| EndpointState {
+                endpoint: e.clone(),
+                metrics: self.metrics.get(&e.id).cloned().unwrap_or_default(),
+                shared_load: Default::default(),
+            })
+            .collect();
+        Some(Snapshot { epoch: self.epoch, seq: self.seq, endpoints, published_at: now })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{EndpointMetrics, MetricsSample};
+    use crate::scraper::ScrapeError;
+
+    fn ep(id: &str, addr: &str) -> Endpoint {
+        Endpoint {
+            id: EndpointId::new(id),
+            address: addr.into(),
+            metrics_url: format!("http://{addr}/metrics"),
+            engine: "vllm".into(),
+            labels: Default::default(),
+        }
+    }
+
+    fn scraped(id: &str, queued: u64) -> MetricsScraped {
+        MetricsScraped {
+            endpoint: EndpointId::new(id),
+            sample: Arc::new(MetricsSample {
+                metrics: EndpointMetrics { queued: Some(queued), ..Default::default() },
+                scraped_at: SystemTime::UNIX_EPOCH,
+                errors: vec![],
+            }),
+            latency: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn snapshots_are_versioned_and_coalesced() {
+        let mut s = AggregatorState::new(7);
+        s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
+        let first = s.build(SystemTime::UNIX_EPOCH).expect("first");
+        assert_eq!((first.epoch, first.seq, first.endpoints.len()), (7, 1, 2));
+        assert!(first.endpoints.iter().all(|e| e.metrics == MetricsState::Unknown));
+        assert!(s.build(SystemTime::UNIX_EPOCH).is_none(), "nothing changed");
+        s.on_scraped(scraped("a", 3));
+        s.on_scraped(scraped("a", 4));
+        s.on_scraped(scraped("ghost", 1));
+        let second = s.build(SystemTime::UNIX_EPOCH).expect("second");
+        assert_eq!(second.seq, 2);
+        assert!(second.is_newer_than(&first));
+        assert_eq!(second.endpoints[0].metrics.sample().and_then(|x| x.metrics.queued), Some(4));
+    }
+
+    #[test]
+    fn failures_keep_the_last_sample_and_unknown_stays_unknown() {
+        let mut s = AggregatorState::new(1);
+        s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
+        s.on_scraped(scraped("a", 3));
+        let fail = |id: &str| ScrapeFailed {
+            endpoint: EndpointId::new(id),
+            error: ScrapeError::Refused,
+            at: SystemTime::UNIX_EPOCH,
+            latency: Duration::ZERO,
+        };
+        s.on_failed(fail("a"));
+        s.on_failed(fail("b"));
+        let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
+        match &snap.endpoints[0].metrics {
+            MetricsState::Known { sample, last_error } => {
+                assert_eq!(sample.metrics.queued, Some(3));
+                assert_eq!(last_error.as_deref(), Some("connection refused"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(snap.endpoints[1].metrics, MetricsState::Unknown);
+    }
+
+    #[test]
+    fn changed_endpoint_forgets_old_metrics() {
+        let mut s = AggregatorState::new(1);
+        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+        s.on_scraped(scraped("a", 3));
+        s.on_endpoints(vec![ep("a", "9.9.9.9:80")]);
+        let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
+        assert_eq!(snap.endpoints[0].metrics, MetricsState::Unknown);
+    }
+}

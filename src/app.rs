@@ -1,0 +1,250 @@
+//! Wiring of the standalone role: config → engine registry, scheduler, endpoints → scraper
+//! supervisor → aggregator → picker views → ext-proc, health and metrics servers. Shutdown happens
+//! in one place: `StandaloneHandle::shutdown` (readiness false → stop accepting → drain → exit).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::aggregator::{Aggregator, EndpointsChanged};
+use crate::config::{self, MetricFlags};
+use crate::discovery::StaticEndpoints;
+use crate::model::Snapshot;
+use crate::picker::health::{HealthService, Readiness};
+use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, view};
+use crate::protocol::ScrapeSink;
+use crate::scheduling::{Scheduler, SchedulerConfig};
+use crate::scraper::{AssignEndpoints, FetchSettings, ScrapeSettings, ScrapeSupervisor};
+
+/// How the ext-proc port is served.
+#[derive(Debug, Clone)]
+pub enum Tls {
+    Plaintext,
+    /// A certificate generated at start-up (`--secure-serving` without `--cert-path`).
+    SelfSigned,
+    /// `tls.crt` and `tls.key` from a directory.
+    Files(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    pub host: std::net::IpAddr,
+    pub grpc_port: u16,
+    pub grpc_health_port: u16,
+    pub metrics_port: u16,
+    pub config_file: Option<PathBuf>,
+    pub config_text: Option<String>,
+    pub endpoints_file: PathBuf,
+    pub metric_flags: MetricFlags,
+    pub refresh_metrics_interval: Duration,
+    pub metrics_staleness_threshold: Duration,
+    pub scrape_timeout: Duration,
+    pub tls: Tls,
+    pub picker: PickerSettings,
+}
+
+impl Default for StandaloneOptions {
+    fn default() -> Self {
+        StandaloneOptions {
+            host: std::net::IpAddr::from([0, 0, 0, 0]),
+            grpc_port: 9002,
+            grpc_health_port: 9003,
+            metrics_port: 9090,
+            config_file: None,
+            config_text: None,
+            endpoints_file: PathBuf::from("endpoints.yaml"),
+            metric_flags: MetricFlags::default(),
+            refresh_metrics_interval: Duration::from_millis(50),
+            metrics_staleness_threshold: Duration::from_secs(2),
+            scrape_timeout: Duration::from_secs(1),
+            tls: Tls::SelfSigned,
+            picker: PickerSettings::default(),
+        }
+    }
+}
+
+pub struct StandaloneHandle {
+    pub ext_proc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub picker: Arc<Picker>,
+    pub readiness: Arc<Readiness>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _actors: (Addr<Aggregator>, Addr<ScrapeSupervisor>),
+}
+
+impl StandaloneHandle {
+    /// Readiness false, stop accepting, drain in-flight streams for at most `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.readiness.set_draining();
+        let _ = self.stop.send(true);
+        let drain = futures::future::join_all(self.servers);
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace period over; dropping remaining streams");
+        }
+    }
+}
+
+async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::new(host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port} ({what})"))
+}
+
+fn tls_identity(tls: &Tls) -> anyhow::Result<Option<Identity>> {
+    match tls {
+        Tls::Plaintext => Ok(None),
+        Tls::SelfSigned => {
+            let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .context("cannot generate a self-signed certificate")?;
+            Ok(Some(Identity::from_pem(key.cert.pem(), key.signing_key.serialize_pem())))
+        }
+        Tls::Files(dir) => {
+            let cert =
+                std::fs::read(dir.join("tls.crt")).with_context(|| format!("cannot read {}/tls.crt", dir.display()))?;
+            let key =
+                std::fs::read(dir.join("tls.key")).with_context(|| format!("cannot read {}/tls.key", dir.display()))?;
+            Ok(Some(Identity::from_pem(cert, key)))
+        }
+    }
+}
+
+/// Starts every role in this process. Must run inside an actix System on a tokio runtime.
+pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<StandaloneHandle> {
+    crate::ensure_crypto_provider();
+    let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
+    let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
+    let scheduler = Scheduler::new(SchedulerConfig::build(&cfg, opts.metrics_staleness_threshold)?);
+    let source = cfg.metrics_data_source()?;
+    let endpoints = StaticEndpoints::load(&opts.endpoints_file)?.resolve(&registry, &source)?;
+
+    let mut metrics_registry = Registry::default();
+    let picker_metrics = PickerMetrics::new(&mut metrics_registry);
+    let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), picker_metrics));
+    let readiness = Arc::new(Readiness::default());
+
+    // Control plane: aggregator + scrapers, in-process.
+    let (aggregator, snapshots) = Aggregator::new(1, Duration::from_millis(5));
+    let aggregator = aggregator.start();
+    let sink = ScrapeSink { scraped: aggregator.clone().recipient(), failed: aggregator.clone().recipient() };
+    let settings = ScrapeSettings {
+        interval: opts.refresh_metrics_interval,
+        fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
+    };
+    let supervisor = ScrapeSupervisor::new(registry.clone(), &settings, sink)?.start();
+    aggregator.do_send(EndpointsChanged(endpoints.clone()));
+    supervisor.do_send(AssignEndpoints(endpoints));
+
+    // Picker: follow snapshots into the view.
+    {
+        let (picker, readiness) = (picker.clone(), readiness.clone());
+        let target = picker.view.clone();
+        tokio::spawn(view::follow(snapshots.clone(), target, move |v| {
+            picker.on_view(v);
+            readiness.set_ready(v.is_ready());
+        }));
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ext_listener = bind(opts.host, opts.grpc_port, "--grpc-port").await?;
+    let health_listener = bind(opts.host, opts.grpc_health_port, "--grpc-health-port").await?;
+    let metrics_listener = bind(opts.host, opts.metrics_port, "--metrics-port").await?;
+    let (ext_proc_addr, health_addr, metrics_addr) =
+        (ext_listener.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
+
+    let mut servers = Vec::new();
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(identity) = tls_identity(&opts.tls)? {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).context("invalid TLS configuration")?;
+    }
+    let ext = ExtProcService { picker: picker.clone() };
+    let health = tonic_health::pb::health_server::HealthServer::new(HealthService { readiness: readiness.clone() });
+    let router = builder.add_service(ExternalProcessorServer::new(ext)).add_service(health.clone());
+    let signal = stopped();
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(ext_listener), signal).await {
+            tracing::error!(error = %e, "ext-proc server failed");
+        }
+    }));
+    let signal = stopped();
+    servers.push(tokio::spawn(async move {
+        let r = Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), signal)
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "health server failed");
+        }
+    }));
+    let metrics_registry = Arc::new(metrics_registry);
+    let signal = stopped();
+    servers.push(tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let r = metrics_registry.clone();
+                async move {
+                    let mut out = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        out,
+                    )
+                }
+            }),
+        );
+        if let Err(e) = axum::serve(metrics_listener, app).with_graceful_shutdown(signal).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    }));
+    tracing::info!(%ext_proc_addr, %health_addr, %metrics_addr, "standalone picker serving");
+    Ok(StandaloneHandle {
+        ext_proc_addr,
+        health_addr,
+        metrics_addr,
+        picker,
+        readiness,
+        snapshots,
+        stop,
+        servers,
+        _actors: (aggregator, supervisor),
+    })
+}
+
+/// `--inference-objective name=priority` values.
+pub fn parse_objectives(items: &[String]) -> Result<HashMap<String, i32>, config::ConfigError> {
+    items
+        .iter()
+        .map(|item| {
+            let (name, prio) = item.split_once('=').ok_or_else(|| {
+                config::ConfigError::invalid("--inference-objective", format!("expected NAME=PRIORITY, got {item:?}"))
+            })?;
+            let prio: i32 = prio.trim().parse().map_err(|_| {
+                config::ConfigError::invalid("--inference-objective", format!("invalid priority in {item:?}"))
+            })?;
+            Ok((name.trim().to_string(), prio))
+        })
+        .collect()
+}

@@ -1,0 +1,411 @@
+//! The ext-proc stream: one per HTTP request, driven by Envoy's ext_proc filter in
+//! FULL_DUPLEX_STREAMED mode. Message handling is synchronous: the only awaits are reading the
+//! next message and sending answers.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse};
+use rand::seq::IndexedRandom;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::proto::{self, CONTROL_HEADERS, DESTINATION, DESTINATION_SERVED, LB_NAMESPACE, MODEL_REWRITE, OBJECTIVE};
+use super::request::{ApiKind, parse_body};
+use super::response::{Usage, rewrite_model_back, usage_from_json, usage_from_sse};
+use super::view::EndpointCounters;
+use super::{PickError, Picker};
+use crate::scheduling::{RequestFeatures, ScheduleError, View};
+
+#[derive(Clone)]
+pub struct ExtProcService {
+    pub picker: Arc<Picker>,
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        let picker = self.picker.clone();
+        tokio::spawn(async move {
+            let mut stream = StreamState::new(picker);
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(request_id = %stream.request_id, %status, "ext-proc stream ended by the proxy");
+                        break;
+                    }
+                };
+                let answers = stream.on_message(msg);
+                let failed = answers.is_err();
+                for a in answers.unwrap_or_else(|s| vec![Err(s)]) {
+                    if tx.send(a).await.is_err() {
+                        return;
+                    }
+                }
+                if failed || stream.finished {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RequestHeaders,
+    RequestBody,
+    Routed,
+}
+
+/// Load this stream put on an endpoint; released when the stream ends, however it ends.
+struct Inflight {
+    counters: Arc<EndpointCounters>,
+    tokens: i64,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.counters.finish(self.tokens);
+    }
+}
+
+struct StreamState {
+    picker: Arc<Picker>,
+    phase: Phase,
+    request_id: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    subset: Option<Vec<String>>,
+    incoming_model: String,
+    target_model: String,
+    destination: String,
+    served: Option<String>,
+    inflight: Option<Inflight>,
+    streaming_response: bool,
+    response_buffer: Vec<u8>,
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+type Answers = Result<Vec<Result<ProcessingResponse, Status>>, Status>;
+
+impl StreamState {
+    fn new(picker: Arc<Picker>) -> Self {
+        StreamState {
+            picker,
+            phase: Phase::RequestHeaders,
+            request_id: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            subset: None,
+            incoming_model: String::new(),
+            target_model: String::new(),
+            destination: String::new(),
+            served: None,
+            inflight: None,
+            streaming_response: false,
+            response_buffer: Vec::new(),
+            usage: None,
+            finished: false,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    fn on_message(&mut self, msg: ProcessingRequest) -> Answers {
+        let md = msg.metadata_context.as_ref();
+        if self.phase != Phase::Routed {
+            self.subset = proto::subset_hint(md);
+        }
+        if let Some(served) = proto::metadata_string(md, LB_NAMESPACE, DESTINATION_SERVED) {
+            self.served = Some(served.to_string());
+        }
+        let Some(request) = msg.request else {
+            return Err(Status::invalid_argument("processing request without a message"));
+        };
+        match request {
+            Msg::RequestHeaders(h) => self.on_request_headers(h),
+            Msg::RequestBody(b) => self.on_request_body(b),
+            Msg::RequestTrailers(_) => {
+                let mut out = Vec::new();
+                if self.phase == Phase::RequestBody {
+                    // Trailers end a body whose last chunk did not say so.
+                    out = self.route(false)?;
+                }
+                out.push(Ok(proto::trailers_response(true)));
+                Ok(out)
+            }
+            Msg::ResponseHeaders(h) => self.on_response_headers(h),
+            Msg::ResponseBody(b) => self.on_response_body(b),
+            Msg::ResponseTrailers(_) => {
+                let mut out = self.flush_response(false);
+                out.push(Ok(proto::trailers_response(false)));
+                self.finished = true;
+                Ok(out)
+            }
+        }
+    }
+
+    fn on_request_headers(&mut self, h: HttpHeaders) -> Answers {
+        if self.phase != Phase::RequestHeaders {
+            return Err(Status::failed_precondition("request headers received twice"));
+        }
+        for hv in h.headers.map(|m| m.headers).unwrap_or_default() {
+            let value = if hv.raw_value.is_empty() { hv.value.into_bytes() } else { hv.raw_value };
+            self.headers.push((hv.key.to_ascii_lowercase(), value));
+        }
+        self.request_id =
+            self.header("x-request-id").map(str::to_string).unwrap_or_else(|| self.picker.next_request_id());
+        if h.end_of_stream {
+            return Ok(self.route_header_only());
+        }
+        self.phase = Phase::RequestBody;
+        Ok(Vec::new())
+    }
+
+    fn on_request_body(&mut self, b: HttpBody) -> Answers {
+        if self.phase != Phase::RequestBody {
+            return Err(Status::failed_precondition("request body outside the request body phase"));
+        }
+        if self.body.len() + b.body.len() > self.picker.settings.max_body_bytes {
+            self.finished = true;
+            let msg = format!("request body larger than {} bytes", self.picker.settings.max_body_bytes);
+            return Ok(vec![Ok(self.error(PickError::TooLarge(msg)))]);
+        }
+        self.body.extend_from_slice(&b.body);
+        if b.end_of_stream { self.route(true) } else { Ok(Vec::new()) }
+    }
+
+    fn error(&self, e: PickError) -> ProcessingResponse {
+        self.picker.metrics.record_error(&e);
+        tracing::debug!(request_id = %self.request_id, error = %e, "request rejected");
+        let (status, code) = e.status();
+        proto::immediate(status, code, &e.to_string())
+    }
+
+    /// Candidate indices after the proxy's subset hint (matched on IP, all ports of a pod).
+    fn candidates(&self, view: &super::view::PickerView) -> Result<Vec<usize>, PickError> {
+        let all = 0..view.snapshot.endpoints.len();
+        let hint = if self.picker.settings.disable_subset_filter { None } else { self.subset.as_ref() };
+        let out: Vec<usize> = match hint {
+            None => all.collect(),
+            Some(list) => {
+                // Exact `ip:port` matches when the hint names endpoints precisely; otherwise match
+                // on IP, so every rank (port) of a listed pod qualifies, as upstream.
+                let address = |i: usize| view.snapshot.endpoints[i].endpoint.address.as_str();
+                let exact: Vec<usize> = all.clone().filter(|&i| list.iter().any(|a| a == address(i))).collect();
+                if exact.is_empty() {
+                    let ips: Vec<&str> = list.iter().map(|a| crate::scheduling::host(a)).collect();
+                    all.filter(|&i| ips.contains(&crate::scheduling::host(address(i)))).collect()
+                } else {
+                    exact
+                }
+            }
+        };
+        if out.is_empty() { Err(PickError::NoCandidates) } else { Ok(out) }
+    }
+
+    /// Requests without a body (GET …) go to a random candidate, as upstream.
+    fn route_header_only(&mut self) -> Vec<Result<ProcessingResponse, Status>> {
+        self.phase = Phase::Routed;
+        let view = self.picker.view.load_full();
+        let mut rng = self.picker.rng();
+        let chosen = self.candidates(&view).ok().and_then(|c| c.choose(&mut rng).copied());
+        let Some(i) = chosen else {
+            self.finished = true;
+            return vec![Ok(self.error(PickError::Internal("no pods available in datastore".into())))];
+        };
+        self.destination = view.snapshot.endpoints[i].endpoint.address.clone();
+        let counters = view.counters[i].clone();
+        counters.start(0);
+        self.inflight = Some(Inflight { counters, tokens: 0 });
+        let set = vec![proto::header(DESTINATION, self.destination.as_bytes())];
+        let md = proto::destination_metadata(&self.destination);
+        vec![Ok(proto::request_headers_response(set, remove_list(), Some(md)))]
+    }
+
+    fn route(&mut self, end_of_stream: bool) -> Answers {
+        self.phase = Phase::Routed;
+        match self.schedule() {
+            Ok((set, body)) => {
+                let md = proto::destination_metadata(&self.destination);
+                let mut out = vec![proto::request_headers_response(set, remove_list(), Some(md))];
+                proto::body_responses(&body, end_of_stream, true, &mut out);
+                Ok(out.into_iter().map(Ok).collect())
+            }
+            Err(e) => {
+                self.finished = true;
+                Ok(vec![Ok(self.error(e))])
+            }
+        }
+    }
+
+    fn schedule(
+        &mut self,
+    ) -> Result<(Vec<envoy_types::pb::envoy::config::core::v3::HeaderValueOption>, Vec<u8>), PickError> {
+        let started = tokio::time::Instant::now();
+        let view = self.picker.view.load_full();
+        if !view.is_ready() {
+            return Err(PickError::NoCandidates);
+        }
+        let path = self
+            .header(":path")
+            .or(self.header("x-original-path"))
+            .or(self.header("x-forwarded-path"))
+            .unwrap_or("/v1/completions");
+        let api = ApiKind::from_path(path);
+        let body = std::mem::take(&mut self.body);
+        let parsed = parse_body(&body, api).map_err(PickError::BadRequest)?;
+        self.incoming_model = parsed.model.clone();
+        self.target_model = self.header(MODEL_REWRITE).filter(|m| !m.is_empty()).unwrap_or(&parsed.model).to_string();
+        let priority =
+            self.header(OBJECTIVE).and_then(|o| self.picker.settings.objectives.get(o).copied()).unwrap_or(0);
+        let candidates = self.candidates(&view)?;
+        let estimated_tokens = (body.len() as i64 / 4).max(1) * 5 / 2;
+        let features = RequestFeatures {
+            target_model: &self.target_model,
+            priority,
+            prefix_input: &parsed.prefix_input,
+            cache_salt: &parsed.cache_salt,
+            estimated_tokens,
+            test_selection: self.header("test-epp-endpoint-selection"),
+        };
+        let local = view.local_loads();
+        let now = std::time::SystemTime::now();
+        let mut rng = self.picker.rng();
+        let decision = {
+            let mut prefix = self.picker.prefix.lock().unwrap_or_else(|p| p.into_inner());
+            let v = View { snapshot: &view.snapshot, local: &local, prefix: &prefix, now };
+            let decision = self.picker.scheduler.schedule(&v, &candidates, &features, &mut rng);
+            if let Ok(d) = &decision {
+                let primary = d.endpoints[0];
+                let capacity = self.picker.scheduler.prefix_capacity(&view.snapshot, primary);
+                prefix.insert(&view.snapshot.endpoints[primary].endpoint.id, &d.prefix_hashes, capacity);
+            }
+            decision
+        }
+        .map_err(|e| match e {
+            ScheduleError::NoCandidates => PickError::NoCandidates,
+            ScheduleError::Saturated => PickError::Shed,
+            ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
+        })?;
+        let primary = decision.endpoints[0];
+        let addresses: Vec<&str> =
+            decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();
+        self.destination = addresses.join(",");
+        let counters = view.counters[primary].clone();
+        counters.start(estimated_tokens);
+        self.inflight = Some(Inflight { counters, tokens: estimated_tokens });
+        let new_body =
+            if self.target_model != self.incoming_model { parsed.with_model(&self.target_model) } else { body.clone() };
+        self.picker.metrics.record_pick(
+            &view.snapshot.endpoints[primary].endpoint.id,
+            started.elapsed(),
+            decision.load_agnostic,
+        );
+        tracing::debug!(request_id = %self.request_id, model = %self.target_model, destination = %self.destination, "routed");
+        let set = vec![
+            proto::header(DESTINATION, self.destination.as_bytes()),
+            proto::header("content-length", new_body.len().to_string().as_bytes()),
+        ];
+        Ok((set, new_body))
+    }
+
+    fn on_response_headers(&mut self, h: HttpHeaders) -> Answers {
+        let headers = h.headers.map(|m| m.headers).unwrap_or_default();
+        let get = |name: &str| {
+            headers.iter().find(|hv| hv.key.eq_ignore_ascii_case(name)).map(|hv| {
+                if hv.raw_value.is_empty() {
+                    hv.value.clone()
+                } else {
+                    String::from_utf8_lossy(&hv.raw_value).into_owned()
+                }
+            })
+        };
+        if get(":status").or_else(|| get("status")).is_some_and(|s| s != "200") {
+            self.picker.metrics.record_model_server_error();
+        }
+        self.streaming_response = get("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
+        let mut set = vec![proto::header("x-went-into-resp-headers", b"true")];
+        if self.picker.scheduler.config.served_verifier {
+            let v = match &self.served {
+                Some(s) => s.clone(),
+                None => "fail: x-gateway-destination-endpoint-served not found in request metadata".into(),
+            };
+            set.push(proto::header("x-conformance-test-served-endpoint", v.as_bytes()));
+        }
+        if h.end_of_stream {
+            self.finished = true;
+        }
+        Ok(vec![Ok(proto::response_headers_response(set))])
+    }
+
+    fn on_response_body(&mut self, b: HttpBody) -> Answers {
+        if self.streaming_response {
+            if self.usage.is_none() {
+                self.usage = usage_from_sse(&b.body);
+            }
+            let body = rewrite_model_back(&b.body, &self.target_model, &self.incoming_model).unwrap_or(b.body);
+            let mut out = Vec::new();
+            proto::body_responses(&body, b.end_of_stream, false, &mut out);
+            if b.end_of_stream {
+                self.finish_response();
+            }
+            return Ok(out.into_iter().map(Ok).collect());
+        }
+        if self.response_buffer.len() + b.body.len() > self.picker.settings.max_response_buffer_bytes {
+            // Too large to buffer: pass through from here on, without usage.
+            self.streaming_response = true;
+            let mut body = std::mem::take(&mut self.response_buffer);
+            body.extend_from_slice(&b.body);
+            let mut out = Vec::new();
+            proto::body_responses(&body, b.end_of_stream, false, &mut out);
+            return Ok(out.into_iter().map(Ok).collect());
+        }
+        self.response_buffer.extend_from_slice(&b.body);
+        if !b.end_of_stream {
+            return Ok(Vec::new());
+        }
+        Ok(self.flush_response(true))
+    }
+
+    fn flush_response(&mut self, end_of_stream: bool) -> Vec<Result<ProcessingResponse, Status>> {
+        if self.streaming_response && self.response_buffer.is_empty() {
+            self.finish_response();
+            return Vec::new();
+        }
+        let body = std::mem::take(&mut self.response_buffer);
+        self.usage = self.usage.or_else(|| usage_from_json(&body));
+        let body = rewrite_model_back(&body, &self.target_model, &self.incoming_model).unwrap_or(body);
+        let mut out = Vec::new();
+        proto::body_responses(&body, end_of_stream, false, &mut out);
+        self.finish_response();
+        out.into_iter().map(Ok).collect()
+    }
+
+    fn finish_response(&mut self) {
+        self.finished = true;
+        if let Some(u) = self.usage {
+            self.picker.metrics.record_usage(&self.incoming_model, &self.target_model, u);
+        }
+        self.inflight = None;
+    }
+}
+
+fn remove_list() -> Vec<String> {
+    CONTROL_HEADERS.iter().map(|h| h.to_string()).collect()
+}

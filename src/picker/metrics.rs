@@ -1,0 +1,145 @@
+//! The picker's Prometheus metrics, upstream names where upstream has them.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::PickError;
+use super::response::Usage;
+use super::view::PickerView;
+use crate::model::EndpointId;
+
+type Labels = Vec<(String, String)>;
+
+/// Registered under the registry passed in; no globals.
+#[derive(Clone)]
+pub struct PickerMetrics {
+    /// `inference_extension_scheduler_e2e_duration_seconds`: parse + schedule time.
+    decision: Histogram,
+    /// Picks per endpoint (`switchyard_picker_picks_total{endpoint}`).
+    picks: Family<Labels, Counter>,
+    /// Decisions made without fresh load metrics.
+    load_agnostic: Counter,
+    /// `inference_objective_request_error_total{error_code}`.
+    errors: Family<Labels, Counter>,
+    input_tokens: Family<Labels, Histogram>,
+    output_tokens: Family<Labels, Histogram>,
+    snapshot_seq: Gauge,
+    snapshot_epoch: Gauge,
+    snapshot_endpoints: Gauge,
+    snapshot_published: Gauge<f64, AtomicU64>,
+    prefix_entries: Gauge,
+}
+
+impl PickerMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = PickerMetrics {
+            decision: Histogram::new(exponential_buckets(1e-5, 2.0, 18)),
+            picks: Family::default(),
+            load_agnostic: Counter::default(),
+            errors: Family::default(),
+            input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
+            output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
+            snapshot_seq: Gauge::default(),
+            snapshot_epoch: Gauge::default(),
+            snapshot_endpoints: Gauge::default(),
+            snapshot_published: Gauge::default(),
+            prefix_entries: Gauge::default(),
+        };
+        registry.register(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "Time to parse and schedule a request",
+            m.decision.clone(),
+        );
+        registry.register("switchyard_picker_picks", "Requests routed per endpoint", m.picks.clone());
+        registry.register(
+            "switchyard_picker_load_agnostic_picks",
+            "Decisions made while no candidate had fresh metrics",
+            m.load_agnostic.clone(),
+        );
+        registry.register(
+            "inference_objective_request_error",
+            "Requests answered with an error, by code",
+            m.errors.clone(),
+        );
+        registry.register("inference_objective_input_tokens", "Prompt tokens per request", m.input_tokens.clone());
+        registry.register(
+            "inference_objective_output_tokens",
+            "Completion tokens per request",
+            m.output_tokens.clone(),
+        );
+        registry.register(
+            "switchyard_picker_snapshot_seq",
+            "Sequence number of the snapshot held",
+            m.snapshot_seq.clone(),
+        );
+        registry.register(
+            "switchyard_picker_snapshot_epoch",
+            "Leader epoch of the snapshot held",
+            m.snapshot_epoch.clone(),
+        );
+        registry.register(
+            "switchyard_picker_snapshot_endpoints",
+            "Endpoints in the snapshot held",
+            m.snapshot_endpoints.clone(),
+        );
+        registry.register(
+            "switchyard_picker_snapshot_published_timestamp_seconds",
+            "When the snapshot held was published (age = now - this)",
+            m.snapshot_published.clone(),
+        );
+        registry.register(
+            "inference_extension_prefix_indexer_size",
+            "Entries in the prefix index",
+            m.prefix_entries.clone(),
+        );
+        m
+    }
+
+    /// Metrics that go nowhere (tools and tests).
+    pub fn detached() -> Self {
+        Self::new(&mut Registry::default())
+    }
+
+    pub(super) fn record_pick(&self, endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
+        self.decision.observe(took.as_secs_f64());
+        self.picks.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).inc();
+        if load_agnostic {
+            self.load_agnostic.inc();
+        }
+    }
+
+    pub(super) fn record_error(&self, e: &PickError) {
+        let (status, code) = e.status();
+        self.errors
+            .get_or_create(&vec![("error_code".into(), code.to_string()), ("status".into(), status.to_string())])
+            .inc();
+    }
+
+    pub(super) fn record_model_server_error(&self) {
+        self.errors
+            .get_or_create(&vec![("error_code".into(), "ModelServerError".into()), ("status".into(), "".into())])
+            .inc();
+    }
+
+    pub(super) fn record_usage(&self, model: &str, target: &str, u: Usage) {
+        let labels = vec![("model_name".into(), model.to_string()), ("target_model_name".into(), target.to_string())];
+        self.input_tokens.get_or_create(&labels).observe(u.prompt_tokens as f64);
+        self.output_tokens.get_or_create(&labels).observe(u.completion_tokens as f64);
+    }
+
+    pub(super) fn record_snapshot(&self, view: &PickerView, prefix_entries: usize) {
+        let s = &view.snapshot;
+        self.snapshot_seq.set(s.seq as i64);
+        self.snapshot_epoch.set(s.epoch as i64);
+        self.snapshot_endpoints.set(s.endpoints.len() as i64);
+        let published = s.published_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        self.snapshot_published.set(published.as_secs_f64());
+        self.prefix_entries.set(prefix_entries as i64);
+    }
+}

@@ -1,0 +1,126 @@
+//! The picker role: Envoy's ext-proc server (port 9002) and gRPC health (9003), answering every
+//! request from the snapshot it holds.
+//!
+//! Inputs: snapshots on a `watch` channel (from the local aggregator in standalone mode). Output:
+//! routing answers to Envoy. The request path reads an `Arc<PickerView>` (`ArcSwap::load_full`)
+//! and never awaits a lock, an actor or the control plane; the prefix index sits behind a short
+//! synchronous mutex. It does not scrape, discover or elect anything.
+
+mod ext_proc;
+pub mod health;
+mod metrics;
+pub mod proto;
+pub mod request;
+pub mod response;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use thiserror::Error;
+
+pub use ext_proc::ExtProcService;
+pub use metrics::PickerMetrics;
+pub use view::PickerView;
+
+use crate::scheduling::{PrefixIndex, Scheduler};
+
+#[derive(Debug, Clone)]
+pub struct PickerSettings {
+    /// Larger request bodies get a 413.
+    pub max_body_bytes: usize,
+    /// Non-streaming responses larger than this are passed through without usage parsing.
+    pub max_response_buffer_bytes: usize,
+    /// Ignore the proxy's subset hint (`--disable-endpoint-subset-filter`).
+    pub disable_subset_filter: bool,
+    /// InferenceObjective name → priority (header `x-gateway-inference-objective`).
+    pub objectives: HashMap<String, i32>,
+    /// Seed of the per-stream RNGs (decisions are reproducible for a seed and request order).
+    pub seed: u64,
+}
+
+impl Default for PickerSettings {
+    fn default() -> Self {
+        PickerSettings {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_response_buffer_bytes: 16 * 1024 * 1024,
+            disable_subset_filter: false,
+            objectives: HashMap::new(),
+            seed: SmallRng::from_os_rng().next_u64(),
+        }
+    }
+}
+
+/// Why a request gets an immediate response instead of a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PickError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("system saturated, sheddable request dropped")]
+    Shed,
+    #[error("{0}")]
+    Unschedulable(String),
+    #[error("failed to find endpoint candidates for serving the request")]
+    NoCandidates,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl PickError {
+    /// HTTP status and upstream's error code name.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            PickError::BadRequest(_) => (400, "BadRequest"),
+            PickError::TooLarge(_) => (413, "BadRequest"),
+            PickError::Shed | PickError::Unschedulable(_) => (429, "ResourceExhausted"),
+            PickError::NoCandidates => (503, "ServiceUnavailable"),
+            PickError::Internal(_) => (500, "Internal"),
+        }
+    }
+}
+
+/// State shared by every ext-proc stream of a picker.
+pub struct Picker {
+    pub view: Arc<ArcSwap<PickerView>>,
+    pub scheduler: Scheduler,
+    pub prefix: Mutex<PrefixIndex>,
+    pub settings: PickerSettings,
+    pub metrics: PickerMetrics,
+    streams: AtomicU64,
+}
+
+impl Picker {
+    pub fn new(scheduler: Scheduler, settings: PickerSettings, metrics: PickerMetrics) -> Self {
+        Picker {
+            view: Arc::new(ArcSwap::from_pointee(PickerView::empty())),
+            scheduler,
+            prefix: Mutex::new(PrefixIndex::new()),
+            settings,
+            metrics,
+            streams: AtomicU64::new(0),
+        }
+    }
+
+    fn rng(&self) -> SmallRng {
+        let n = self.streams.fetch_add(1, Ordering::Relaxed);
+        SmallRng::seed_from_u64(self.settings.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.streams.load(Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.settings.seed, n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Called when a new view is installed: prune the prefix index and update gauges.
+    pub fn on_view(&self, view: &PickerView) {
+        let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        prefix.retain(|id| view.snapshot.index_of(id).is_some());
+        self.metrics.record_snapshot(view, prefix.len());
+    }
+}
