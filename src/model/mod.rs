@@ -16,6 +16,8 @@ pub use snapshot::{EndpointState, Load, Snapshot};
 
 /// Stable endpoint identity: `<namespace>/<pod>-rank-<i>` for Kubernetes pods, the configured name
 /// for static endpoints.
+/// Ids are cloned from one allocation along the pipeline, and `Arc<str>` equality compares
+/// pointers before bytes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EndpointId(Arc<str>);

@@ -132,12 +132,13 @@ impl Scheduler {
             self.config.prefix.max_blocks,
         );
         let matches = prefix.match_lengths(&prefix_hashes);
+        let fresh_after = now.checked_sub(self.config.staleness).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut cands: Vec<Candidate> = candidates
             .iter()
             .map(|&i| {
                 let state = &snapshot.endpoints[i];
                 let l = local.get(i).copied().unwrap_or_default();
-                score::candidate(i, state, l, &matches, now, self.config.staleness)
+                score::candidate(i, state, l, &matches, fresh_after)
             })
             .collect();
 
@@ -157,10 +158,7 @@ impl Scheduler {
                 continue;
             }
             total_weight += weight;
-            let scores = score::score(*scorer, snapshot, &cands, req, prefix_hashes.len());
-            for (c, s) in cands.iter_mut().zip(scores) {
-                c.score += weight * s.clamp(0.0, 1.0);
-            }
+            score::add_scores(*scorer, *weight, snapshot, &mut cands, req, prefix_hashes.len());
         }
         let endpoints = self.pick(&mut cands, total_weight, rng);
         Ok(Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic })
@@ -191,24 +189,30 @@ impl Scheduler {
     }
 
     fn pick(&self, cands: &mut [Candidate], total_weight: f64, rng: &mut SmallRng) -> Vec<usize> {
-        cands.shuffle(rng);
         match self.config.profile.picker {
-            PickerKind::Random { n } => cands.iter().take(n).map(|c| c.index).collect(),
+            PickerKind::Random { n } => {
+                cands.shuffle(rng);
+                cands.iter().take(n).map(|c| c.index).collect()
+            }
             PickerKind::MaxScore { n } => {
-                cands.sort_by(|a, b| b.score.total_cmp(&a.score));
-                // Near-ties (within epsilon of the best) are ties: the shuffle already ordered
-                // them randomly, so move a random one among them to the front.
+                // Totals within epsilon of the best are ties; one of them, chosen uniformly, is
+                // the primary. O(n): no sort unless fallbacks are wanted.
                 let eps = self.config.tie_epsilon * total_weight.max(1.0);
-                let best = cands[0].score;
-                let tied = cands.iter().take_while(|c| c.score >= best - eps).count();
-                if tied > 1 {
-                    let k = rng.random_range(0..tied);
-                    cands[..tied].rotate_left(k);
+                let best = cands.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
+                let tied = cands.iter().filter(|c| c.score >= best - eps).count();
+                let k = rng.random_range(0..tied);
+                let pos = cands.iter().enumerate().filter(|(_, c)| c.score >= best - eps).nth(k).map_or(0, |(i, _)| i);
+                cands.swap(0, pos);
+                if n > 1 {
+                    let rest = &mut cands[1..];
+                    rest.shuffle(rng);
+                    rest.sort_by(|a, b| b.score.total_cmp(&a.score));
                 }
                 cands.iter().take(n).map(|c| c.index).collect()
             }
             PickerKind::WeightedRandom { n } => {
                 if cands.iter().all(|c| c.score <= 0.0) {
+                    cands.shuffle(rng);
                     return cands.iter().take(n).map(|c| c.index).collect();
                 }
                 let mut keyed: Vec<(f64, usize)> = cands

@@ -1,6 +1,6 @@
 //! Filters, scorers and saturation, as free functions over candidates.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -14,11 +14,11 @@ pub(super) fn candidate(
     state: &EndpointState,
     local: LocalLoad,
     matches: &[(EndpointId, usize)],
-    now: SystemTime,
-    staleness: Duration,
+    fresh_after: SystemTime,
 ) -> Candidate {
     let sample = state.metrics.sample();
-    let fresh = state.metrics.age(now).is_some_and(|age| age <= staleness);
+    // Scraped at or after `now - staleness` (a clock step backwards counts as fresh).
+    let fresh = sample.is_some_and(|s| s.scraped_at >= fresh_after);
     let m = sample.map(|s| &s.metrics);
     let prefix_match = matches.iter().find(|(id, _)| *id == state.endpoint.id).map_or(0, |(_, n)| *n);
     Candidate {
@@ -134,48 +134,53 @@ pub fn host(addr: &str) -> &str {
     }
 }
 
-/// Scores in 0..=1, one per candidate (same order).
-pub(super) fn score(
+/// Adds `weight × score` (score clamped to 0..=1) to every candidate, in one pass.
+pub(super) fn add_scores(
     s: ScorerKind,
+    weight: f64,
     snapshot: &Snapshot,
-    cands: &[Candidate],
+    cands: &mut [Candidate],
     req: &RequestFeatures<'_>,
     total_blocks: usize,
-) -> Vec<f64> {
+) {
+    let add = |c: &mut Candidate, v: f64| c.score += weight * v.clamp(0.0, 1.0);
     match s {
-        ScorerKind::Queue => min_max(cands, |c| c.queued),
-        ScorerKind::RunningRequests => min_max(cands, |c| c.running),
-        ScorerKind::KvCache => cands.iter().map(|c| if c.fresh { 1.0 - c.kv_usage } else { 0.0 }).collect(),
-        ScorerKind::PrefixCache => cands
-            .iter()
-            .map(|c| if total_blocks == 0 { 0.0 } else { c.prefix_match as f64 / total_blocks as f64 })
-            .collect(),
-        ScorerKind::TokenLoad { threshold_tokens } => cands
-            .iter()
-            .map(|c| {
-                let t = c.inflight.tokens as f64;
-                if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens }
-            })
-            .collect(),
-        ScorerKind::LoraAffinity => cands
-            .iter()
-            .map(|c| {
-                let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
-                let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
-                let waiting = m.and_then(|m| m.waiting_lora.as_deref()).unwrap_or_default();
-                let max = m.and_then(|m| m.max_lora).unwrap_or(0) as usize;
-                let model = req.target_model;
-                if running.iter().any(|a| a == model) {
-                    1.0
-                } else if distinct(running, waiting) < max {
-                    0.8
-                } else if waiting.iter().any(|a| a == model) {
-                    0.6
-                } else {
-                    0.0
-                }
-            })
-            .collect(),
+        ScorerKind::Queue => min_max(cands, |c| c.queued, add),
+        ScorerKind::RunningRequests => min_max(cands, |c| c.running, add),
+        ScorerKind::KvCache => cands.iter_mut().for_each(|c| {
+            let v = if c.fresh { 1.0 - c.kv_usage } else { 0.0 };
+            add(c, v)
+        }),
+        ScorerKind::PrefixCache => {
+            if total_blocks > 0 {
+                cands.iter_mut().for_each(|c| {
+                    let v = c.prefix_match as f64 / total_blocks as f64;
+                    add(c, v)
+                });
+            }
+        }
+        ScorerKind::TokenLoad { threshold_tokens } => cands.iter_mut().for_each(|c| {
+            let t = c.inflight.tokens as f64;
+            let v = if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens };
+            add(c, v)
+        }),
+        ScorerKind::LoraAffinity => cands.iter_mut().for_each(|c| {
+            let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
+            let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
+            let waiting = m.and_then(|m| m.waiting_lora.as_deref()).unwrap_or_default();
+            let max = m.and_then(|m| m.max_lora).unwrap_or(0) as usize;
+            let model = req.target_model;
+            let v = if running.iter().any(|a| a == model) {
+                1.0
+            } else if distinct(running, waiting) < max {
+                0.8
+            } else if waiting.iter().any(|a| a == model) {
+                0.6
+            } else {
+                0.0
+            };
+            add(c, v)
+        }),
     }
 }
 
@@ -188,19 +193,21 @@ fn distinct(a: &[String], b: &[String]) -> usize {
 
 /// Upstream's min-max normalization (lower is better) over fresh candidates; stale or unknown
 /// ones score 0, the worst.
-fn min_max(cands: &[Candidate], value: impl Fn(&Candidate) -> f64) -> Vec<f64> {
-    let fresh = cands.iter().filter(|c| c.fresh).map(&value);
-    let (min, max) = fresh.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    cands
-        .iter()
-        .map(|c| {
-            if !c.fresh {
-                0.0
-            } else if max <= min {
-                1.0
-            } else {
-                (max - value(c)) / (max - min)
-            }
-        })
-        .collect()
+fn min_max(cands: &mut [Candidate], value: impl Fn(&Candidate) -> f64, add: impl Fn(&mut Candidate, f64)) {
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+    for c in cands.iter().filter(|c| c.fresh) {
+        let v = value(c);
+        min = min.min(v);
+        max = max.max(v);
+    }
+    for c in cands.iter_mut() {
+        let v = if !c.fresh {
+            0.0
+        } else if max <= min {
+            1.0
+        } else {
+            (max - value(c)) / (max - min)
+        };
+        add(c, v);
+    }
 }
