@@ -17,6 +17,8 @@ use crate::tools::board::{Board, GetBoard};
 pub enum BenchCommand {
     /// How many endpoints one scraper process sustains at an interval, with the age of metrics.
     Scrape(ScrapeBenchArgs),
+    /// ext-proc request path: Switchyard's picker against a null ext-proc server.
+    Extproc(crate::tools::loadgen::ExtProcBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -37,6 +39,7 @@ pub struct ScrapeBenchArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Scrape(args) => scrape(args).await,
+        BenchCommand::Extproc(args) => crate::tools::loadgen::run(args).await,
     }
 }
 

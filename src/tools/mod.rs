@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod board;
 pub mod demo;
+pub mod loadgen;
 pub mod parse;
