@@ -16,6 +16,7 @@ pub mod aggregator;
 pub mod app;
 pub mod config;
 pub mod discovery;
+pub mod gateway;
 pub mod metrics;
 pub mod model;
 pub mod picker;

@@ -28,8 +28,11 @@ struct Cli {
 enum Command {
     /// All roles in one process: scrapers, aggregator and the ext-proc picker (the default role).
     Standalone(Box<StandaloneArgs>),
-    /// Start a sim fleet, scrape it, send it load, and print what the scrapers read.
+    /// The main job in one command: sim fleet + picker + gateway, a workload, and a comparison
+    /// with round-robin.
     Demo(tools::demo::DemoArgs),
+    /// A development data plane that consults an ext-proc server as Envoy does.
+    Gateway(GatewayArgs),
     /// Run simulated model servers on loopback.
     Sim(SimArgs),
     /// Tools for metrics pages.
@@ -38,6 +41,27 @@ enum Command {
     /// Benchmarks (results go to docs/benchmarks.md).
     #[command(subcommand)]
     Bench(tools::bench::BenchCommand),
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// ext-proc server URL (plaintext h2c), e.g. http://127.0.0.1:9002.
+    #[arg(long, default_value = "http://127.0.0.1:9002")]
+    ext_proc: String,
+    /// Static endpoints file: the pool used when failing open (and by --round-robin).
+    #[arg(long)]
+    endpoints_file: PathBuf,
+    /// `open` sends to a random pool endpoint when ext-proc is unreachable; `close` answers 503.
+    #[arg(long, default_value = "open", value_parser = ["open", "close"])]
+    failure_mode: String,
+    /// How long to wait for each ext-proc answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    message_timeout: std::time::Duration,
+    /// Ignore ext-proc and round-robin over the pool (a baseline).
+    #[arg(long)]
+    round_robin: bool,
 }
 
 /// Flags follow upstream's EPP names where they exist.
@@ -246,6 +270,7 @@ fn run_async(command: Command) -> ExitCode {
         match command {
             Command::Demo(args) => tools::demo::run(args).await,
             Command::Standalone(args) => run_standalone(*args).await,
+            Command::Gateway(args) => run_gateway(args).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) => unreachable!("handled synchronously"),
@@ -299,6 +324,32 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: readiness off, draining");
     handle.shutdown(std::time::Duration::from_secs(args.grace_period_secs)).await;
+    Ok(())
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    use switchyard::gateway::{self, FailureMode, GatewayConfig};
+    let file = switchyard::discovery::StaticEndpoints::load(&args.endpoints_file)?;
+    let pool = file
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            let ports: Vec<u16> = e.port.into_iter().chain(e.ports.iter().copied()).collect();
+            ports.into_iter().map(move |p| switchyard::discovery::join_host_port(&e.address, p))
+        })
+        .collect();
+    let cfg = GatewayConfig {
+        ext_proc: (!args.round_robin).then_some(args.ext_proc),
+        failure_mode: if args.failure_mode == "open" { FailureMode::Open } else { FailureMode::Close },
+        pool,
+        message_timeout: args.message_timeout,
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = gateway::start(cfg, args.listen, stop_rx).await?;
+    tracing::info!(%addr, "gateway listening");
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = task.await;
     Ok(())
 }
 

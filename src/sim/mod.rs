@@ -31,7 +31,7 @@ pub struct FleetConfig {
     pub seed: u64,
     pub speed: f64,
     pub model: String,
-    /// LoRA adapters served by the vLLM servers.
+    /// LoRA adapters served by every server (only vLLM pages report them).
     pub adapters: Vec<String>,
     pub params: ModelParams,
 }
@@ -90,7 +90,8 @@ pub async fn start_fleet(cfg: &FleetConfig) -> std::io::Result<Vec<SimHandle>> {
                 name: format!("sim-{}-{i}", flavor.name()),
                 flavor: *flavor,
                 model: cfg.model.clone(),
-                adapters: if flavor.supports_lora() { cfg.adapters.clone() } else { Vec::new() },
+                // Every engine can serve adapters; only vLLM reports them in its metrics.
+                adapters: cfg.adapters.clone(),
                 params: cfg.params.clone(),
                 seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(handles.len() as u64),
                 speed: cfg.speed,

@@ -116,6 +116,11 @@ impl SimServer {
         })
     }
 
+    /// Requests waiting in the engine queue right now.
+    pub fn queue_depth(&self) -> usize {
+        lock(&self.core).waiting()
+    }
+
     fn sim_now(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * self.cfg.speed
     }
