@@ -166,7 +166,7 @@ async fn run_workload(label: &str, gateway_url: &str, fleet: &[SimHandle], args:
                 format!("  {label:<12} [{}{}] {d}/{}", "#".repeat(filled), ".".repeat(30 - filled), args.requests);
             if tty {
                 eprint!("\r{bar}")
-            } else if filled % 10 == 0 {
+            } else if filled.is_multiple_of(10) {
                 eprintln!("{bar}")
             }
             let _ = std::io::stderr().flush();
