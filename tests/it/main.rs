@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod deploy;
 mod envoy;
+mod gateway;
 mod hostile;
 mod picker;
 mod scrape;

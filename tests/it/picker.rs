@@ -241,3 +241,38 @@ async fn prefix_affinity_across_requests() {
     }
     assert!(dests.iter().all(|d| *d == dests[0]), "shared system prompt sticks to one endpoint: {dests:?}");
 }
+
+#[actix_rt::test]
+async fn ext_proc_over_tls_with_a_mounted_certificate() {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("tls.crt"), key.cert.pem()).expect("crt");
+    std::fs::write(dir.path().join("tls.key"), key.signing_key.serialize_pem()).expect("key");
+    let cert_dir = dir.path().to_path_buf();
+    let sb = Sandbox::start(fleet(1), None, move |o| o.tls = switchyard::app::Tls::Files(cert_dir)).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(key.cert.pem()))
+        .domain_name("localhost");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", sb.epp().ext_proc_addr))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("TLS handshake");
+    let mut c =
+        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(ch);
+    let ex = send(&mut c, &HttpRequest::chat(MODEL, "over tls")).await;
+    assert!(ex.routed.set_headers.contains_key("x-gateway-destination-endpoint"));
+    // Plaintext clients are refused on a TLS port.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", sb.epp().ext_proc_addr))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut c =
+            envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(ch);
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        assert!(c.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! deploy/envoy.yaml expresses what `switchyard gateway` does.
+
+#[test]
+fn envoy_config_matches_the_epp_protocol() {
+    let text = std::fs::read_to_string(format!("{}/deploy/envoy.yaml", env!("CARGO_MANIFEST_DIR")))
+        .expect("deploy/envoy.yaml");
+    let v: serde_json::Value = serde_saphyr::from_str(&text).expect("valid YAML");
+    let hcm = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let ext = hcm["http_filters"]
+        .as_array()
+        .expect("filters")
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.ext_proc")
+        .expect("ext_proc filter");
+    let mode = &ext["typed_config"]["processing_mode"];
+    assert_eq!(mode["request_body_mode"], "FULL_DUPLEX_STREAMED");
+    assert_eq!(mode["response_body_mode"], "FULL_DUPLEX_STREAMED");
+    assert_eq!(mode["request_header_mode"], "SEND");
+    assert_eq!(mode["request_trailer_mode"], "SEND");
+    let clusters = v["static_resources"]["clusters"].as_array().expect("clusters");
+    let servers = clusters.iter().find(|c| c["name"] == "model-servers").expect("model-servers");
+    assert_eq!(servers["type"], "ORIGINAL_DST");
+    assert_eq!(servers["original_dst_lb_config"]["http_header_name"], "x-gateway-destination-endpoint");
+    let picker = clusters.iter().find(|c| c["name"] == "switchyard-picker").expect("picker cluster");
+    assert_eq!(
+        picker["health_checks"][0]["grpc_health_check"]["service_name"],
+        "envoy.service.ext_proc.v3.ExternalProcessor"
+    );
+    assert_eq!(
+        picker["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"],
+        9002
+    );
+}
