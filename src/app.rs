@@ -15,14 +15,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::aggregator::{Aggregator, EndpointsChanged};
 use crate::config::{self, MetricFlags};
 use crate::discovery::StaticEndpoints;
 use crate::model::Snapshot;
 use crate::picker::health::{HealthService, Readiness};
-use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, view};
+use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, tls, view};
 use crate::protocol::ScrapeSink;
 use crate::scheduling::{Scheduler, SchedulerConfig};
 use crate::scraper::{AssignEndpoints, FetchSettings, ScrapeSettings, ScrapeSupervisor};
@@ -33,8 +33,12 @@ pub enum Tls {
     Plaintext,
     /// A certificate generated at start-up (`--secure-serving` without `--cert-path`).
     SelfSigned,
-    /// `tls.crt` and `tls.key` from a directory.
-    Files(PathBuf),
+    /// `tls.crt` and `tls.key` from a directory, reloaded on change when `reload` is set
+    /// (`--enable-cert-reload`).
+    Files {
+        dir: PathBuf,
+        reload: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -104,24 +108,6 @@ async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<T
         .with_context(|| format!("cannot listen on {host}:{port} ({what})"))
 }
 
-fn tls_identity(tls: &Tls) -> anyhow::Result<Option<Identity>> {
-    match tls {
-        Tls::Plaintext => Ok(None),
-        Tls::SelfSigned => {
-            let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-                .context("cannot generate a self-signed certificate")?;
-            Ok(Some(Identity::from_pem(key.cert.pem(), key.signing_key.serialize_pem())))
-        }
-        Tls::Files(dir) => {
-            let cert =
-                std::fs::read(dir.join("tls.crt")).with_context(|| format!("cannot read {}/tls.crt", dir.display()))?;
-            let key =
-                std::fs::read(dir.join("tls.key")).with_context(|| format!("cannot read {}/tls.key", dir.display()))?;
-            Ok(Some(Identity::from_pem(cert, key)))
-        }
-    }
-}
-
 /// Starts every role in this process. Must run inside an actix System on a tokio runtime.
 pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<StandaloneHandle> {
     crate::ensure_crypto_provider();
@@ -144,7 +130,8 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
-    let supervisor = ScrapeSupervisor::new(registry.clone(), &settings, sink)?.start();
+    let scrape_metrics = crate::scraper::ScrapeMetrics::new(&mut metrics_registry);
+    let supervisor = ScrapeSupervisor::with_metrics(registry.clone(), &settings, sink, scrape_metrics)?.start();
     aggregator.do_send(EndpointsChanged(endpoints.clone()));
     supervisor.do_send(AssignEndpoints(endpoints));
 
@@ -159,6 +146,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    let tls_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -172,16 +160,33 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
         (ext_listener.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
 
     let mut servers = Vec::new();
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(identity) = tls_identity(&opts.tls)? {
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).context("invalid TLS configuration")?;
-    }
     let ext = ExtProcService { picker: picker.clone() };
     let health = tonic_health::pb::health_server::HealthServer::new(HealthService { readiness: readiness.clone() });
-    let router = builder.add_service(ExternalProcessorServer::new(ext)).add_service(health.clone());
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(ExternalProcessorServer::new(ext).max_decoding_message_size(64 * 1024 * 1024))
+        .add_service(health.clone());
     let signal = stopped();
+    let cert = match &opts.tls {
+        Tls::Plaintext => None,
+        Tls::SelfSigned => Some(tls::CertStore::new(tls::self_signed()?)),
+        Tls::Files { dir, reload } => {
+            let store = tls::CertStore::new(tls::load_dir(dir)?);
+            if *reload {
+                tokio::spawn(tls::reload_loop(store.clone(), dir.clone(), Duration::from_secs(1), tls_stop.clone()));
+            }
+            Some(store)
+        }
+    };
     servers.push(tokio::spawn(async move {
-        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(ext_listener), signal).await {
+        let result = match cert {
+            None => router.serve_with_incoming_shutdown(TcpListenerStream::new(ext_listener), signal).await,
+            Some(store) => {
+                let incoming = tls::incoming(ext_listener, tls::server_config(store), tls_stop);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "ext-proc server failed");
         }
     }));

@@ -103,6 +103,9 @@ struct StandaloneArgs {
     /// Directory with tls.crt and tls.key.
     #[arg(long)]
     cert_path: Option<PathBuf>,
+    /// Reload the certificate when the files in --cert-path change.
+    #[arg(long)]
+    enable_cert_reload: bool,
     /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
     #[arg(long)]
     disable_endpoint_subset_filter: bool,
@@ -316,7 +319,7 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         tls: match (args.secure_serving, args.cert_path) {
             (false, _) => Tls::Plaintext,
             (true, None) => Tls::SelfSigned,
-            (true, Some(dir)) => Tls::Files(dir),
+            (true, Some(dir)) => Tls::Files { dir, reload: args.enable_cert_reload },
         },
         picker,
     };

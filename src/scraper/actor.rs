@@ -24,6 +24,7 @@ pub struct ScraperActor {
     /// Kind of the current failure, for transition logging.
     failing: Option<&'static str>,
     pub(super) stats: ScraperStats,
+    metrics: Option<super::ScrapeMetrics>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -52,12 +53,21 @@ impl ScraperActor {
             in_flight: false,
             failing: None,
             stats: ScraperStats::default(),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: super::ScrapeMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight {
             self.stats.skipped += 1;
+            if let Some(m) = &self.metrics {
+                m.skipped(self.endpoint.id.as_str());
+            }
             return;
         }
         let Some(url) = self.url.clone() else {
@@ -81,6 +91,9 @@ impl ScraperActor {
         match result {
             Ok(normalized) => {
                 self.stats.ok += 1;
+                if let Some(m) = &self.metrics {
+                    m.scraped(endpoint.as_str(), latency);
+                }
                 if let Some(kind) = self.failing.take() {
                     tracing::info!(%endpoint, previous_error = kind, "scrape recovered");
                 }
@@ -93,6 +106,9 @@ impl ScraperActor {
             }
             Err(error) => {
                 self.stats.failed += 1;
+                if let Some(m) = &self.metrics {
+                    m.failed(endpoint.as_str(), error.kind());
+                }
                 if self.failing != Some(error.kind()) {
                     tracing::warn!(%endpoint, url = %self.endpoint.metrics_url, %error, "scrape failing");
                     self.failing = Some(error.kind());

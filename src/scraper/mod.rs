@@ -12,6 +12,7 @@
 
 mod actor;
 mod fetch;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use actor::{ScraperActor, ScraperStats};
 pub use fetch::{FetchSettings, Fetcher, ScrapeError};
+pub use metrics::ScrapeMetrics;
 
 use crate::metrics::EngineRegistry;
 use crate::model::{Endpoint, EndpointChange, EndpointId, diff_endpoints};
@@ -57,6 +59,7 @@ pub struct ScrapeSupervisor {
     fetcher: Fetcher,
     interval: Duration,
     sink: ScrapeSink,
+    metrics: ScrapeMetrics,
     actors: BTreeMap<EndpointId, (Endpoint, Addr<ScraperActor>)>,
     started: u64,
     stopped: u64,
@@ -68,11 +71,21 @@ impl ScrapeSupervisor {
         settings: &ScrapeSettings,
         sink: ScrapeSink,
     ) -> Result<Self, reqwest::Error> {
+        Self::with_metrics(registry, settings, sink, ScrapeMetrics::detached())
+    }
+
+    pub fn with_metrics(
+        registry: Arc<EngineRegistry>,
+        settings: &ScrapeSettings,
+        sink: ScrapeSink,
+        metrics: ScrapeMetrics,
+    ) -> Result<Self, reqwest::Error> {
         Ok(ScrapeSupervisor {
             registry,
             fetcher: Fetcher::new(settings.fetch.clone())?,
             interval: settings.interval,
             sink,
+            metrics,
             actors: BTreeMap::new(),
             started: 0,
             stopped: 0,
@@ -97,7 +110,8 @@ impl ScrapeSupervisor {
     fn start(&mut self, endpoint: Endpoint) {
         let mapping = self.registry.get(&endpoint.engine).unwrap_or_else(|| self.registry.default_mapping()).clone();
         let actor =
-            ScraperActor::new(endpoint.clone(), mapping, self.fetcher.clone(), self.interval, self.sink.clone());
+            ScraperActor::new(endpoint.clone(), mapping, self.fetcher.clone(), self.interval, self.sink.clone())
+                .with_metrics(self.metrics.clone());
         tracing::debug!(endpoint = %endpoint.id, engine = %endpoint.engine, "scraper started");
         self.actors.insert(endpoint.id.clone(), (endpoint, actor.start()));
         self.started += 1;
@@ -108,6 +122,7 @@ impl ScrapeSupervisor {
             // Dropping the last address stops the actor once its mailbox is empty; ask explicitly
             // so an in-flight scrape result is not published after removal.
             addr.do_send(StopScraping);
+            self.metrics.forget(id.as_str());
             self.stopped += 1;
             tracing::debug!(endpoint = %id, "scraper stopped");
         }

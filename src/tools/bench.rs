@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Scrape(ScrapeBenchArgs),
     /// ext-proc request path: Switchyard's picker against a null ext-proc server.
     Extproc(crate::tools::loadgen::ExtProcBenchArgs),
+    /// End to end through the gateway: with the picker versus straight to one endpoint.
+    Gateway(crate::tools::loadgen::GatewayBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -40,6 +42,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Scrape(args) => scrape(args).await,
         BenchCommand::Extproc(args) => crate::tools::loadgen::run(args).await,
+        BenchCommand::Gateway(args) => crate::tools::loadgen::run_gateway(args).await,
     }
 }
 

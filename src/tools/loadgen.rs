@@ -350,3 +350,131 @@ pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Clone)]
+pub struct GatewayBenchArgs {
+    /// Sim endpoints behind the picker.
+    #[arg(long, default_value_t = 4)]
+    pub endpoints: usize,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+/// End to end through `switchyard gateway` against sim endpoints: gateway + picker versus the
+/// gateway going straight to one endpoint. The sims run 100× faster than real time so that the
+/// proxy path, not the model, dominates.
+pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
+    use crate::app::{StandaloneOptions, Tls};
+    use crate::gateway::{self, FailureMode, GatewayConfig};
+    use crate::sim::{self, Flavor};
+    crate::ensure_crypto_provider();
+    let cfg = sim::FleetConfig { fleet: vec![(Flavor::VllmV1, args.endpoints)], speed: 100.0, ..Default::default() };
+    let fleet = sim::start_fleet(&cfg).await?;
+    let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("endpoints.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let epp = crate::app::start_standalone(StandaloneOptions {
+        host: [127, 0, 0, 1].into(),
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        endpoints_file: file,
+        tls: Tls::Plaintext,
+        ..StandaloneOptions::default()
+    })
+    .await?;
+    while !epp.readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let pool: Vec<String> = fleet.iter().map(|h| h.addr.to_string()).collect();
+    let with_picker = GatewayConfig {
+        ext_proc: Some(format!("http://{}", epp.ext_proc_addr)),
+        failure_mode: FailureMode::Close,
+        pool: pool.clone(),
+        message_timeout: Duration::from_secs(10),
+    };
+    let direct = GatewayConfig {
+        ext_proc: None,
+        failure_mode: FailureMode::Close,
+        pool: vec![pool[0].clone()],
+        message_timeout: Duration::from_secs(10),
+    };
+    let (a, _t1) = gateway::start(with_picker, "127.0.0.1:0".parse()?, stop_rx.clone()).await?;
+    let (b, _t2) = gateway::start(direct, "127.0.0.1:0".parse()?, stop_rx.clone()).await?;
+    println!(
+        "end to end through the gateway: {} sim endpoints (100x speed), concurrency {}, {} s each",
+        args.endpoints, args.concurrency, args.seconds
+    );
+    println!("{:<34} {:>8} {:>8} {:>8} {:>8}", "path", "req/s", "p50 ms", "p90 ms", "p99 ms");
+    let mut rows = Vec::new();
+    for (name, addr) in [("gateway -> one endpoint (direct)", b), ("gateway -> picker -> pool", a)] {
+        let r = http_load(addr, args.concurrency, args.seconds).await?;
+        let rps = r.requests as f64 / r.seconds;
+        let l = &r.latencies_ms;
+        println!(
+            "{name:<34} {rps:>8.0} {:>8.2} {:>8.2} {:>8.2}   errors={}",
+            percentile(l, 50.0),
+            percentile(l, 90.0),
+            percentile(l, 99.0),
+            r.errors
+        );
+        rows.push((rps, percentile(l, 50.0), percentile(l, 99.0)));
+    }
+    println!(
+        "added by the picker: p50 {:+.2} ms, p99 {:+.2} ms; throughput {:.2}x",
+        rows[1].1 - rows[0].1,
+        rows[1].2 - rows[0].2,
+        rows[1].0 / rows[0].0
+    );
+    epp.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn http_load(addr: SocketAddr, concurrency: usize, seconds: u64) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let url = format!("http://{addr}/v1/chat/completions");
+    let body = Arc::new(serde_json::json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}).to_string());
+    let warm_until = Instant::now() + Duration::from_secs(1);
+    let stop_at = warm_until + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= stop_at {
+                    break;
+                }
+                let ok = match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if t0 >= warm_until {
+                    if ok { lat.push(t0.elapsed().as_secs_f64() * 1000.0) } else { errors += 1 }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut result = LoadResult { requests: 0, errors: 0, seconds: seconds as f64, latencies_ms: Vec::new() };
+    for w in workers {
+        let (lat, errors) = w.await?;
+        result.requests += lat.len() as u64;
+        result.errors += errors;
+        result.latencies_ms.extend(lat);
+    }
+    result.latencies_ms.sort_by(f64::total_cmp);
+    Ok(result)
+}

@@ -249,7 +249,9 @@ async fn ext_proc_over_tls_with_a_mounted_certificate() {
     std::fs::write(dir.path().join("tls.crt"), key.cert.pem()).expect("crt");
     std::fs::write(dir.path().join("tls.key"), key.signing_key.serialize_pem()).expect("key");
     let cert_dir = dir.path().to_path_buf();
-    let sb = Sandbox::start(fleet(1), None, move |o| o.tls = switchyard::app::Tls::Files(cert_dir)).await;
+    let sb =
+        Sandbox::start(fleet(1), None, move |o| o.tls = switchyard::app::Tls::Files { dir: cert_dir, reload: true })
+            .await;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(key.cert.pem()))
         .domain_name("localhost");
@@ -264,6 +266,28 @@ async fn ext_proc_over_tls_with_a_mounted_certificate() {
         envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(ch);
     let ex = send(&mut c, &HttpRequest::chat(MODEL, "over tls")).await;
     assert!(ex.routed.set_headers.contains_key("x-gateway-destination-endpoint"));
+    // A new certificate written to the directory is picked up without a restart.
+    let next = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("tls.crt"), next.cert.pem()).expect("crt");
+    std::fs::write(dir.path().join("tls.key"), next.signing_key.serialize_pem()).expect("key");
+    let addr = sb.epp().ext_proc_addr;
+    let connect_with = |pem: String| async move {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name("localhost");
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+    };
+    crate::support::wait_for("the reloaded certificate", Duration::from_secs(10), || {
+        let pem = next.cert.pem();
+        async move { connect_with(pem).await.ok().map(|_| ()) }
+    })
+    .await;
+    assert!(connect_with(key.cert.pem()).await.is_err(), "the old certificate is no longer served");
     // Plaintext clients are refused on a TLS port.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", sb.epp().ext_proc_addr))
         .expect("uri")
@@ -275,4 +299,32 @@ async fn ext_proc_over_tls_with_a_mounted_certificate() {
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
         assert!(c.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.is_err());
     }
+}
+
+#[actix_rt::test]
+async fn operator_metrics_are_exposed() {
+    let sb = Sandbox::start(fleet(2), None, |_| {}).await;
+    let mut c = sb.client().await;
+    let ex = send(&mut c, &HttpRequest::chat(MODEL, "count me")).await;
+    let dest = ex.routed.set_headers["x-gateway-destination-endpoint"].clone();
+    let name = sb.sim_by_addr(&dest).expect("sim").name.clone();
+    let _ = send(
+        &mut c,
+        &HttpRequest { body: b"{".to_vec(), path: "/v1/chat/completions".into(), chunks: 1, ..Default::default() },
+    )
+    .await;
+    let text = client()
+        .get(format!("http://{}/metrics", sb.epp().metrics_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains(&format!("switchyard_picker_picks_total{{endpoint=\"{name}\"}} 1")), "{text}");
+    assert!(text.contains("inference_objective_request_error_total{error_code=\"BadRequest\",status=\"400\"} 1"));
+    assert!(text.contains("switchyard_scrape_duration_seconds_count{endpoint=\"sim-vllm-v1-0\"}"), "{text}");
+    assert!(text.contains("inference_extension_scheduler_e2e_duration_seconds_count 1"));
+    assert!(text.contains("switchyard_picker_snapshot_endpoints 2"));
+    assert!(text.trim_end().ends_with("# EOF"));
 }
