@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::aggregator::{Aggregator, EndpointsChanged};
@@ -180,7 +180,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     };
     servers.push(tokio::spawn(async move {
         let result = match cert {
-            None => router.serve_with_incoming_shutdown(TcpListenerStream::new(ext_listener), signal).await,
+            None => router.serve_with_incoming_shutdown(crate::nodelay_incoming(ext_listener), signal).await,
             Some(store) => {
                 let incoming = tls::incoming(ext_listener, tls::server_config(store), tls_stop);
                 router.serve_with_incoming_shutdown(incoming, signal).await
@@ -194,7 +194,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     servers.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), signal)
+            .serve_with_incoming_shutdown(crate::nodelay_incoming(health_listener), signal)
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "health server failed");
@@ -220,7 +220,15 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
                 }
             }),
         );
-        if let Err(e) = axum::serve(metrics_listener, app).with_graceful_shutdown(signal).await {
+        if let Err(e) = axum::serve(
+            metrics_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(signal)
+        .await
+        {
             tracing::error!(error = %e, "metrics server failed");
         }
     }));

@@ -34,3 +34,17 @@ pub fn ensure_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+/// Accepted connections with `TCP_NODELAY` set, for `serve_with_incoming` (servers that bind
+/// their own listener do not get tonic's nodelay default, and small gRPC frames then wait for
+/// delayed ACKs).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
+        r.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}

@@ -121,6 +121,7 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let Ok((sock, peer)) = accepted else { continue };
+            let _ = sock.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {

@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -277,7 +277,7 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let _ = Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener)).await;
+        let _ = Server::builder().add_service(svc).serve_with_incoming(crate::nodelay_incoming(listener)).await;
     });
     Ok((addr, task))
 }

@@ -26,3 +26,16 @@ pub fn client() -> reqwest::Client {
     switchyard::ensure_crypto_provider();
     reqwest::Client::new()
 }
+
+/// Regression: servers bound to our own listeners left Nagle on, and small gRPC frames waited for
+/// delayed ACKs (40 ms stalls through the gateway at low concurrency).
+#[tokio::test]
+async fn test_accepted_connections_have_nodelay() {
+    use futures::StreamExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut incoming = Box::pin(switchyard::nodelay_incoming(listener));
+    let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let accepted = incoming.next().await.expect("a connection").expect("accepted");
+    assert!(accepted.nodelay().expect("nodelay"));
+}
