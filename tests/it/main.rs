@@ -4,6 +4,7 @@
 mod cli;
 mod deploy;
 mod envoy;
+mod etcd;
 mod gateway;
 mod hostile;
 mod picker;

@@ -1,0 +1,174 @@
+//! Leadership for aggregator replicas: a lease with a deadline.
+//!
+//! The etcd elector campaigns on an election name with a lease of `ttl`; the epoch of a term is
+//! the etcd revision of the leader key, which grows with every new term, so snapshots stamped with
+//! it fence out an old leader that comes back. The lease is renewed every `ttl / 3`; when the
+//! renewal deadline gets within `ttl / 3` of expiry without a successful renewal, the elector
+//! reports `Lost` *before* anything else (the aggregator stops publishing), then resigns and
+//! campaigns again. The static elector (standalone mode, tests) is leader at once, forever.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, LeaderKey, ResignOptions};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadershipEvent {
+    /// This replica leads from now on; stamp snapshots with `epoch`.
+    Acquired { epoch: u64 },
+    /// Stop publishing now.
+    Lost { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub election: String,
+    /// This replica's identity, stored as the leader value (its control-plane address).
+    pub value: String,
+    pub ttl: Duration,
+    pub user: Option<(String, String)>,
+}
+
+#[derive(Debug, Error)]
+pub enum ElectionError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("lease TTL must be at least 2 s, got {0:?}")]
+    Ttl(Duration),
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Drops the `watch::Ref` at once so
+/// callers' futures stay `Send`.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// Leader at once (epoch 1), until `stop`.
+pub async fn run_static(events: mpsc::Sender<LeadershipEvent>, mut stop: watch::Receiver<bool>) {
+    let _ = events.send(LeadershipEvent::Acquired { epoch: 1 }).await;
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
+    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(s.ttl / 2);
+    if let Some((u, p)) = &s.user {
+        opts = opts.with_user(u.clone(), p.clone());
+    }
+    Client::connect(s.endpoints.clone(), Some(opts)).await
+}
+
+/// The current leader's value (address), if any.
+pub async fn current_leader(s: &EtcdSettings) -> Result<Option<String>, ElectionError> {
+    let mut client = connect(s).await?;
+    match client.leader(s.election.as_str()).await {
+        Ok(resp) => Ok(resp.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+        Err(etcd_client::Error::GRpcStatus(st)) if st.message().contains("no leader") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Campaigns until `stop`, reporting leadership changes on `events`. Retries on etcd errors.
+pub async fn run_etcd(
+    settings: EtcdSettings,
+    events: mpsc::Sender<LeadershipEvent>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ElectionError> {
+    if settings.ttl < Duration::from_secs(2) {
+        return Err(ElectionError::Ttl(settings.ttl));
+    }
+    loop {
+        let stopping = *stop.borrow();
+        if stopping {
+            return Ok(());
+        }
+        match term(&settings, &events, &mut stop).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "election attempt failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.ttl / 4) => {}
+                    _ = stopped(stop.clone()) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// One lease: campaign, lead while renewals succeed, step down. `Ok` only when stopped.
+async fn term(
+    s: &EtcdSettings,
+    events: &mpsc::Sender<LeadershipEvent>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ElectionError> {
+    let mut client = connect(s).await?;
+    let ttl_secs = s.ttl.as_secs().max(2) as i64;
+    let lease = client.lease_grant(ttl_secs, None).await?.id();
+    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
+    let renew_every = s.ttl / 3;
+    let mut deadline = Instant::now() + s.ttl;
+
+    // Campaign while keeping the lease alive (a campaign can block for a whole term of another
+    // replica).
+    let campaign = {
+        let mut c = client.clone();
+        let (name, value) = (s.election.clone(), s.value.clone());
+        async move { c.campaign(name, value, lease).await }
+    };
+    tokio::pin!(campaign);
+    let leader: LeaderKey = loop {
+        tokio::select! {
+            r = &mut campaign => {
+                let resp = r?;
+                break resp.leader().cloned().ok_or_else(|| etcd_client::Error::InvalidArgs("campaign without a leader key".into()))?;
+            }
+            _ = tokio::time::sleep(renew_every) => {
+                keeper.keep_alive().await?;
+                if let Some(ack) = acks.message().await? && ack.ttl() > 0 {
+                    deadline = Instant::now() + Duration::from_secs(ack.ttl() as u64);
+                }
+            }
+            _ = stopped(stop.clone()) => {
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
+        }
+    };
+    let epoch = leader.rev() as u64;
+    tracing::info!(election = %s.election, epoch, "leadership acquired");
+    let _ = events.send(LeadershipEvent::Acquired { epoch }).await;
+
+    let reason = loop {
+        // Step down before the lease can expire under us.
+        let step_down_at = deadline.checked_sub(renew_every).unwrap_or(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(step_down_at) => break "lease not renewed in time".to_string(),
+            _ = tokio::time::sleep(renew_every) => {
+                let renewed = async {
+                    keeper.keep_alive().await?;
+                    acks.message().await
+                };
+                match tokio::time::timeout(renew_every, renewed).await {
+                    Ok(Ok(Some(ack))) if ack.ttl() > 0 => deadline = Instant::now() + Duration::from_secs(ack.ttl() as u64),
+                    Ok(Ok(Some(_))) => break "lease expired".to_string(),
+                    Ok(Ok(None)) => break "keep-alive stream closed".to_string(),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "lease renewal failed"),
+                    Err(_) => tracing::debug!("lease renewal timed out"),
+                }
+            }
+            _ = stopped(stop.clone()) => {
+                let _ = events.send(LeadershipEvent::Lost { reason: "shutting down".into() }).await;
+                let _ = client.resign(Some(ResignOptions::new().with_leader(leader.clone()))).await;
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
+        }
+    };
+    // Stop publishing first, then log, then clean up what can be.
+    let _ = events.send(LeadershipEvent::Lost { reason: reason.clone() }).await;
+    tracing::warn!(election = %s.election, epoch, %reason, "leadership lost");
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+    Err(ElectionError::Etcd(etcd_client::Error::InvalidArgs(reason)))
+}
