@@ -136,15 +136,71 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     supervisor.do_send(AssignEndpoints(endpoints));
 
     // Picker: follow snapshots into the view.
-    {
-        let (picker, readiness) = (picker.clone(), readiness.clone());
-        let target = picker.view.clone();
-        tokio::spawn(view::follow(snapshots.clone(), target, move |v| {
-            picker.on_view(v);
-            readiness.set_ready(v.is_ready());
-        }));
-    }
+    follow_snapshots(snapshots.clone(), picker.clone(), readiness.clone());
 
+    let served = serve_picker(
+        picker.clone(),
+        readiness.clone(),
+        metrics_registry,
+        &ServeOptions {
+            host: opts.host,
+            grpc_port: opts.grpc_port,
+            grpc_health_port: opts.grpc_health_port,
+            metrics_port: opts.metrics_port,
+            tls: opts.tls.clone(),
+        },
+    )
+    .await?;
+    let PickerServers { ext_proc_addr, health_addr, metrics_addr, stop, servers } = served;
+    tracing::info!(%ext_proc_addr, %health_addr, %metrics_addr, "standalone picker serving");
+    Ok(StandaloneHandle {
+        ext_proc_addr,
+        health_addr,
+        metrics_addr,
+        picker,
+        readiness,
+        snapshots,
+        stop,
+        servers,
+        _actors: (aggregator, supervisor),
+    })
+}
+
+/// Where and how a picker serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: std::net::IpAddr,
+    pub grpc_port: u16,
+    pub grpc_health_port: u16,
+    pub metrics_port: u16,
+    pub tls: Tls,
+}
+
+/// The picker's servers: ext-proc (+ health) on one port, health, metrics; stopped together.
+pub struct PickerServers {
+    pub ext_proc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub stop: watch::Sender<bool>,
+    pub servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Installs snapshots from `snapshots` into the picker's view and keeps readiness in step.
+pub fn follow_snapshots(snapshots: watch::Receiver<Arc<Snapshot>>, picker: Arc<Picker>, readiness: Arc<Readiness>) {
+    let target = picker.view.clone();
+    tokio::spawn(view::follow(snapshots, target, move |v| {
+        picker.on_view(v);
+        readiness.set_ready(v.is_ready());
+    }));
+}
+
+/// Binds and serves ext-proc, health and metrics.
+pub async fn serve_picker(
+    picker: Arc<Picker>,
+    readiness: Arc<Readiness>,
+    metrics_registry: Registry,
+    opts: &ServeOptions,
+) -> anyhow::Result<PickerServers> {
     let (stop, stop_rx) = watch::channel(false);
     let tls_stop = stop_rx.clone();
     let stopped = move || {
@@ -232,18 +288,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
             tracing::error!(error = %e, "metrics server failed");
         }
     }));
-    tracing::info!(%ext_proc_addr, %health_addr, %metrics_addr, "standalone picker serving");
-    Ok(StandaloneHandle {
-        ext_proc_addr,
-        health_addr,
-        metrics_addr,
-        picker,
-        readiness,
-        snapshots,
-        stop,
-        servers,
-        _actors: (aggregator, supervisor),
-    })
+    Ok(PickerServers { ext_proc_addr, health_addr, metrics_addr, stop, servers })
 }
 
 /// `--inference-objective name=priority` values.

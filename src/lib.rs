@@ -21,10 +21,12 @@ pub mod metrics;
 pub mod model;
 pub mod picker;
 pub mod protocol;
+pub mod roles;
 pub mod scheduling;
 pub mod scraper;
 pub mod sim;
 pub mod tools;
+pub mod wire;
 
 /// Installs ring as the process-wide rustls provider (reqwest and tonic are built without one so
 /// that only one TLS provider is compiled). Idempotent; called before any client is built.

@@ -33,6 +33,10 @@ enum Command {
     Demo(tools::demo::DemoArgs),
     /// A development data plane that consults an ext-proc server as Envoy does.
     Gateway(GatewayArgs),
+    /// Aggregator replica: etcd election, scraping, snapshots for pickers.
+    Aggregator(Box<AggregatorArgs>),
+    /// Picker replica: follows the aggregator leader, serves ext-proc.
+    Picker(Box<PickerArgs>),
     /// Run simulated model servers on loopback.
     Sim(SimArgs),
     /// Tools for metrics pages.
@@ -41,6 +45,96 @@ enum Command {
     /// Benchmarks (results go to docs/benchmarks.md).
     #[command(subcommand)]
     Bench(tools::bench::BenchCommand),
+}
+
+#[derive(Args, Clone)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    #[arg(long, env = "ETCD_USER")]
+    etcd_user: Option<String>,
+    #[arg(long, env = "ETCD_PASSWORD")]
+    etcd_password: Option<String>,
+    /// Election name shared by the aggregator replicas.
+    #[arg(long, default_value = "switchyard-aggregator")]
+    election_name: String,
+    /// Leadership lease TTL.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    lease_ttl: std::time::Duration,
+}
+
+impl EtcdArgs {
+    fn settings(&self) -> Option<switchyard::aggregator::election::EtcdSettings> {
+        (!self.etcd_endpoints.is_empty()).then(|| switchyard::aggregator::election::EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            election: self.election_name.clone(),
+            value: String::new(),
+            ttl: self.lease_ttl,
+            user: self.etcd_user.clone().zip(self.etcd_password.clone()),
+        })
+    }
+}
+
+#[derive(Args)]
+struct AggregatorArgs {
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_host: std::net::IpAddr,
+    /// Control-plane gRPC port (pickers watch snapshots here).
+    #[arg(long, default_value_t = 9010)]
+    control_port: u16,
+    #[arg(long, default_value_t = 9013)]
+    grpc_health_port: u16,
+    /// Address pickers should use for this replica (default: the bound control address).
+    #[arg(long)]
+    advertise_address: Option<String>,
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    #[arg(long)]
+    config_text: Option<String>,
+    #[arg(long)]
+    endpoints_file: PathBuf,
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    refresh_metrics_interval: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    scrape_timeout: std::time::Duration,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    metric_flags: MetricFlagArgs,
+}
+
+#[derive(Args)]
+struct PickerArgs {
+    #[arg(long, default_value_t = 9002)]
+    grpc_port: u16,
+    #[arg(long, default_value_t = 9003)]
+    grpc_health_port: u16,
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_host: std::net::IpAddr,
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    #[arg(long)]
+    config_text: Option<String>,
+    /// Aggregator control addresses to try (when etcd is not used), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    aggregators: Vec<String>,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    metrics_staleness_threshold: std::time::Duration,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    secure_serving: bool,
+    #[arg(long)]
+    cert_path: Option<PathBuf>,
+    #[arg(long)]
+    enable_cert_reload: bool,
+    #[arg(long = "inference-objective")]
+    inference_objectives: Vec<String>,
+    #[arg(long, default_value_t = 30)]
+    grace_period_secs: u64,
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 #[derive(Args)]
@@ -274,6 +368,8 @@ fn run_async(command: Command) -> ExitCode {
             Command::Demo(args) => tools::demo::run(args).await,
             Command::Standalone(args) => run_standalone(*args).await,
             Command::Gateway(args) => run_gateway(args).await,
+            Command::Aggregator(args) => run_aggregator(*args).await,
+            Command::Picker(args) => run_picker(*args).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) => unreachable!("handled synchronously"),
@@ -326,6 +422,67 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let handle = app::start_standalone(opts).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: readiness off, draining");
+    handle.shutdown(std::time::Duration::from_secs(args.grace_period_secs)).await;
+    Ok(())
+}
+
+async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
+    use switchyard::roles::{AggregatorOptions, start_aggregator};
+    let handle = start_aggregator(AggregatorOptions {
+        host: args.listen_host,
+        control_port: args.control_port,
+        grpc_health_port: args.grpc_health_port,
+        advertise: args.advertise_address,
+        config_file: args.config_file,
+        config_text: args.config_text,
+        endpoints_file: args.endpoints_file,
+        metric_flags: args.metric_flags.to_flags(),
+        refresh_metrics_interval: args.refresh_metrics_interval,
+        scrape_timeout: args.scrape_timeout,
+        etcd: args.etcd.settings(),
+    })
+    .await?;
+    shutdown_signal().await;
+    handle.shutdown(std::time::Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn run_picker(args: PickerArgs) -> anyhow::Result<()> {
+    use switchyard::app::{ServeOptions, Tls};
+    use switchyard::picker::subscribe::LeaderSource;
+    use switchyard::roles::{PickerOptions, start_picker};
+    let leader = match (args.etcd.settings(), args.aggregators.is_empty()) {
+        (Some(s), _) => LeaderSource::Etcd(s),
+        (None, false) => LeaderSource::Addresses(args.aggregators.clone()),
+        (None, true) => anyhow::bail!(switchyard::config::ConfigError::invalid(
+            "--etcd-endpoints",
+            "set --etcd-endpoints or --aggregators"
+        )),
+    };
+    let handle = start_picker(PickerOptions {
+        serve: ServeOptions {
+            host: args.listen_host,
+            grpc_port: args.grpc_port,
+            grpc_health_port: args.grpc_health_port,
+            metrics_port: args.metrics_port,
+            tls: match (args.secure_serving, args.cert_path) {
+                (false, _) => Tls::Plaintext,
+                (true, None) => Tls::SelfSigned,
+                (true, Some(dir)) => Tls::Files { dir, reload: args.enable_cert_reload },
+            },
+        },
+        config_file: args.config_file,
+        config_text: args.config_text,
+        metrics_staleness_threshold: args.metrics_staleness_threshold,
+        leader,
+        picker: switchyard::picker::PickerSettings {
+            objectives: switchyard::app::parse_objectives(&args.inference_objectives)?,
+            ..Default::default()
+        },
+        picker_id: format!("picker-{}", std::process::id()),
+    })
+    .await?;
+    shutdown_signal().await;
     handle.shutdown(std::time::Duration::from_secs(args.grace_period_secs)).await;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! It does not scrape or schedule.
 
 pub mod election;
+pub mod serve;
 mod state;
 
 use std::sync::Arc;
@@ -25,22 +26,75 @@ use crate::protocol::{MetricsScraped, ScrapeFailed};
 #[rtype(result = "()")]
 pub struct EndpointsChanged(pub Vec<Endpoint>);
 
+/// This replica became the leader (or is alone, in standalone mode).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct LeadershipAcquired {
+    pub epoch: u64,
+}
+
+/// This replica must stop publishing now.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct LeadershipLost;
+
 pub struct Aggregator {
     state: AggregatorState,
     tx: watch::Sender<Arc<Snapshot>>,
+    leading: watch::Sender<bool>,
     publish_interval: Duration,
 }
 
+/// What an aggregator publishes: snapshots, and whether it currently leads.
+pub struct AggregatorOutputs {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub leading: watch::Receiver<bool>,
+}
+
 impl Aggregator {
+    /// Standalone: leader at once with `epoch`.
     pub fn new(epoch: u64, publish_interval: Duration) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let (tx, rx) = watch::channel(Snapshot::empty());
-        (Aggregator { state: AggregatorState::new(epoch), tx, publish_interval }, rx)
+        let (agg, out) = Self::follower(publish_interval);
+        let mut agg = agg;
+        agg.state.on_new_term(epoch);
+        agg.leading.send_replace(true);
+        (agg, out.snapshots)
+    }
+
+    /// Not leading until told `LeadershipAcquired`.
+    pub fn follower(publish_interval: Duration) -> (Self, AggregatorOutputs) {
+        let (tx, snapshots) = watch::channel(Snapshot::empty());
+        let (leading, leading_rx) = watch::channel(false);
+        let agg = Aggregator { state: AggregatorState::new(0), tx, leading, publish_interval };
+        (agg, AggregatorOutputs { snapshots, leading: leading_rx })
     }
 
     fn publish(&mut self) {
+        // Only the current leader publishes.
+        if !*self.leading.borrow() {
+            return;
+        }
         if let Some(snapshot) = self.state.build(std::time::SystemTime::now()) {
             self.tx.send_replace(Arc::new(snapshot));
         }
+    }
+}
+
+impl Handler<LeadershipAcquired> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeadershipAcquired, _: &mut Context<Self>) {
+        self.state.on_new_term(msg.epoch);
+        self.leading.send_replace(true);
+        self.publish();
+    }
+}
+
+impl Handler<LeadershipLost> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: LeadershipLost, _: &mut Context<Self>) {
+        self.leading.send_replace(false);
     }
 }
 

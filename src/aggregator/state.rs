@@ -20,6 +20,13 @@ impl AggregatorState {
         AggregatorState { epoch, seq: 0, endpoints: BTreeMap::new(), metrics: HashMap::new(), dirty: true }
     }
 
+    /// A new term: snapshots restart at seq 1 under the new epoch.
+    pub fn on_new_term(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.seq = 0;
+        self.dirty = true;
+    }
+
     pub fn on_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         let next: BTreeMap<EndpointId, Endpoint> = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
         if next != self.endpoints {

@@ -12,6 +12,7 @@ mod metrics;
 pub mod proto;
 pub mod request;
 pub mod response;
+pub mod subscribe;
 pub mod tls;
 pub mod view;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use switchyard::aggregator::election::{self, EtcdSettings, LeadershipEvent};
 use tokio::sync::{mpsc, watch};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod deploy;
 mod envoy;
 mod etcd;
+mod failover;
 mod gateway;
 mod hostile;
 mod picker;

@@ -1,0 +1,134 @@
+//! Following the aggregator leader's snapshot stream. The leader is found through etcd (the
+//! election's leader value is its control-plane address) or by trying a list of aggregator
+//! addresses; followers refuse with `FAILED_PRECONDITION`, so the next address is tried. A snapshot
+//! is applied only when its `(epoch, seq)` is newer than the one held (fencing: an old leader that
+//! comes back cannot roll pickers back). While no leader answers, the picker keeps serving from
+//! what it holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+use tokio::sync::watch;
+
+use crate::aggregator::election::{self, EtcdSettings};
+use crate::model::Snapshot;
+use crate::wire;
+
+#[derive(Debug, Clone)]
+pub enum LeaderSource {
+    Addresses(Vec<String>),
+    Etcd(EtcdSettings),
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// Applies `update` to `tx` when newer; returns whether it was applied.
+pub fn apply_if_newer(tx: &watch::Sender<Arc<Snapshot>>, snapshot: Snapshot) -> bool {
+    let newer = {
+        let held = tx.borrow();
+        held.epoch == 0 || snapshot.is_newer_than(&held)
+    };
+    if newer {
+        tx.send_replace(Arc::new(snapshot));
+    } else {
+        tracing::debug!(epoch = snapshot.epoch, seq = snapshot.seq, "ignored a snapshot that is not newer");
+    }
+    newer
+}
+
+/// Runs until `stop`.
+pub async fn follow_leader(
+    source: LeaderSource,
+    picker_id: String,
+    tx: watch::Sender<Arc<Snapshot>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let targets = match &source {
+            LeaderSource::Addresses(a) => a.clone(),
+            LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
+        };
+        for target in targets {
+            let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+            let attempt = async {
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+                let (have_epoch, have_seq) = {
+                    let held = tx.borrow();
+                    (held.epoch, held.seq)
+                };
+                let request = pb::WatchRequest {
+                    version: wire::PROTOCOL_VERSION,
+                    picker_id: picker_id.clone(),
+                    have_epoch,
+                    have_seq,
+                };
+                let mut stream =
+                    client.watch_snapshots(request).await.map_err(|s| s.message().to_string())?.into_inner();
+                tracing::info!(leader = %target, "following the aggregator leader");
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => match wire::snapshot_from_proto(update) {
+                            Ok(snapshot) => {
+                                apply_if_newer(&tx, snapshot);
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        },
+                        Ok(None) => return Err::<(), String>("stream ended".to_string()),
+                        Err(status) => return Err(status.message().to_string()),
+                    }
+                }
+            };
+            tokio::select! {
+                r = attempt => {
+                    if let Err(e) = r {
+                        tracing::debug!(aggregator = %target, error = %e, "snapshot stream unavailable");
+                    }
+                }
+                _ = stopped(stop.clone()) => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(stop.clone()) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn snap(epoch: u64, seq: u64) -> Snapshot {
+        Snapshot { epoch, seq, endpoints: vec![], published_at: SystemTime::UNIX_EPOCH }
+    }
+
+    /// An old leader that resumes after a pause must not roll pickers back.
+    #[test]
+    fn test_stale_leader_snapshots_are_fenced() {
+        let (tx, rx) = watch::channel(Snapshot::empty());
+        assert!(apply_if_newer(&tx, snap(5, 1)));
+        assert!(apply_if_newer(&tx, snap(5, 2)));
+        assert!(!apply_if_newer(&tx, snap(5, 2)), "same (epoch, seq)");
+        assert!(!apply_if_newer(&tx, snap(4, 99)), "older epoch, however high its seq");
+        assert!(apply_if_newer(&tx, snap(9, 1)), "new term");
+        assert_eq!((rx.borrow().epoch, rx.borrow().seq), (9, 1));
+    }
+}
