@@ -21,6 +21,10 @@ pub enum BenchCommand {
     Extproc(crate::tools::loadgen::ExtProcBenchArgs),
     /// End to end through the gateway: with the picker versus straight to one endpoint.
     Gateway(crate::tools::loadgen::GatewayBenchArgs),
+    /// Time from a scrape to its snapshot at 1, 10 and 50 pickers.
+    Propagation(crate::tools::cpbench::PropagationArgs),
+    /// SIGKILL the leader aggregator under load: time to the new leader's snapshot, failed picks.
+    Failover(crate::tools::cpbench::FailoverArgs),
 }
 
 #[derive(Args, Clone)]
@@ -43,6 +47,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scrape(args) => scrape(args).await,
         BenchCommand::Extproc(args) => crate::tools::loadgen::run(args).await,
         BenchCommand::Gateway(args) => crate::tools::loadgen::run_gateway(args).await,
+        BenchCommand::Propagation(args) => crate::tools::cpbench::propagation(args).await,
+        BenchCommand::Failover(args) => crate::tools::cpbench::failover(args).await,
     }
 }
 

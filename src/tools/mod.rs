@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod board;
+pub mod cpbench;
 pub mod demo;
 pub mod loadgen;
 pub mod parse;

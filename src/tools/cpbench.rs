@@ -1,0 +1,295 @@
+//! Control-plane benchmarks: snapshot propagation to N pickers, and leader failover.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::model::Snapshot;
+use crate::picker::subscribe::{self, LeaderSource};
+use crate::roles::{AggregatorOptions, start_aggregator};
+use crate::sim::{self, Flavor};
+use crate::tools::bench::percentile;
+
+#[derive(Args, Clone)]
+pub struct PropagationArgs {
+    /// Picker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    pub pickers: Vec<usize>,
+    /// Sim endpoints scraped by the aggregator.
+    #[arg(long, default_value_t = 20)]
+    pub endpoints: usize,
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+/// Time from a scrape result to its appearance at every subscribed picker: for each snapshot a
+/// subscriber receives, `arrival − newest scrape time in the snapshot`. One aggregator (leading
+/// alone), N picker subscriptions over gRPC on loopback, all in this process.
+pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
+    let fleet =
+        sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, args.endpoints)], ..Default::default() })
+            .await?;
+    let dir = std::env::temp_dir().join(format!("switchyard-prop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("endpoints.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let agg = start_aggregator(AggregatorOptions {
+        host: [127, 0, 0, 1].into(),
+        control_port: 0,
+        grpc_health_port: 0,
+        advertise: None,
+        config_file: None,
+        config_text: None,
+        endpoints_file: file,
+        metric_flags: Default::default(),
+        refresh_metrics_interval: Duration::from_millis(50),
+        scrape_timeout: Duration::from_secs(1),
+        etcd: None,
+    })
+    .await?;
+    println!(
+        "snapshot propagation: {} endpoints scraped every 50 ms, full snapshots, {} s per point",
+        args.endpoints, args.seconds
+    );
+    println!("{:>8} {:>10} {:>9} {:>9} {:>9}", "pickers", "updates", "p50 ms", "p99 ms", "max ms");
+    for &n in &args.pickers {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut collectors = Vec::new();
+        for i in 0..n {
+            let (tx, mut rx) = watch::channel(Snapshot::empty());
+            let source = LeaderSource::Addresses(vec![agg.control_addr.to_string()]);
+            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), tx, stop_rx.clone()));
+            let mut stop_rx = stop_rx.clone();
+            collectors.push(tokio::spawn(async move {
+                let mut delays = Vec::new();
+                let warm_until = tokio::time::Instant::now() + Duration::from_secs(1);
+                loop {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { break },
+                        _ = stop_rx.changed() => break,
+                    }
+                    let arrived = SystemTime::now();
+                    let snap: Arc<Snapshot> = rx.borrow_and_update().clone();
+                    let newest = snap.endpoints.iter().filter_map(|e| e.metrics.sample().map(|s| s.scraped_at)).max();
+                    if let Some(t) = newest
+                        && tokio::time::Instant::now() > warm_until
+                    {
+                        delays.push(arrived.duration_since(t).unwrap_or_default().as_secs_f64() * 1000.0);
+                    }
+                }
+                delays
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(args.seconds + 1)).await;
+        let _ = stop.send(true);
+        let mut all = Vec::new();
+        for c in collectors {
+            all.extend(c.await.unwrap_or_default());
+        }
+        all.sort_by(f64::total_cmp);
+        println!(
+            "{n:>8} {:>10} {:>9.2} {:>9.2} {:>9.2}",
+            all.len(),
+            percentile(&all, 50.0),
+            percentile(&all, 99.0),
+            all.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    agg.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[derive(Args, Clone)]
+pub struct FailoverArgs {
+    /// Lease TTL of the aggregators.
+    #[arg(long, default_value = "2s", value_parser = |s: &str| crate::scheduling::config::parse_duration(s).ok_or("invalid duration"))]
+    pub ttl: Duration,
+    /// Failovers to measure.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// SIGKILLs the leader aggregator while a picker serves ext-proc traffic; measures the time until
+/// the picker holds a snapshot from the new leader, and counts failed picks. Needs `etcd` on PATH.
+pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("switchyard-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cport, pport) = (free_port()?, free_port()?);
+    let etcd_url = format!("http://127.0.0.1:{cport}");
+    let _etcd = Child(
+        Command::new("etcd")
+            .args(["--name", "b", "--data-dir", &dir.join("etcd").display().to_string()])
+            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{pport}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pport}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("b=http://127.0.0.1:{pport}"),
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", free_port()?),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start etcd (apt-get install etcd-server): {e}"))?,
+    );
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 4)], ..Default::default() }).await?;
+    let file = dir.join("endpoints.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let ttl = format!("{}ms", args.ttl.as_millis());
+    let spawn_aggregator = || -> anyhow::Result<(Child, u16)> {
+        let port = free_port()?;
+        Ok((
+            Child(
+                Command::new(&exe)
+                    .args(["aggregator", "--listen-host", "127.0.0.1", "--control-port", &port.to_string()])
+                    .args([
+                        "--grpc-health-port",
+                        &free_port()?.to_string(),
+                        "--endpoints-file",
+                        &file.display().to_string(),
+                    ])
+                    .args(["--etcd-endpoints", &etcd_url, "--lease-ttl", &ttl, "--log", "error"])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            ),
+            port,
+        ))
+    };
+    let (grpc, metrics) = (free_port()?, free_port()?);
+    let _picker = Child(
+        Command::new(&exe)
+            .args([
+                "picker",
+                "--listen-host",
+                "127.0.0.1",
+                "--grpc-port",
+                &grpc.to_string(),
+                "--grpc-health-port",
+                &free_port()?.to_string(),
+            ])
+            .args([
+                "--metrics-port",
+                &metrics.to_string(),
+                "--secure-serving=false",
+                "--etcd-endpoints",
+                &etcd_url,
+                "--lease-ttl",
+                &ttl,
+                "--log",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let http = reqwest::Client::new();
+    let epoch = |http: reqwest::Client| async move {
+        let text = http.get(format!("http://127.0.0.1:{metrics}/metrics")).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_picker_snapshot_epoch "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let mut replicas = vec![spawn_aggregator()?, spawn_aggregator()?];
+    // Wait for the first leader's snapshot at the picker.
+    let mut current = 0;
+    for _ in 0..300 {
+        if let Some(e) = epoch(http.clone()).await.filter(|e| *e > 0) {
+            current = e;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(current > 0, "the picker never received a snapshot");
+    let (ok, failed, running) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
+        load.push(tokio::spawn(async move {
+            let Ok(ch) =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}")).map(|e| e.connect_lazy())
+            else {
+                return;
+            };
+            let mut c =
+                envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(
+                    ch,
+                );
+            let body = crate::tools::loadgen::chat_body(1);
+            while running.load(Ordering::Relaxed) {
+                match crate::tools::loadgen::one_exchange(&mut c, &body, b"{}").await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let settings = crate::aggregator::election::EtcdSettings {
+        endpoints: vec![etcd_url.clone()],
+        election: "switchyard-aggregator".into(),
+        value: String::new(),
+        ttl: args.ttl,
+        user: None,
+    };
+    println!("failover: lease TTL {:?}, 2 aggregator processes, 1 picker under ext-proc load", args.ttl);
+    let mut times = Vec::new();
+    for round in 0..args.rounds {
+        let leader = crate::aggregator::election::current_leader(&settings).await?.unwrap_or_default();
+        let Some(victim) = replicas.iter().position(|(_, port)| leader.ends_with(&format!(":{port}"))) else {
+            anyhow::bail!("leader {leader:?} is not one of ours");
+        };
+        let (mut v, _) = replicas.remove(victim);
+        let killed = tokio::time::Instant::now();
+        let _ = v.0.kill(); // SIGKILL: no resignation
+        drop(v);
+        replicas.push(spawn_aggregator()?);
+        let mut next = current;
+        while next <= current && killed.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            next = epoch(http.clone()).await.unwrap_or(current);
+        }
+        let took = killed.elapsed();
+        println!("round {}: epoch {current} -> {next} in {:.0} ms", round + 1, took.as_secs_f64() * 1000.0);
+        times.push(took.as_secs_f64() * 1000.0);
+        current = next;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    running.store(false, Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "failover time median {:.0} ms, max {:.0} ms (target <= 2 x TTL = {} ms); picks ok {} failed {}",
+        percentile(&times, 50.0),
+        times.last().copied().unwrap_or(f64::NAN),
+        2 * args.ttl.as_millis(),
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
