@@ -37,6 +37,8 @@ enum Command {
     Aggregator(Box<AggregatorArgs>),
     /// Picker replica: follows the aggregator leader, serves ext-proc.
     Picker(Box<PickerArgs>),
+    /// Scraper replica: scrapes the endpoints the aggregator leader assigns it.
+    Scraper(Box<ScraperArgs>),
     /// Run simulated model servers on loopback.
     Sim(SimArgs),
     /// Tools for metrics pages.
@@ -94,6 +96,31 @@ struct AggregatorArgs {
     config_text: Option<String>,
     #[arg(long)]
     endpoints_file: PathBuf,
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    refresh_metrics_interval: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    scrape_timeout: std::time::Duration,
+    /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
+    #[arg(long)]
+    remote_scrapers: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    metric_flags: MetricFlagArgs,
+}
+
+#[derive(Args)]
+struct ScraperArgs {
+    /// Aggregator control addresses (when etcd is not used), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    aggregators: Vec<String>,
+    /// Stable identity of this scraper (default: scraper-<pid>).
+    #[arg(long)]
+    scraper_id: Option<String>,
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    #[arg(long)]
+    config_text: Option<String>,
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     refresh_metrics_interval: std::time::Duration,
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -370,6 +397,7 @@ fn run_async(command: Command) -> ExitCode {
             Command::Gateway(args) => run_gateway(args).await,
             Command::Aggregator(args) => run_aggregator(*args).await,
             Command::Picker(args) => run_picker(*args).await,
+            Command::Scraper(args) => run_scraper(*args).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) => unreachable!("handled synchronously"),
@@ -440,10 +468,37 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         refresh_metrics_interval: args.refresh_metrics_interval,
         scrape_timeout: args.scrape_timeout,
         etcd: args.etcd.settings(),
+        remote_scrapers: args.remote_scrapers,
     })
     .await?;
     shutdown_signal().await;
     handle.shutdown(std::time::Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
+    use switchyard::picker::subscribe::LeaderSource;
+    use switchyard::roles::{ScraperOptions, start_scraper};
+    let leader = match (args.etcd.settings(), args.aggregators.is_empty()) {
+        (Some(s), _) => LeaderSource::Etcd(s),
+        (None, false) => LeaderSource::Addresses(args.aggregators.clone()),
+        (None, true) => anyhow::bail!(switchyard::config::ConfigError::invalid(
+            "--etcd-endpoints",
+            "set --etcd-endpoints or --aggregators"
+        )),
+    };
+    let handle = start_scraper(ScraperOptions {
+        leader,
+        scraper_id: args.scraper_id.unwrap_or_else(|| format!("scraper-{}", std::process::id())),
+        config_file: args.config_file,
+        config_text: args.config_text,
+        metric_flags: args.metric_flags.to_flags(),
+        refresh_metrics_interval: args.refresh_metrics_interval,
+        scrape_timeout: args.scrape_timeout,
+    })
+    .await?;
+    shutdown_signal().await;
+    handle.shutdown().await;
     Ok(())
 }
 

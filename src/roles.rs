@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 
 use crate::aggregator::election::{self, EtcdSettings, LeadershipEvent};
-use crate::aggregator::serve::ControlPlaneService;
+use crate::aggregator::serve::{ControlPlaneService, RemoteScraping};
 use crate::aggregator::{Aggregator, EndpointsChanged, LeadershipAcquired, LeadershipLost};
 use crate::app::{self, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
@@ -49,6 +49,9 @@ pub struct AggregatorOptions {
     pub scrape_timeout: Duration,
     /// `None`: lead alone (single replica).
     pub etcd: Option<EtcdSettings>,
+    /// Endpoints are scraped by `switchyard scraper` processes (rendezvous-hashed across them)
+    /// instead of by this process.
+    pub remote_scrapers: bool,
 }
 
 pub struct AggregatorHandle {
@@ -58,7 +61,7 @@ pub struct AggregatorHandle {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _actors: (Addr<Aggregator>, Addr<ScrapeSupervisor>),
+    _actors: (Addr<Aggregator>, Option<Addr<ScrapeSupervisor>>),
 }
 
 impl AggregatorHandle {
@@ -91,11 +94,15 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
-    let supervisor =
-        ScrapeSupervisor::with_metrics(registry, &settings, sink, ScrapeMetrics::new(&mut Registry::default()))?
-            .start();
     aggregator.do_send(EndpointsChanged(endpoints.clone()));
-    supervisor.do_send(AssignEndpoints(endpoints));
+    let (supervisor, remote) = if opts.remote_scrapers {
+        (None, Some(RemoteScraping::new(endpoints, sink)))
+    } else {
+        let metrics = ScrapeMetrics::new(&mut Registry::default());
+        let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, metrics)?.start();
+        supervisor.do_send(AssignEndpoints(endpoints));
+        (Some(supervisor), None)
+    };
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -114,12 +121,17 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         tasks.push(tokio::spawn(election::run_static(events_tx, stop_rx.clone())));
     }
     {
-        let aggregator = aggregator.clone();
+        let (aggregator, remote) = (aggregator.clone(), remote.clone());
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 match e {
                     LeadershipEvent::Acquired { epoch } => aggregator.do_send(LeadershipAcquired { epoch }),
-                    LeadershipEvent::Lost { .. } => aggregator.do_send(LeadershipLost),
+                    LeadershipEvent::Lost { .. } => {
+                        aggregator.do_send(LeadershipLost);
+                        if let Some(r) = &remote {
+                            r.disconnect_all();
+                        }
+                    }
                 }
             }
         });
@@ -144,6 +156,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         snapshots: outputs.snapshots.clone(),
         leading: outputs.leading.clone(),
         etcd: etcd.clone(),
+        remote,
     };
     let signal = {
         let mut rx = stop_rx.clone();
@@ -223,4 +236,154 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     tokio::spawn(subscribe::follow_leader(opts.leader.clone(), opts.picker_id.clone(), tx, servers.stop.subscribe()));
     tracing::info!(ext_proc = %servers.ext_proc_addr, "picker serving");
     Ok(PickerHandle { servers, picker, readiness })
+}
+
+#[derive(Debug, Clone)]
+pub struct ScraperOptions {
+    pub leader: LeaderSource,
+    pub scraper_id: String,
+    pub config_file: Option<PathBuf>,
+    pub config_text: Option<String>,
+    pub metric_flags: MetricFlags,
+    pub refresh_metrics_interval: Duration,
+    pub scrape_timeout: Duration,
+}
+
+pub struct ScraperHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    pub supervisor: Addr<ScrapeSupervisor>,
+}
+
+impl ScraperHandle {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.supervisor.do_send(AssignEndpoints(Vec::new()));
+    }
+}
+
+/// Forwards scrape results into the leader stream; drops (and counts) when the stream lags.
+struct StreamSink {
+    scraper_id: String,
+    tx: mpsc::Sender<switchyard_proto::v1::MetricsReport>,
+    dropped: u64,
+}
+
+impl Actor for StreamSink {
+    type Context = Context<Self>;
+}
+
+impl StreamSink {
+    fn push(&mut self, report: switchyard_proto::v1::MetricsReport) {
+        if self.tx.try_send(report).is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(dropped = self.dropped, "scrape reports dropped: the leader stream lags");
+            }
+        }
+    }
+}
+
+impl Handler<crate::protocol::MetricsScraped> for StreamSink {
+    type Result = ();
+
+    fn handle(&mut self, m: crate::protocol::MetricsScraped, _: &mut Context<Self>) {
+        let r = crate::wire::report_from_event(&self.scraper_id, Ok(&m));
+        self.push(r);
+    }
+}
+
+impl Handler<crate::protocol::ScrapeFailed> for StreamSink {
+    type Result = ();
+
+    fn handle(&mut self, f: crate::protocol::ScrapeFailed, _: &mut Context<Self>) {
+        let r = crate::wire::report_from_event(&self.scraper_id, Err(&f));
+        self.push(r);
+    }
+}
+
+/// The scraper role: connects to the leader, scrapes what it is assigned, streams the results.
+pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle> {
+    use switchyard_proto::v1 as pb;
+    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+    crate::ensure_crypto_provider();
+    let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
+    let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
+    let (out_tx, out_rx) = mpsc::channel::<pb::MetricsReport>(4096);
+    let sink_actor = StreamSink { scraper_id: opts.scraper_id.clone(), tx: out_tx.clone(), dropped: 0 }.start();
+    let sink = ScrapeSink { scraped: sink_actor.clone().recipient(), failed: sink_actor.recipient() };
+    let settings = ScrapeSettings {
+        interval: opts.refresh_metrics_interval,
+        fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
+    };
+    let supervisor = ScrapeSupervisor::new(registry, &settings, sink)?.start();
+    let (stop, mut stop_rx) = watch::channel(false);
+    let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
+    let sup = supervisor.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if *stop_rx.borrow() {
+                return;
+            }
+            let targets = match &opts.leader {
+                LeaderSource::Addresses(a) => a.clone(),
+                LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
+            };
+            for target in targets {
+                let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else { continue };
+                let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await
+                else {
+                    continue;
+                };
+                let mut client = ControlPlaneClient::new(channel);
+                // Outbound: the hello, then whatever the scraper actors produce.
+                let (tx, rx) = mpsc::channel::<pb::MetricsReport>(1024);
+                let hello = pb::MetricsReport {
+                    version: crate::wire::PROTOCOL_VERSION,
+                    scraper_id: opts.scraper_id.clone(),
+                    ..Default::default()
+                };
+                let _ = tx.send(hello).await;
+                let pump = {
+                    let out_rx = out_rx.clone();
+                    tokio::spawn(async move {
+                        let mut out_rx = out_rx.lock().await;
+                        while let Some(r) = out_rx.recv().await {
+                            if tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                };
+                let Ok(resp) = client.scrape(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+                    pump.abort();
+                    continue;
+                };
+                let mut inbound = resp.into_inner();
+                tracing::info!(leader = %target, "scraping for the aggregator leader");
+                loop {
+                    tokio::select! {
+                        m = inbound.message() => match m {
+                            Ok(Some(a)) => {
+                                let eps = a.endpoints.into_iter().map(crate::wire::endpoint_from_proto).collect();
+                                sup.do_send(AssignEndpoints(eps));
+                            }
+                            _ => break,
+                        },
+                        _ = stop_rx.changed() => break,
+                    }
+                }
+                pump.abort();
+                // The leader is gone: stop scraping until a leader assigns again.
+                sup.do_send(AssignEndpoints(Vec::new()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop_rx.changed() => {}
+            }
+        }
+    });
+    Ok(ScraperHandle { stop, task, supervisor })
 }

@@ -6,6 +6,7 @@
 //! epoch is fixed (local leadership); the distributed leader takes it from its etcd term.
 //! It does not scrape or schedule.
 
+pub mod assign;
 pub mod election;
 pub mod serve;
 mod state;

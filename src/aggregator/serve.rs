@@ -13,8 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::assign;
 use super::election::{self, EtcdSettings};
-use crate::model::Snapshot;
+use crate::model::{Endpoint, Snapshot};
+use crate::protocol::ScrapeSink;
 use crate::wire;
 
 #[derive(Clone)]
@@ -23,6 +28,51 @@ pub struct ControlPlaneService {
     pub leading: watch::Receiver<bool>,
     /// To tell followers' clients where the leader is.
     pub etcd: Option<EtcdSettings>,
+    /// Set when endpoints are scraped by remote scraper processes.
+    pub remote: Option<Arc<RemoteScraping>>,
+}
+
+type AssignmentSender = mpsc::Sender<Result<pb::ScrapeAssignment, Status>>;
+
+/// The connected scrapers and the endpoints they share.
+pub struct RemoteScraping {
+    pub endpoints: Vec<Endpoint>,
+    pub sink: ScrapeSink,
+    scrapers: Mutex<BTreeMap<String, AssignmentSender>>,
+}
+
+impl RemoteScraping {
+    pub fn new(endpoints: Vec<Endpoint>, sink: ScrapeSink) -> Arc<Self> {
+        Arc::new(RemoteScraping { endpoints, sink, scrapers: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn scrapers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AssignmentSender>> {
+        self.scrapers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends every connected scraper its full assignment.
+    fn reassign(&self, epoch: u64) {
+        let scrapers = self.scrapers();
+        let ids: Vec<String> = scrapers.keys().cloned().collect();
+        for (id, endpoints) in assign::assign(&self.endpoints, &ids) {
+            let msg = pb::ScrapeAssignment {
+                version: wire::PROTOCOL_VERSION,
+                epoch,
+                endpoints: endpoints.iter().map(|e| wire::endpoint_to_proto(e)).collect(),
+            };
+            if let Some(tx) = scrapers.get(&id)
+                && tx.try_send(Ok(msg)).is_err()
+            {
+                tracing::warn!(scraper = %id, "assignment not delivered (stream full or closed)");
+            }
+        }
+        tracing::info!(scrapers = ids.len(), endpoints = self.endpoints.len(), "endpoints assigned");
+    }
+
+    /// Drops every stream (leadership lost: scrapers reconnect to the new leader).
+    pub fn disconnect_all(&self) {
+        self.scrapers().clear();
+    }
 }
 
 impl ControlPlaneService {
@@ -47,10 +97,54 @@ impl ControlPlane for ControlPlaneService {
     type ScrapeStream = BoxStream<pb::ScrapeAssignment>;
     type WatchSnapshotsStream = ReceiverStream<Result<pb::SnapshotUpdate, Status>>;
 
-    async fn scrape(&self, _: Request<Streaming<pb::MetricsReport>>) -> Result<Response<Self::ScrapeStream>, Status> {
-        Err(Status::unimplemented(
-            "remote scrapers are not supported yet: aggregators scrape their endpoints themselves",
-        ))
+    async fn scrape(
+        &self,
+        request: Request<Streaming<pb::MetricsReport>>,
+    ) -> Result<Response<Self::ScrapeStream>, Status> {
+        let is_leader = *self.leading.borrow();
+        if !is_leader {
+            return Err(self.not_leader().await);
+        }
+        let Some(remote) = self.remote.clone() else {
+            return Err(Status::unimplemented("this aggregator scrapes its endpoints itself"));
+        };
+        let mut inbound = request.into_inner();
+        let hello = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty scrape stream"))?;
+        if hello.version != wire::PROTOCOL_VERSION {
+            return Err(Status::invalid_argument(format!("unsupported protocol version {}", hello.version)));
+        }
+        let id = hello.scraper_id.clone();
+        if id.is_empty() {
+            return Err(Status::invalid_argument("the first report must carry scraper_id"));
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let epoch = self.snapshots.borrow().epoch;
+        remote.scrapers().insert(id.clone(), tx.clone());
+        remote.reassign(epoch);
+        let snapshots = self.snapshots.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(report)) = inbound.message().await {
+                match wire::event_from_report(report) {
+                    Some(Ok(m)) => remote.sink.scraped.do_send(m),
+                    Some(Err(f)) => remote.sink.failed.do_send(f),
+                    None => {}
+                }
+            }
+            // Gone: its endpoints go to the others (unless it already reconnected).
+            let removed = {
+                let mut scrapers = remote.scrapers();
+                match scrapers.get(&id) {
+                    Some(current) if current.same_channel(&tx) => scrapers.remove(&id).is_some(),
+                    _ => false,
+                }
+            };
+            if removed {
+                tracing::info!(scraper = %id, "scraper left");
+                let epoch = snapshots.borrow().epoch;
+                remote.reassign(epoch);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn watch_snapshots(

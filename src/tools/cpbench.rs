@@ -47,6 +47,7 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
         refresh_metrics_interval: Duration::from_millis(50),
         scrape_timeout: Duration::from_secs(1),
         etcd: None,
+        remote_scrapers: false,
     })
     .await?;
     println!(

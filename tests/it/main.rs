@@ -10,5 +10,6 @@ mod gateway;
 mod hostile;
 mod picker;
 mod scrape;
+mod scrapers;
 mod sim_api;
 mod support;

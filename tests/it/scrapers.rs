@@ -1,0 +1,91 @@
+//! Remote scrapers: the leader spreads endpoints over connected scrapers (rendezvous hashing) and
+//! moves a departed scraper's endpoints to the others.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use switchyard::picker::subscribe::LeaderSource;
+use switchyard::roles::{AggregatorOptions, ScraperOptions, start_aggregator, start_scraper};
+use switchyard::scraper::GetState;
+use switchyard::sim::{self, Flavor};
+
+use crate::support::wait_for;
+
+#[actix_rt::test]
+async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 8)], ..Default::default() })
+        .await
+        .expect("fleet");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet)).expect("yaml")).expect("write");
+    let agg = start_aggregator(AggregatorOptions {
+        host: [127, 0, 0, 1].into(),
+        control_port: 0,
+        grpc_health_port: 0,
+        advertise: None,
+        config_file: None,
+        config_text: None,
+        endpoints_file: file,
+        metric_flags: Default::default(),
+        refresh_metrics_interval: Duration::from_millis(50),
+        scrape_timeout: Duration::from_secs(1),
+        etcd: None,
+        remote_scrapers: true,
+    })
+    .await
+    .expect("aggregator");
+    let scraper = |id: &str| ScraperOptions {
+        leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
+        scraper_id: id.into(),
+        config_file: None,
+        config_text: None,
+        metric_flags: Default::default(),
+        refresh_metrics_interval: Duration::from_millis(50),
+        scrape_timeout: Duration::from_secs(1),
+    };
+    let a = start_scraper(scraper("scraper-a")).await.expect("a");
+    let b = start_scraper(scraper("scraper-b")).await.expect("b");
+    let all: BTreeSet<String> = fleet.iter().map(|h| h.name.clone()).collect();
+    let (sa, sb) = (a.supervisor.clone(), b.supervisor.clone());
+    let owned = wait_for("both scrapers assigned, disjoint, covering all", Duration::from_secs(10), || {
+        let (sa, sb, all) = (sa.clone(), sb.clone(), all.clone());
+        async move {
+            let ka: BTreeSet<String> = sa.send(GetState).await.ok()?.scraping.into_keys().collect();
+            let kb: BTreeSet<String> = sb.send(GetState).await.ok()?.scraping.into_keys().collect();
+            let union: BTreeSet<String> = ka.union(&kb).cloned().collect();
+            (!ka.is_empty() && !kb.is_empty() && ka.is_disjoint(&kb) && union == all).then_some(ka)
+        }
+    })
+    .await;
+    let mut snaps = agg.snapshots.clone();
+    wait_for("every endpoint's metrics in the leader's snapshot", Duration::from_secs(10), || {
+        let s = snaps.borrow_and_update().clone();
+        async move { (s.endpoints.len() == 8 && s.endpoints.iter().all(|e| e.metrics.sample().is_some())).then_some(()) }
+    })
+    .await;
+    // a leaves: b takes over a's endpoints and they are scraped again.
+    a.shutdown().await;
+    let left_at = SystemTime::now();
+    let sb2 = b.supervisor.clone();
+    wait_for("b scrapes everything", Duration::from_secs(10), || {
+        let (sb, all) = (sb2.clone(), all.clone());
+        async move { (sb.send(GetState).await.ok()?.scraping.into_keys().collect::<BTreeSet<_>>() == all).then_some(()) }
+    })
+    .await;
+    let mut snaps = agg.snapshots.clone();
+    wait_for("a's endpoints fresh again", Duration::from_secs(10), || {
+        let s = snaps.borrow_and_update().clone();
+        let owned = owned.clone();
+        async move {
+            s.endpoints
+                .iter()
+                .filter(|e| owned.contains(e.endpoint.id.as_str()))
+                .all(|e| e.metrics.sample().is_some_and(|x| x.scraped_at > left_at))
+                .then_some(())
+        }
+    })
+    .await;
+    b.shutdown().await;
+    agg.shutdown(Duration::from_secs(1)).await;
+}
