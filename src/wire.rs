@@ -141,6 +141,54 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
     Ok(Snapshot { epoch: u.epoch, seq: u.seq, endpoints, published_at: from_micros(u.published_at_unix_micros) })
 }
 
+/// A scrape outcome as the scraper role sends it.
+pub fn report_from_event(
+    scraper_id: &str,
+    event: Result<&crate::protocol::MetricsScraped, &crate::protocol::ScrapeFailed>,
+) -> pb::MetricsReport {
+    match event {
+        Ok(m) => pb::MetricsReport {
+            version: PROTOCOL_VERSION,
+            scraper_id: scraper_id.to_string(),
+            endpoint_id: m.endpoint.to_string(),
+            scraped_at_unix_micros: micros(m.sample.scraped_at),
+            result: Some(pb::metrics_report::Result::Metrics(metrics_to_proto(&m.sample.metrics, &m.sample.errors))),
+        },
+        Err(f) => pb::MetricsReport {
+            version: PROTOCOL_VERSION,
+            scraper_id: scraper_id.to_string(),
+            endpoint_id: f.endpoint.to_string(),
+            scraped_at_unix_micros: micros(f.at),
+            result: Some(pb::metrics_report::Result::Error(f.error.to_string())),
+        },
+    }
+}
+
+/// The aggregator's view of a report: a sample, or a failure. `None` for a report without a
+/// result (the scraper's hello).
+pub fn event_from_report(
+    r: pb::MetricsReport,
+) -> Option<Result<crate::protocol::MetricsScraped, crate::protocol::ScrapeFailed>> {
+    let endpoint = EndpointId::new(&r.endpoint_id);
+    let at = from_micros(r.scraped_at_unix_micros);
+    match r.result? {
+        pb::metrics_report::Result::Metrics(m) => {
+            let (metrics, errors) = metrics_from_proto(m);
+            Some(Ok(crate::protocol::MetricsScraped {
+                endpoint,
+                sample: Arc::new(MetricsSample { metrics, scraped_at: at, errors }),
+                latency: Duration::ZERO,
+            }))
+        }
+        pb::metrics_report::Result::Error(e) => Some(Err(crate::protocol::ScrapeFailed {
+            endpoint,
+            error: crate::scraper::ScrapeError::Request(e),
+            at,
+            latency: Duration::ZERO,
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,53 +260,5 @@ mod tests {
         u.version = 1;
         u.full = false;
         assert_eq!(snapshot_from_proto(u), Err(WireError::Delta));
-    }
-}
-
-/// A scrape outcome as the scraper role sends it.
-pub fn report_from_event(
-    scraper_id: &str,
-    event: Result<&crate::protocol::MetricsScraped, &crate::protocol::ScrapeFailed>,
-) -> pb::MetricsReport {
-    match event {
-        Ok(m) => pb::MetricsReport {
-            version: PROTOCOL_VERSION,
-            scraper_id: scraper_id.to_string(),
-            endpoint_id: m.endpoint.to_string(),
-            scraped_at_unix_micros: micros(m.sample.scraped_at),
-            result: Some(pb::metrics_report::Result::Metrics(metrics_to_proto(&m.sample.metrics, &m.sample.errors))),
-        },
-        Err(f) => pb::MetricsReport {
-            version: PROTOCOL_VERSION,
-            scraper_id: scraper_id.to_string(),
-            endpoint_id: f.endpoint.to_string(),
-            scraped_at_unix_micros: micros(f.at),
-            result: Some(pb::metrics_report::Result::Error(f.error.to_string())),
-        },
-    }
-}
-
-/// The aggregator's view of a report: a sample, or a failure. `None` for a report without a
-/// result (the scraper's hello).
-pub fn event_from_report(
-    r: pb::MetricsReport,
-) -> Option<Result<crate::protocol::MetricsScraped, crate::protocol::ScrapeFailed>> {
-    let endpoint = EndpointId::new(&r.endpoint_id);
-    let at = from_micros(r.scraped_at_unix_micros);
-    match r.result? {
-        pb::metrics_report::Result::Metrics(m) => {
-            let (metrics, errors) = metrics_from_proto(m);
-            Some(Ok(crate::protocol::MetricsScraped {
-                endpoint,
-                sample: Arc::new(MetricsSample { metrics, scraped_at: at, errors }),
-                latency: Duration::ZERO,
-            }))
-        }
-        pb::metrics_report::Result::Error(e) => Some(Err(crate::protocol::ScrapeFailed {
-            endpoint,
-            error: crate::scraper::ScrapeError::Request(e),
-            at,
-            latency: Duration::ZERO,
-        })),
     }
 }
