@@ -42,7 +42,7 @@ fn snapshot(n: usize, now: SystemTime) -> Snapshot {
             shared_load: Default::default(),
         })
         .collect();
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now }
+    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }
 }
 
 fn chat_body(bytes: usize, variant: usize) -> Vec<u8> {

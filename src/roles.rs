@@ -157,6 +157,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         leading: outputs.leading.clone(),
         etcd: etcd.clone(),
         remote,
+        reports: Some(aggregator.clone().recipient()),
     };
     let signal = {
         let mut rx = stop_rx.clone();
@@ -234,6 +235,13 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     app::follow_snapshots(rx, picker.clone(), readiness.clone());
     let servers = app::serve_picker(picker.clone(), readiness.clone(), metrics_registry, &opts.serve).await?;
     tokio::spawn(subscribe::follow_leader(opts.leader.clone(), opts.picker_id.clone(), tx, servers.stop.subscribe()));
+    tokio::spawn(crate::picker::report::run(
+        picker.clone(),
+        opts.leader.clone(),
+        opts.picker_id.clone(),
+        Duration::from_millis(50),
+        servers.stop.subscribe(),
+    ));
     tracing::info!(ext_proc = %servers.ext_proc_addr, "picker serving");
     Ok(PickerHandle { servers, picker, readiness })
 }

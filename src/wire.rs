@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchyard_proto::v1 as pb;
 
-use crate::model::{Endpoint, EndpointId, EndpointMetrics, EndpointState, Load, MetricsSample, MetricsState, Snapshot};
+use crate::model::{
+    Endpoint, EndpointId, EndpointMetrics, EndpointState, Load, MetricsSample, MetricsState, RoutedBlocks, Snapshot,
+};
 
 /// Version of the messages this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -96,7 +98,11 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
             })
             .collect(),
         removed: Vec::new(),
-        prefix_blocks: Vec::new(),
+        prefix_blocks: s
+            .routed_blocks
+            .iter()
+            .map(|b| pb::PrefixBlocks { endpoint_id: b.endpoint.to_string(), hashes: b.hashes.clone() })
+            .collect(),
         published_at_unix_micros: micros(s.published_at),
     }
 }
@@ -138,7 +144,18 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
             })
         })
         .collect::<Result<_, WireError>>()?;
-    Ok(Snapshot { epoch: u.epoch, seq: u.seq, endpoints, published_at: from_micros(u.published_at_unix_micros) })
+    let routed_blocks = u
+        .prefix_blocks
+        .into_iter()
+        .map(|b| RoutedBlocks { endpoint: EndpointId::new(&b.endpoint_id), hashes: b.hashes })
+        .collect();
+    Ok(Snapshot {
+        epoch: u.epoch,
+        seq: u.seq,
+        endpoints,
+        published_at: from_micros(u.published_at_unix_micros),
+        routed_blocks,
+    })
 }
 
 /// A scrape outcome as the scraper role sends it.
@@ -189,6 +206,23 @@ pub fn event_from_report(
     }
 }
 
+/// A picker's report as the aggregator folds it in.
+pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport {
+    crate::aggregator::PickerReport {
+        picker: r.picker_id,
+        loads: r
+            .loads
+            .into_iter()
+            .map(|l| (EndpointId::new(&l.endpoint_id), Load { requests: l.requests, tokens: l.tokens }))
+            .collect(),
+        routed: r
+            .routed
+            .into_iter()
+            .map(|b| RoutedBlocks { endpoint: EndpointId::new(&b.endpoint_id), hashes: b.hashes })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +267,7 @@ mod tests {
                 },
             ],
             published_at: now,
+            routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("b"), hashes: vec![1, 2, 3] }],
         };
         let back = snapshot_from_proto(snapshot_to_proto(&snap)).expect("round trip");
         assert_eq!(back, snap);
@@ -254,7 +289,13 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_deltas_are_refused() {
-        let mut u = snapshot_to_proto(&Snapshot { epoch: 1, seq: 1, endpoints: vec![], published_at: UNIX_EPOCH });
+        let mut u = snapshot_to_proto(&Snapshot {
+            epoch: 1,
+            seq: 1,
+            endpoints: vec![],
+            published_at: UNIX_EPOCH,
+            routed_blocks: Vec::new(),
+        });
         u.version = 2;
         assert_eq!(snapshot_from_proto(u.clone()), Err(WireError::Version(2)));
         u.version = 1;

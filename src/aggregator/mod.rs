@@ -17,7 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-pub use state::AggregatorState;
+pub use state::{AggregatorState, PickerReport};
 
 use crate::model::{Endpoint, Snapshot};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
@@ -88,6 +88,19 @@ impl Handler<LeadershipAcquired> for Aggregator {
         self.state.on_new_term(msg.epoch);
         self.leading.send_replace(true);
         self.publish();
+    }
+}
+
+/// A picker reported its in-flight load and routed prefix blocks.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PickerReported(pub PickerReport);
+
+impl Handler<PickerReported> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, msg: PickerReported, _: &mut Context<Self>) {
+        self.state.on_picker_report(msg.0, std::time::SystemTime::now());
     }
 }
 

@@ -30,6 +30,8 @@ pub struct ControlPlaneService {
     pub etcd: Option<EtcdSettings>,
     /// Set when endpoints are scraped by remote scraper processes.
     pub remote: Option<Arc<RemoteScraping>>,
+    /// Where picker reports go (the aggregator actor).
+    pub reports: Option<actix::Recipient<super::PickerReported>>,
 }
 
 type AssignmentSender = mpsc::Sender<Result<pb::ScrapeAssignment, Status>>;
@@ -178,7 +180,24 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn report(&self, _: Request<Streaming<pb::PickerReport>>) -> Result<Response<pb::ReportAck>, Status> {
-        Err(Status::unimplemented("picker reports are not supported yet"))
+    async fn report(&self, request: Request<Streaming<pb::PickerReport>>) -> Result<Response<pb::ReportAck>, Status> {
+        let is_leader = *self.leading.borrow();
+        if !is_leader {
+            return Err(self.not_leader().await);
+        }
+        let Some(reports) = self.reports.clone() else {
+            return Err(Status::unimplemented("reports are not accepted here"));
+        };
+        let mut inbound = request.into_inner();
+        while let Some(r) = inbound.message().await? {
+            if r.version != wire::PROTOCOL_VERSION {
+                return Err(Status::invalid_argument(format!("unsupported protocol version {}", r.version)));
+            }
+            reports.do_send(super::PickerReported(wire::report_from_proto(r)));
+            if !*self.leading.borrow() {
+                return Err(Status::unavailable("leadership lost"));
+            }
+        }
+        Ok(Response::new(pb::ReportAck { version: wire::PROTOCOL_VERSION }))
     }
 }

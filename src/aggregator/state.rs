@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use crate::model::{Endpoint, EndpointId, EndpointState, MetricsState, Snapshot};
+use std::time::Duration;
+
+use crate::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, RoutedBlocks, Snapshot};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
 
 #[derive(Debug)]
@@ -12,12 +14,43 @@ pub struct AggregatorState {
     seq: u64,
     endpoints: BTreeMap<EndpointId, Endpoint>,
     metrics: HashMap<EndpointId, MetricsState>,
+    /// Latest in-flight load reported by each picker, and when.
+    picker_loads: HashMap<String, (SystemTime, HashMap<EndpointId, Load>)>,
+    /// Prefix blocks routed since the last snapshot (bounded).
+    pending_blocks: Vec<RoutedBlocks>,
+    pending_hashes: usize,
+    /// Hashes dropped because `MAX_PENDING_HASHES` was reached.
+    pub dropped_hashes: u64,
     dirty: bool,
+}
+
+/// Picker loads older than this are forgotten (the picker is gone).
+const PICKER_LOAD_TTL: Duration = Duration::from_secs(2);
+/// At most this many routed hashes wait for the next snapshot.
+const MAX_PENDING_HASHES: usize = 200_000;
+
+/// What one picker reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PickerReport {
+    pub picker: String,
+    /// Requests and tokens this picker has in flight, per endpoint (absolute, not deltas).
+    pub loads: HashMap<EndpointId, Load>,
+    pub routed: Vec<RoutedBlocks>,
 }
 
 impl AggregatorState {
     pub fn new(epoch: u64) -> Self {
-        AggregatorState { epoch, seq: 0, endpoints: BTreeMap::new(), metrics: HashMap::new(), dirty: true }
+        AggregatorState {
+            epoch,
+            seq: 0,
+            endpoints: BTreeMap::new(),
+            metrics: HashMap::new(),
+            picker_loads: HashMap::new(),
+            pending_blocks: Vec::new(),
+            pending_hashes: 0,
+            dropped_hashes: 0,
+            dirty: true,
+        }
     }
 
     /// A new term: snapshots restart at seq 1 under the new epoch.
@@ -59,6 +92,25 @@ impl AggregatorState {
         }
     }
 
+    pub fn on_picker_report(&mut self, r: PickerReport, now: SystemTime) {
+        if !r.loads.is_empty() || self.picker_loads.contains_key(&r.picker) {
+            self.picker_loads.insert(r.picker, (now, r.loads));
+            self.dirty = true;
+        }
+        for b in r.routed {
+            if !self.endpoints.contains_key(&b.endpoint) || b.hashes.is_empty() {
+                continue;
+            }
+            if self.pending_hashes + b.hashes.len() > MAX_PENDING_HASHES {
+                self.dropped_hashes += b.hashes.len() as u64;
+                continue;
+            }
+            self.pending_hashes += b.hashes.len();
+            self.pending_blocks.push(b);
+            self.dirty = true;
+        }
+    }
+
     /// The next snapshot when anything changed since the last one.
     pub fn build(&mut self, now: SystemTime) -> Option<Snapshot> {
         if !self.dirty {
@@ -66,16 +118,28 @@ impl AggregatorState {
         }
         self.dirty = false;
         self.seq += 1;
+        self.picker_loads.retain(|_, (at, _)| now.duration_since(*at).unwrap_or_default() <= PICKER_LOAD_TTL);
         let endpoints = self
             .endpoints
             .values()
-            .map(|e| EndpointState {
-                endpoint: e.clone(),
-                metrics: self.metrics.get(&e.id).cloned().unwrap_or_default(),
-                shared_load: Default::default(),
+            .map(|e| {
+                let mut shared = Load::default();
+                for (_, loads) in self.picker_loads.values() {
+                    if let Some(l) = loads.get(&e.id) {
+                        shared.requests += l.requests;
+                        shared.tokens += l.tokens;
+                    }
+                }
+                EndpointState {
+                    endpoint: e.clone(),
+                    metrics: self.metrics.get(&e.id).cloned().unwrap_or_default(),
+                    shared_load: shared,
+                }
             })
             .collect();
-        Some(Snapshot { epoch: self.epoch, seq: self.seq, endpoints, published_at: now })
+        self.pending_hashes = 0;
+        let routed_blocks = std::mem::take(&mut self.pending_blocks);
+        Some(Snapshot { epoch: self.epoch, seq: self.seq, endpoints, published_at: now, routed_blocks })
     }
 }
 
@@ -149,6 +213,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(snap.endpoints[1].metrics, MetricsState::Unknown);
+    }
+
+    #[test]
+    fn picker_reports_are_summed_and_blocks_forwarded_once() {
+        let mut s = AggregatorState::new(1);
+        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let load = |r: i64| [(EndpointId::new("a"), Load { requests: r, tokens: 10 * r })].into_iter().collect();
+        let blocks = vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![1, 2] }];
+        s.on_picker_report(PickerReport { picker: "p1".into(), loads: load(2), routed: blocks.clone() }, t0);
+        s.on_picker_report(PickerReport { picker: "p2".into(), loads: load(3), routed: vec![] }, t0);
+        let snap = s.build(t0).expect("snapshot");
+        assert_eq!(snap.endpoints[0].shared_load, Load { requests: 5, tokens: 50 });
+        assert_eq!(snap.routed_blocks, blocks);
+        s.on_scraped(scraped("a", 1));
+        let next = s.build(t0).expect("snapshot");
+        assert!(next.routed_blocks.is_empty(), "blocks go out once");
+        // A picker that stops reporting is forgotten.
+        s.on_scraped(scraped("a", 2));
+        let later = s.build(t0 + Duration::from_secs(5)).expect("snapshot");
+        assert_eq!(later.endpoints[0].shared_load, Load::default());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod snapshot;
 
-pub use snapshot::{EndpointState, Load, Snapshot};
+pub use snapshot::{EndpointState, Load, RoutedBlocks, Snapshot};
 
 /// Stable endpoint identity: `<namespace>/<pod>-rank-<i>` for Kubernetes pods, the configured name
 /// for static endpoints.

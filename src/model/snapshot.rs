@@ -28,11 +28,26 @@ pub struct Snapshot {
     pub seq: u64,
     pub endpoints: Vec<EndpointState>,
     pub published_at: SystemTime,
+    /// Prefix blocks the pickers routed since the previous snapshot, for every picker to learn.
+    pub routed_blocks: Vec<RoutedBlocks>,
+}
+
+/// Prefix-block hashes routed to an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedBlocks {
+    pub endpoint: EndpointId,
+    pub hashes: Vec<u64>,
 }
 
 impl Snapshot {
     pub fn empty() -> Arc<Self> {
-        Arc::new(Snapshot { epoch: 0, seq: 0, endpoints: Vec::new(), published_at: SystemTime::UNIX_EPOCH })
+        Arc::new(Snapshot {
+            epoch: 0,
+            seq: 0,
+            endpoints: Vec::new(),
+            published_at: SystemTime::UNIX_EPOCH,
+            routed_blocks: Vec::new(),
+        })
     }
 
     pub fn is_newer_than(&self, other: &Snapshot) -> bool {

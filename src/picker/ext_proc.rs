@@ -294,7 +294,9 @@ impl StreamState {
             if let Ok(d) = &decision {
                 let primary = d.endpoints[0];
                 let capacity = self.picker.scheduler.prefix_capacity(&view.snapshot, primary);
-                prefix.insert(&view.snapshot.endpoints[primary].endpoint.id, &d.prefix_hashes, capacity);
+                let id = &view.snapshot.endpoints[primary].endpoint.id;
+                prefix.insert(id, &d.prefix_hashes, capacity);
+                self.picker.note_routed(id, &d.prefix_hashes);
             }
             decision
         }

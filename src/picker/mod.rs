@@ -10,6 +10,7 @@ mod ext_proc;
 pub mod health;
 mod metrics;
 pub mod proto;
+pub mod report;
 pub mod request;
 pub mod response;
 pub mod subscribe;
@@ -95,7 +96,14 @@ pub struct Picker {
     pub settings: PickerSettings,
     pub metrics: PickerMetrics,
     streams: AtomicU64,
+    /// Prefix blocks routed since the last report to the leader (bounded).
+    routed: Mutex<Vec<crate::model::RoutedBlocks>>,
+    /// Set while a reporter drains `routed` (distributed mode only).
+    reporting: std::sync::atomic::AtomicBool,
 }
+
+/// At most this many routed-block entries wait for the next report.
+const MAX_PENDING_ROUTED: usize = 10_000;
 
 impl Picker {
     pub fn new(scheduler: Scheduler, settings: PickerSettings, metrics: PickerMetrics) -> Self {
@@ -106,6 +114,8 @@ impl Picker {
             settings,
             metrics,
             streams: AtomicU64::new(0),
+            routed: Mutex::new(Vec::new()),
+            reporting: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -119,9 +129,37 @@ impl Picker {
         format!("{:016x}{:016x}", self.settings.seed, n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
-    /// Called when a new view is installed: prune the prefix index and update gauges.
+    /// Records blocks routed by this picker, for the next report to the leader.
+    pub(crate) fn note_routed(&self, endpoint: &crate::model::EndpointId, hashes: &[u64]) {
+        if hashes.is_empty() || !self.reporting.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut routed = self.routed.lock().unwrap_or_else(|p| p.into_inner());
+        if routed.len() < MAX_PENDING_ROUTED {
+            routed.push(crate::model::RoutedBlocks { endpoint: endpoint.clone(), hashes: hashes.to_vec() });
+        }
+    }
+
+    /// Starts recording routed blocks for a reporter.
+    pub fn enable_reporting(&self) {
+        self.reporting.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the routed blocks recorded since the last call.
+    pub fn take_routed(&self) -> Vec<crate::model::RoutedBlocks> {
+        std::mem::take(&mut *self.routed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Called when a new view is installed: learn the blocks other pickers routed, prune the prefix
+    /// index and update gauges.
     pub fn on_view(&self, view: &PickerView) {
         let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        for b in &view.snapshot.routed_blocks {
+            if let Some(i) = view.snapshot.index_of(&b.endpoint) {
+                let capacity = self.scheduler.prefix_capacity(&view.snapshot, i);
+                prefix.insert(&view.snapshot.endpoints[i].endpoint.id, &b.hashes, capacity);
+            }
+        }
         prefix.retain(|id| view.snapshot.index_of(id).is_some());
         self.metrics.record_snapshot(view, prefix.len());
     }

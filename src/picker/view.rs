@@ -19,6 +19,9 @@ pub struct EndpointCounters {
     pub picks: AtomicU64,
     pub inflight_requests: AtomicI64,
     pub inflight_tokens: AtomicI64,
+    /// What this picker last reported to the leader (already inside the snapshot's shared load).
+    pub reported_requests: AtomicI64,
+    pub reported_tokens: AtomicI64,
 }
 
 impl EndpointCounters {
@@ -55,9 +58,11 @@ impl PickerView {
             .zip(&self.baseline)
             .map(|(c, base)| LocalLoad {
                 sent_since_scrape: c.picks.load(Ordering::Relaxed).saturating_sub(*base),
+                // The snapshot's shared load already holds what this picker reported; count
+                // only the change since (the scorer adds the shared load and clamps at zero).
                 inflight: Load {
-                    requests: c.inflight_requests.load(Ordering::Relaxed).max(0),
-                    tokens: c.inflight_tokens.load(Ordering::Relaxed).max(0),
+                    requests: c.inflight_requests.load(Ordering::Relaxed) - c.reported_requests.load(Ordering::Relaxed),
+                    tokens: c.inflight_tokens.load(Ordering::Relaxed) - c.reported_tokens.load(Ordering::Relaxed),
                 },
             })
             .collect()

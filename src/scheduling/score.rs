@@ -28,8 +28,8 @@ pub(super) fn candidate(
         running: m.and_then(|m| m.running).unwrap_or(0) as f64,
         kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(0.0),
         inflight: Load {
-            requests: local.inflight.requests + state.shared_load.requests,
-            tokens: local.inflight.tokens + state.shared_load.tokens,
+            requests: (local.inflight.requests + state.shared_load.requests).max(0),
+            tokens: (local.inflight.tokens + state.shared_load.tokens).max(0),
         },
         prefix_match,
         score: 0.0,

@@ -47,7 +47,7 @@ fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState
 }
 
 fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now() }
+    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now(), routed_blocks: Vec::new() }
 }
 
 fn default_scheduler() -> Scheduler {

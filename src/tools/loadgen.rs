@@ -83,7 +83,7 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
             shared_load: Default::default(),
         })
         .collect();
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now }
+    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }
 }
 
 /// Answers every stream with a fixed endpoint and the body unchanged; nothing else.

@@ -11,5 +11,6 @@ mod hostile;
 mod picker;
 mod scrape;
 mod scrapers;
+mod shared;
 mod sim_api;
 mod support;

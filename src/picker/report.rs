@@ -1,0 +1,84 @@
+//! Reports to the leader what it cannot see: this picker's in-flight load per endpoint and the
+//! prefix blocks it routed. The leader folds every picker's reports into the next snapshot, so all
+//! pickers schedule with one view of load and prefix state.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+use tokio::sync::{mpsc, watch};
+
+use super::Picker;
+use super::subscribe::LeaderSource;
+use crate::aggregator::election;
+use crate::wire;
+
+/// Builds one report and marks its loads as reported.
+pub fn build_report(picker: &Picker, picker_id: &str) -> pb::PickerReport {
+    let view = picker.view.load_full();
+    let mut loads = Vec::new();
+    for (state, c) in view.snapshot.endpoints.iter().zip(&view.counters) {
+        let (requests, tokens) =
+            (c.inflight_requests.load(Ordering::Relaxed), c.inflight_tokens.load(Ordering::Relaxed));
+        c.reported_requests.store(requests, Ordering::Relaxed);
+        c.reported_tokens.store(tokens, Ordering::Relaxed);
+        if requests != 0 || tokens != 0 {
+            loads.push(pb::LoadDelta { endpoint_id: state.endpoint.id.to_string(), requests, tokens });
+        }
+    }
+    let routed = picker
+        .take_routed()
+        .into_iter()
+        .map(|b| pb::PrefixBlocks { endpoint_id: b.endpoint.to_string(), hashes: b.hashes })
+        .collect();
+    pb::PickerReport { version: wire::PROTOCOL_VERSION, picker_id: picker_id.to_string(), loads, routed }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// Sends a report every `interval` to the current leader until `stop`.
+pub async fn run(
+    picker: Arc<Picker>,
+    source: LeaderSource,
+    picker_id: String,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    picker.enable_reporting();
+    loop {
+        let targets = match &source {
+            LeaderSource::Addresses(a) => a.clone(),
+            LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
+        };
+        for target in targets {
+            let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else { continue };
+            let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await else {
+                continue;
+            };
+            let mut client = ControlPlaneClient::new(channel);
+            let (tx, rx) = mpsc::channel(16);
+            let call =
+                tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopped(stop.clone()) => return,
+                }
+                if call.is_finished() || tx.send(build_report(&picker, &picker_id)).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = call.await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopped(stop.clone()) => return,
+        }
+    }
+}
