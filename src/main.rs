@@ -168,9 +168,9 @@ struct PickerArgs {
 struct GatewayArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// ext-proc server URL (plaintext h2c), e.g. http://127.0.0.1:9002.
-    #[arg(long, default_value = "http://127.0.0.1:9002")]
-    ext_proc: String,
+    /// ext-proc server URLs (plaintext h2c), comma-separated; streams are spread round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9002")]
+    ext_proc: Vec<String>,
     /// Static endpoints file: the pool used when failing open (and by --round-robin).
     #[arg(long)]
     endpoints_file: PathBuf,
@@ -554,7 +554,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         })
         .collect();
     let cfg = GatewayConfig {
-        ext_proc: (!args.round_robin).then_some(args.ext_proc),
+        ext_proc: if args.round_robin { Vec::new() } else { args.ext_proc },
         failure_mode: if args.failure_mode == "open" { FailureMode::Open } else { FailureMode::Close },
         pool,
         message_timeout: args.message_timeout,

@@ -51,8 +51,9 @@ pub enum FailureMode {
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// `http://host:port` of the ext-proc server; `None` = round-robin over the pool (baseline).
-    pub ext_proc: Option<String>,
+    /// `http://host:port` of the ext-proc servers (streams are spread over them round-robin, as a
+    /// Service in front of several pickers would); empty = round-robin over the pool (baseline).
+    pub ext_proc: Vec<String>,
     pub failure_mode: FailureMode,
     /// Pool endpoints (`ip:port`) for fail-open and round-robin.
     pub pool: Vec<String>,
@@ -62,9 +63,10 @@ pub struct GatewayConfig {
 
 pub struct Gateway {
     cfg: GatewayConfig,
-    ext: Option<ExternalProcessorClient<Channel>>,
+    ext: Vec<ExternalProcessorClient<Channel>>,
     upstream: Client<HttpConnector, Full<Bytes>>,
     next: AtomicUsize,
+    next_ext: AtomicUsize,
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -145,22 +147,20 @@ enum Outcome {
 impl Gateway {
     pub async fn new(cfg: GatewayConfig) -> anyhow::Result<Arc<Self>> {
         crate::ensure_crypto_provider();
-        let ext = match &cfg.ext_proc {
-            Some(url) => {
-                let ch = tonic::transport::Endpoint::from_shared(url.clone())?.connect_lazy();
-                Some(
-                    ExternalProcessorClient::new(ch)
-                        .max_decoding_message_size(64 * 1024 * 1024)
-                        .max_encoding_message_size(64 * 1024 * 1024),
-                )
-            }
-            None => None,
-        };
+        let mut ext = Vec::new();
+        for url in &cfg.ext_proc {
+            let ch = tonic::transport::Endpoint::from_shared(url.clone())?.tcp_nodelay(true).connect_lazy();
+            ext.push(
+                ExternalProcessorClient::new(ch)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024),
+            );
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let upstream = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Arc::new(Gateway { cfg, ext, upstream, next: AtomicUsize::new(0) }))
+        Ok(Arc::new(Gateway { cfg, ext, upstream, next: AtomicUsize::new(0), next_ext: AtomicUsize::new(0) }))
     }
 
     /// Serves until `stop` turns true.
@@ -212,7 +212,9 @@ impl Gateway {
             return full(StatusCode::BAD_REQUEST, "cannot read request body");
         };
         let body = collected.to_bytes();
-        let outcome = match &self.ext {
+        let ext =
+            (!self.ext.is_empty()).then(|| &self.ext[self.next_ext.fetch_add(1, Ordering::Relaxed) % self.ext.len()]);
+        let outcome = match ext {
             None => match self.pool_pick(false) {
                 Some(d) => Outcome::Routed(Routed {
                     destinations: vec![d],

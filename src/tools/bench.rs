@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Propagation(crate::tools::cpbench::PropagationArgs),
     /// SIGKILL the leader aggregator under load: time to the new leader's snapshot, failed picks.
     Failover(crate::tools::cpbench::FailoverArgs),
+    /// Routing quality with 1 and 4 pickers sharing one view through the leader.
+    SharedView(crate::tools::cpbench::SharedViewArgs),
 }
 
 #[derive(Args, Clone)]
@@ -49,6 +51,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Gateway(args) => crate::tools::loadgen::run_gateway(args).await,
         BenchCommand::Propagation(args) => crate::tools::cpbench::propagation(args).await,
         BenchCommand::Failover(args) => crate::tools::cpbench::failover(args).await,
+        BenchCommand::SharedView(args) => crate::tools::cpbench::shared_view(args).await,
     }
 }
 

@@ -294,3 +294,112 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[derive(Args, Clone)]
+pub struct SharedViewArgs {
+    #[arg(long, default_value_t = 300)]
+    pub requests: usize,
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// The demo workload through the gateway with 1 picker and with 4 pickers (streams spread
+/// round-robin over them), each on a fresh identical fleet with one aggregator leader: prefix-cache
+/// hit rate and TTFT should not degrade with more pickers.
+pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
+    use crate::app::{ServeOptions, Tls};
+    use crate::gateway::{self, FailureMode, GatewayConfig};
+    use crate::roles::{PickerOptions, start_picker};
+    let demo = crate::tools::demo::DemoArgs {
+        requests: args.requests,
+        concurrency: args.concurrency,
+        seed: args.seed,
+        serve: false,
+        port: 0,
+    };
+    println!(
+        "shared view: demo workload ({} requests, {} clients) through the gateway, 1 vs 4 pickers",
+        args.requests, args.concurrency
+    );
+    let mut results = Vec::new();
+    for n in [1usize, 4] {
+        let fleet = sim::start_fleet(&crate::tools::demo::fleet_config(args.seed)).await?;
+        let dir = std::env::temp_dir().join(format!("switchyard-shared-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("endpoints.yaml");
+        std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+        let agg = start_aggregator(AggregatorOptions {
+            host: [127, 0, 0, 1].into(),
+            control_port: 0,
+            grpc_health_port: 0,
+            advertise: None,
+            config_file: None,
+            config_text: None,
+            endpoints_file: file,
+            metric_flags: Default::default(),
+            refresh_metrics_interval: Duration::from_millis(50),
+            scrape_timeout: Duration::from_secs(1),
+            etcd: None,
+            remote_scrapers: false,
+        })
+        .await?;
+        let mut pickers = Vec::new();
+        for i in 0..n {
+            let p = start_picker(PickerOptions {
+                serve: ServeOptions {
+                    host: [127, 0, 0, 1].into(),
+                    grpc_port: 0,
+                    grpc_health_port: 0,
+                    metrics_port: 0,
+                    tls: Tls::Plaintext,
+                },
+                config_file: None,
+                config_text: None,
+                metrics_staleness_threshold: Duration::from_secs(2),
+                leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
+                picker: crate::picker::PickerSettings { seed: args.seed + i as u64, ..Default::default() },
+                picker_id: format!("picker-{i}"),
+            })
+            .await?;
+            while !p.readiness.is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            pickers.push(p);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let cfg = GatewayConfig {
+            ext_proc: pickers.iter().map(|p| format!("http://{}", p.servers.ext_proc_addr)).collect(),
+            failure_mode: FailureMode::Close,
+            pool: fleet.iter().map(|h| h.addr.to_string()).collect(),
+            message_timeout: Duration::from_secs(10),
+        };
+        let (gw, _task) = gateway::start(cfg, "127.0.0.1:0".parse()?, stop_rx).await?;
+        let r =
+            crate::tools::demo::run_workload(&format!("{n} picker(s)"), &format!("http://{gw}"), &fleet, &demo).await;
+        let names: Vec<String> = fleet.iter().map(|h| h.name.clone()).collect();
+        let rows = crate::tools::demo::rows(&r, &names);
+        let all = &rows["all"];
+        let failed = r.outcomes.iter().filter(|o| !o.ok).count();
+        println!(
+            "{n} picker(s): prefix hit {:.1} %, TTFT p50 {:.0} ms, p90 {:.0} ms, failed {failed}",
+            all.hit, all.p50, all.p90
+        );
+        results.push((all.hit, all.p90));
+        let _ = stop.send(true);
+        for p in pickers {
+            p.shutdown(Duration::from_secs(1)).await;
+        }
+        agg.shutdown(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let (one, four) = (results[0], results[1]);
+    println!(
+        "4 pickers vs 1: prefix hit {:+.1} points ({:.1} % relative), TTFT p90 {:+.1} %",
+        four.0 - one.0,
+        100.0 * (four.0 - one.0) / one.0.max(1e-9),
+        100.0 * (four.1 - one.1) / one.1.max(1e-9)
+    );
+    Ok(())
+}

@@ -43,7 +43,7 @@ pub struct DemoArgs {
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const ADAPTERS: [&str; 3] = ["sql-lora", "tweet-lora", "code-lora"];
 
-fn fleet_config(seed: u64) -> sim::FleetConfig {
+pub(crate) fn fleet_config(seed: u64) -> sim::FleetConfig {
     sim::FleetConfig {
         fleet: vec![(Flavor::VllmV1, 2), (Flavor::VllmV0, 1), (Flavor::Sglang, 1), (Flavor::TritonTensorrtLlm, 1)],
         seed,
@@ -57,9 +57,9 @@ fn fleet_config(seed: u64) -> sim::FleetConfig {
 
 /// One request's outcome as the client saw it.
 #[derive(Debug, Clone, Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     server: String,
-    ok: bool,
+    pub(crate) ok: bool,
     ttft_ms: Option<f64>,
     prompt_tokens: u64,
     cached_tokens: u64,
@@ -118,13 +118,13 @@ async fn send_one(client: &reqwest::Client, url: &str, body: &serde_json::Value)
     out
 }
 
-struct RunResult {
-    outcomes: Vec<Outcome>,
+pub(crate) struct RunResult {
+    pub(crate) outcomes: Vec<Outcome>,
     mean_queue: BTreeMap<String, f64>,
     seconds: f64,
 }
 
-async fn run_workload(label: &str, gateway_url: &str, fleet: &[SimHandle], args: &DemoArgs) -> RunResult {
+pub(crate) async fn run_workload(label: &str, gateway_url: &str, fleet: &[SimHandle], args: &DemoArgs) -> RunResult {
     crate::ensure_crypto_provider();
     let client = reqwest::Client::new();
     let jobs = Arc::new(workload(args.requests, args.seed));
@@ -183,15 +183,15 @@ async fn run_workload(label: &str, gateway_url: &str, fleet: &[SimHandle], args:
     RunResult { outcomes, mean_queue, seconds: started.elapsed().as_secs_f64() }
 }
 
-struct Row {
-    requests: usize,
-    hit: f64,
-    queue: f64,
-    p50: f64,
-    p90: f64,
+pub(crate) struct Row {
+    pub(crate) requests: usize,
+    pub(crate) hit: f64,
+    pub(crate) queue: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
 }
 
-fn rows(r: &RunResult, names: &[String]) -> BTreeMap<String, Row> {
+pub(crate) fn rows(r: &RunResult, names: &[String]) -> BTreeMap<String, Row> {
     let mut out = BTreeMap::new();
     for name in names.iter().chain(std::iter::once(&"all".to_string())) {
         let mine: Vec<&Outcome> = r.outcomes.iter().filter(|o| o.ok && (name == "all" || &o.server == name)).collect();
@@ -247,7 +247,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (stop, stop_rx) = watch::channel(false);
     let pool: Vec<String> = fleet.iter().map(|h| h.addr.to_string()).collect();
     let gw_cfg = GatewayConfig {
-        ext_proc: Some(format!("http://{}", epp.ext_proc_addr)),
+        ext_proc: vec![format!("http://{}", epp.ext_proc_addr)],
         failure_mode: FailureMode::Open,
         pool: pool.clone(),
         message_timeout: Duration::from_secs(10),
@@ -265,7 +265,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rr_fleet = sim::start_fleet(&fleet_config(args.seed)).await?;
     let rr_pool: Vec<String> = rr_fleet.iter().map(|h| h.addr.to_string()).collect();
     let rr_cfg = GatewayConfig {
-        ext_proc: None,
+        ext_proc: vec![],
         failure_mode: FailureMode::Close,
         pool: rr_pool,
         message_timeout: Duration::from_secs(10),

@@ -392,13 +392,13 @@ pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let pool: Vec<String> = fleet.iter().map(|h| h.addr.to_string()).collect();
     let with_picker = GatewayConfig {
-        ext_proc: Some(format!("http://{}", epp.ext_proc_addr)),
+        ext_proc: vec![format!("http://{}", epp.ext_proc_addr)],
         failure_mode: FailureMode::Close,
         pool: pool.clone(),
         message_timeout: Duration::from_secs(10),
     };
     let direct = GatewayConfig {
-        ext_proc: None,
+        ext_proc: vec![],
         failure_mode: FailureMode::Close,
         pool: vec![pool[0].clone()],
         message_timeout: Duration::from_secs(10),

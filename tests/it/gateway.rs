@@ -21,7 +21,7 @@ use crate::support::client;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
-async fn gateway(ext_proc: Option<String>, mode: FailureMode, pool: Vec<String>) -> (SocketAddr, watch::Sender<bool>) {
+async fn gateway(ext_proc: Vec<String>, mode: FailureMode, pool: Vec<String>) -> (SocketAddr, watch::Sender<bool>) {
     let (stop, rx) = watch::channel(false);
     let cfg = GatewayConfig { ext_proc, failure_mode: mode, pool, message_timeout: Duration::from_secs(5) };
     let (addr, _task) = gateway::start(cfg, "127.0.0.1:0".parse().expect("addr"), rx).await.expect("gateway");
@@ -136,7 +136,7 @@ async fn falls_back_to_the_next_endpoint_and_reports_served() {
             .add_service(ExternalProcessorServer::new(svc))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let (gw, _stop) = gateway(Some(format!("http://{ext_addr}")), FailureMode::Close, vec![]).await;
+    let (gw, _stop) = gateway(vec![format!("http://{ext_addr}")], FailureMode::Close, vec![]).await;
     let body = serde_json::json!({"model": MODEL, "prompt": "hi", "max_tokens": 2});
     let resp = client().post(format!("http://{gw}/v1/completions")).json(&body).send().await.expect("send");
     assert_eq!(resp.status(), 200);
@@ -156,10 +156,10 @@ async fn failure_modes_when_ext_proc_is_down() {
     let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let pool = vec![live[0].addr.to_string()];
     let body = serde_json::json!({"model": MODEL, "prompt": "hi", "max_tokens": 2});
-    let (open, _s1) = gateway(Some(format!("http://{down}")), FailureMode::Open, pool.clone()).await;
+    let (open, _s1) = gateway(vec![format!("http://{down}")], FailureMode::Open, pool.clone()).await;
     let resp = client().post(format!("http://{open}/v1/completions")).json(&body).send().await.expect("send");
     assert_eq!(resp.status(), 200, "FailOpen goes to a pool endpoint");
-    let (close, _s2) = gateway(Some(format!("http://{down}")), FailureMode::Close, pool).await;
+    let (close, _s2) = gateway(vec![format!("http://{down}")], FailureMode::Close, pool).await;
     let resp = client().post(format!("http://{close}/v1/completions")).json(&body).send().await.expect("send");
     assert_eq!(resp.status(), 503, "FailClose answers 503");
 }
