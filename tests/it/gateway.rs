@@ -37,7 +37,7 @@ async fn requests_flow_through_gateway_and_picker() {
     )
     .await;
     let pool = sb.fleet.iter().map(|h| h.addr.to_string()).collect();
-    let (gw, _stop) = gateway(Some(format!("http://{}", sb.epp().ext_proc_addr)), FailureMode::Close, pool).await;
+    let (gw, _stop) = gateway(vec![format!("http://{}", sb.epp().ext_proc_addr)], FailureMode::Close, pool).await;
     let url = format!("http://{gw}/v1/chat/completions");
     let body = serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5});
     let resp = client().post(&url).json(&body).send().await.expect("send");
