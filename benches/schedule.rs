@@ -2,47 +2,18 @@
 //! a 200 KB chat prompt. `cargo bench --bench schedule` — one thread.
 #![allow(clippy::disallowed_types, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use switchyard::config::EndpointPickerConfig;
-use switchyard::model::{Endpoint, EndpointId, EndpointMetrics, EndpointState, MetricsSample, MetricsState, Snapshot};
+use switchyard::model::Snapshot;
 use switchyard::picker::request::{ApiKind, parse_body};
 use switchyard::scheduling::{LocalLoad, PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
 
-fn snapshot(n: usize, now: SystemTime) -> Snapshot {
-    let endpoints = (0..n)
-        .map(|i| EndpointState {
-            endpoint: Endpoint {
-                id: EndpointId::new(format!("default/vllm-{i}-rank-0")),
-                address: format!("10.{}.{}.{}:8000", i / 65536, (i / 256) % 256, i % 256),
-                metrics_url: String::new(),
-                engine: "vllm".into(),
-                labels: BTreeMap::new(),
-            },
-            metrics: MetricsState::Known {
-                sample: Arc::new(MetricsSample {
-                    metrics: EndpointMetrics {
-                        queued: Some((i % 7) as u64),
-                        running: Some((i % 13) as u64),
-                        kv_usage: Some((i % 10) as f64 / 10.0),
-                        cache_block_size: Some(16),
-                        cache_num_blocks: Some(7000),
-                        ..Default::default()
-                    },
-                    scraped_at: now,
-                    errors: vec![],
-                }),
-                last_error: None,
-            },
-            shared_load: Default::default(),
-        })
-        .collect();
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }
+fn snapshot(n: usize) -> Snapshot {
+    switchyard::tools::loadgen::synthetic_snapshot(n)
 }
 
 fn chat_body(bytes: usize, variant: usize) -> Vec<u8> {
@@ -68,7 +39,7 @@ fn main() {
         "endpoints", "prompt", "schedule() p50 / p99 (us)", "parse+schedule p50 / p99 (us)"
     );
     for n in [10, 100, 1000] {
-        let snap = snapshot(n, now);
+        let snap = snapshot(n);
         let local = vec![LocalLoad::default(); n];
         let all: Vec<usize> = (0..n).collect();
         for size in [1024, 200 * 1024] {

@@ -476,17 +476,25 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
+/// How a picker or scraper finds the aggregator leader: etcd when configured, else the addresses.
+fn leader_source(
+    etcd: &EtcdArgs,
+    aggregators: &[String],
+) -> anyhow::Result<switchyard::picker::subscribe::LeaderSource> {
     use switchyard::picker::subscribe::LeaderSource;
+    match (etcd.settings(), aggregators.is_empty()) {
+        (Some(s), _) => Ok(LeaderSource::Etcd(s)),
+        (None, false) => Ok(LeaderSource::Addresses(aggregators.to_vec())),
+        (None, true) => {
+            Err(switchyard::config::ConfigError::invalid("--etcd-endpoints", "set --etcd-endpoints or --aggregators")
+                .into())
+        }
+    }
+}
+
+async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
     use switchyard::roles::{ScraperOptions, start_scraper};
-    let leader = match (args.etcd.settings(), args.aggregators.is_empty()) {
-        (Some(s), _) => LeaderSource::Etcd(s),
-        (None, false) => LeaderSource::Addresses(args.aggregators.clone()),
-        (None, true) => anyhow::bail!(switchyard::config::ConfigError::invalid(
-            "--etcd-endpoints",
-            "set --etcd-endpoints or --aggregators"
-        )),
-    };
+    let leader = leader_source(&args.etcd, &args.aggregators)?;
     let handle = start_scraper(ScraperOptions {
         leader,
         scraper_id: args.scraper_id.unwrap_or_else(|| format!("scraper-{}", std::process::id())),
@@ -504,16 +512,8 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
 
 async fn run_picker(args: PickerArgs) -> anyhow::Result<()> {
     use switchyard::app::{ServeOptions, Tls};
-    use switchyard::picker::subscribe::LeaderSource;
     use switchyard::roles::{PickerOptions, start_picker};
-    let leader = match (args.etcd.settings(), args.aggregators.is_empty()) {
-        (Some(s), _) => LeaderSource::Etcd(s),
-        (None, false) => LeaderSource::Addresses(args.aggregators.clone()),
-        (None, true) => anyhow::bail!(switchyard::config::ConfigError::invalid(
-            "--etcd-endpoints",
-            "set --etcd-endpoints or --aggregators"
-        )),
-    };
+    let leader = leader_source(&args.etcd, &args.aggregators)?;
     let handle = start_picker(PickerOptions {
         serve: ServeOptions {
             host: args.listen_host,

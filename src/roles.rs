@@ -54,6 +54,27 @@ pub struct AggregatorOptions {
     pub remote_scrapers: bool,
 }
 
+impl AggregatorOptions {
+    /// A single replica on loopback with free ports, scraping `endpoints_file` itself, no etcd
+    /// (tools and tests).
+    pub fn local(endpoints_file: PathBuf) -> Self {
+        AggregatorOptions {
+            host: [127, 0, 0, 1].into(),
+            control_port: 0,
+            grpc_health_port: 0,
+            advertise: None,
+            config_file: None,
+            config_text: None,
+            endpoints_file,
+            metric_flags: MetricFlags::default(),
+            refresh_metrics_interval: Duration::from_millis(50),
+            scrape_timeout: Duration::from_secs(1),
+            etcd: None,
+            remote_scrapers: false,
+        }
+    }
+}
+
 pub struct AggregatorHandle {
     pub control_addr: SocketAddr,
     pub health_addr: SocketAddr,

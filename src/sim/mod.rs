@@ -125,6 +125,14 @@ pub fn endpoints_file(fleet: &[SimHandle]) -> crate::discovery::StaticEndpoints 
     }
 }
 
+/// Writes the fleet's endpoints file to `dir/endpoints.yaml` and returns its path.
+pub fn write_endpoints_file(fleet: &[SimHandle], dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let path = dir.join("endpoints.yaml");
+    let yaml = serde_saphyr::to_string(&endpoints_file(fleet)).map_err(std::io::Error::other)?;
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
 impl SimHandle {
     pub fn endpoint(&self) -> SimEndpoint {
         SimEndpoint {

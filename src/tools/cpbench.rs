@@ -33,23 +33,7 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
             .await?;
     let dir = std::env::temp_dir().join(format!("switchyard-prop-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("endpoints.yaml");
-    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
-    let agg = start_aggregator(AggregatorOptions {
-        host: [127, 0, 0, 1].into(),
-        control_port: 0,
-        grpc_health_port: 0,
-        advertise: None,
-        config_file: None,
-        config_text: None,
-        endpoints_file: file,
-        metric_flags: Default::default(),
-        refresh_metrics_interval: Duration::from_millis(50),
-        scrape_timeout: Duration::from_secs(1),
-        etcd: None,
-        remote_scrapers: false,
-    })
-    .await?;
+    let agg = start_aggregator(AggregatorOptions::local(sim::write_endpoints_file(&fleet, &dir)?)).await?;
     println!(
         "snapshot propagation: {} endpoints scraped every 50 ms, full snapshots, {} s per point",
         args.endpoints, args.seconds
@@ -158,8 +142,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot start etcd (apt-get install etcd-server): {e}"))?,
     );
     let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 4)], ..Default::default() }).await?;
-    let file = dir.join("endpoints.yaml");
-    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let file = sim::write_endpoints_file(&fleet, &dir)?;
     let ttl = format!("{}ms", args.ttl.as_millis());
     let spawn_aggregator = || -> anyhow::Result<(Child, u16)> {
         let port = free_port()?;
@@ -328,23 +311,7 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
         let fleet = sim::start_fleet(&crate::tools::demo::fleet_config(args.seed)).await?;
         let dir = std::env::temp_dir().join(format!("switchyard-shared-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let file = dir.join("endpoints.yaml");
-        std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
-        let agg = start_aggregator(AggregatorOptions {
-            host: [127, 0, 0, 1].into(),
-            control_port: 0,
-            grpc_health_port: 0,
-            advertise: None,
-            config_file: None,
-            config_text: None,
-            endpoints_file: file,
-            metric_flags: Default::default(),
-            refresh_metrics_interval: Duration::from_millis(50),
-            scrape_timeout: Duration::from_secs(1),
-            etcd: None,
-            remote_scrapers: false,
-        })
-        .await?;
+        let agg = start_aggregator(AggregatorOptions::local(sim::write_endpoints_file(&fleet, &dir)?)).await?;
         let mut pickers = Vec::new();
         for i in 0..n {
             let p = start_picker(PickerOptions {

@@ -223,8 +223,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 1. Switchyard.
     let fleet = sim::start_fleet(&fleet_config(args.seed)).await?;
     let dir = tempfile_dir()?;
-    let endpoints_file = dir.join("endpoints.yaml");
-    std::fs::write(&endpoints_file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let endpoints_file = sim::write_endpoints_file(&fleet, &dir)?;
     println!("pool ({} simulated model servers, model {MODEL}, LoRA adapters {}):", fleet.len(), ADAPTERS.join(", "));
     for h in &fleet {
         println!("  {:<26} {:<20} http://{}", h.name, h.flavor.name(), h.addr);

@@ -374,8 +374,7 @@ pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
     let fleet = sim::start_fleet(&cfg).await?;
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("endpoints.yaml");
-    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet))?)?;
+    let file = sim::write_endpoints_file(&fleet, &dir)?;
     let epp = crate::app::start_standalone(StandaloneOptions {
         host: [127, 0, 0, 1].into(),
         grpc_port: 0,

@@ -35,8 +35,7 @@ impl Sandbox {
     ) -> Sandbox {
         let fleet = sim::start_fleet(&fleet).await.expect("fleet");
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("endpoints.yaml");
-        std::fs::write(&path, serde_saphyr::to_string(&sim::endpoints_file(&fleet)).expect("yaml")).expect("write");
+        let path = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
         let mut opts = StandaloneOptions {
             host: [127, 0, 0, 1].into(),
             grpc_port: 0,

@@ -110,9 +110,7 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
         .await
         .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("endpoints.yaml");
-    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet)).expect("yaml")).expect("write");
-    let file = file.display().to_string();
+    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file").display().to_string();
     let a = aggregator(&etcd, &file, "it-failover");
     let b = aggregator(&etcd, &file, "it-failover");
     let (_p, grpc, health, metrics) = picker(&etcd, "it-failover");

@@ -17,24 +17,10 @@ async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
         .await
         .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("endpoints.yaml");
-    std::fs::write(&file, serde_saphyr::to_string(&sim::endpoints_file(&fleet)).expect("yaml")).expect("write");
-    let agg = start_aggregator(AggregatorOptions {
-        host: [127, 0, 0, 1].into(),
-        control_port: 0,
-        grpc_health_port: 0,
-        advertise: None,
-        config_file: None,
-        config_text: None,
-        endpoints_file: file,
-        metric_flags: Default::default(),
-        refresh_metrics_interval: Duration::from_millis(50),
-        scrape_timeout: Duration::from_secs(1),
-        etcd: None,
-        remote_scrapers: true,
-    })
-    .await
-    .expect("aggregator");
+    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let agg = start_aggregator(AggregatorOptions { remote_scrapers: true, ..AggregatorOptions::local(file) })
+        .await
+        .expect("aggregator");
     let scraper = |id: &str| ScraperOptions {
         leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
         scraper_id: id.into(),
