@@ -1,0 +1,361 @@
+//! Command-line arguments of the `switchyard` binary (upstream EPP flag names where they exist).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard::config::MetricFlags;
+use switchyard::sim;
+use switchyard::tools;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Endpoint Picker for LLM inference, as a distributed control plane")]
+pub(crate) struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `switchyard=debug`.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub(crate) log: String,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// All roles in one process: scrapers, aggregator and the ext-proc picker (the simplest deployment).
+    Standalone(Box<StandaloneArgs>),
+    /// The main job in one command: sim fleet + picker + gateway, a workload, and a comparison
+    /// with round-robin.
+    Demo(tools::demo::DemoArgs),
+    /// A development data plane that consults an ext-proc server as Envoy does.
+    Gateway(GatewayArgs),
+    /// Aggregator replica: etcd election, scraping, snapshots for pickers.
+    Aggregator(Box<AggregatorArgs>),
+    /// Picker replica: follows the aggregator leader, serves ext-proc.
+    Picker(Box<PickerArgs>),
+    /// Scraper replica: scrapes the endpoints the aggregator leader assigns it.
+    Scraper(Box<ScraperArgs>),
+    /// Run simulated model servers on loopback.
+    Sim(SimArgs),
+    /// Tools for metrics pages.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
+    /// Benchmarks (results go to docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(tools::bench::BenchCommand),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct EtcdArgs {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) etcd_endpoints: Vec<String>,
+    #[arg(long, env = "ETCD_USER")]
+    pub(crate) etcd_user: Option<String>,
+    #[arg(long, env = "ETCD_PASSWORD")]
+    pub(crate) etcd_password: Option<String>,
+    /// Election name shared by the aggregator replicas.
+    #[arg(long, default_value = "switchyard-aggregator")]
+    pub(crate) election_name: String,
+    /// Leadership lease TTL.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) lease_ttl: std::time::Duration,
+}
+
+impl EtcdArgs {
+    pub(crate) fn settings(&self) -> Option<switchyard::aggregator::election::EtcdSettings> {
+        (!self.etcd_endpoints.is_empty()).then(|| switchyard::aggregator::election::EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            election: self.election_name.clone(),
+            value: String::new(),
+            ttl: self.lease_ttl,
+            user: self.etcd_user.clone().zip(self.etcd_password.clone()),
+        })
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct AggregatorArgs {
+    #[arg(long, default_value = "0.0.0.0")]
+    pub(crate) listen_host: std::net::IpAddr,
+    /// Control-plane gRPC port (pickers watch snapshots here).
+    #[arg(long, default_value_t = 9010)]
+    pub(crate) control_port: u16,
+    #[arg(long, default_value_t = 9013)]
+    pub(crate) grpc_health_port: u16,
+    /// Address pickers should use for this replica (default: the bound control address).
+    #[arg(long)]
+    pub(crate) advertise_address: Option<String>,
+    #[arg(long)]
+    pub(crate) config_file: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) config_text: Option<String>,
+    #[arg(long)]
+    pub(crate) endpoints_file: PathBuf,
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) refresh_metrics_interval: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) scrape_timeout: std::time::Duration,
+    /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
+    #[arg(long)]
+    pub(crate) remote_scrapers: bool,
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+    #[command(flatten)]
+    pub(crate) metric_flags: MetricFlagArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ScraperArgs {
+    /// Aggregator control addresses (when etcd is not used), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) aggregators: Vec<String>,
+    /// Stable identity of this scraper (default: scraper-<pid>).
+    #[arg(long)]
+    pub(crate) scraper_id: Option<String>,
+    #[arg(long)]
+    pub(crate) config_file: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) config_text: Option<String>,
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) refresh_metrics_interval: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) scrape_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+    #[command(flatten)]
+    pub(crate) metric_flags: MetricFlagArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct PickerArgs {
+    #[arg(long, default_value_t = 9002)]
+    pub(crate) grpc_port: u16,
+    #[arg(long, default_value_t = 9003)]
+    pub(crate) grpc_health_port: u16,
+    #[arg(long, default_value_t = 9090)]
+    pub(crate) metrics_port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub(crate) listen_host: std::net::IpAddr,
+    #[arg(long)]
+    pub(crate) config_file: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) config_text: Option<String>,
+    /// Aggregator control addresses to try (when etcd is not used), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) aggregators: Vec<String>,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) metrics_staleness_threshold: std::time::Duration,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) secure_serving: bool,
+    #[arg(long)]
+    pub(crate) cert_path: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) enable_cert_reload: bool,
+    #[arg(long = "inference-objective")]
+    pub(crate) inference_objectives: Vec<String>,
+    #[arg(long, default_value_t = 30)]
+    pub(crate) grace_period_secs: u64,
+    #[command(flatten)]
+    pub(crate) etcd: EtcdArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct GatewayArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// ext-proc server URLs (plaintext h2c), comma-separated; streams are spread round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9002")]
+    pub(crate) ext_proc: Vec<String>,
+    /// Static endpoints file: the pool used when failing open (and by --round-robin).
+    #[arg(long)]
+    pub(crate) endpoints_file: PathBuf,
+    /// `open` sends to a random pool endpoint when ext-proc is unreachable; `close` answers 503.
+    #[arg(long, default_value = "open", value_parser = ["open", "close"])]
+    pub(crate) failure_mode: String,
+    /// How long to wait for each ext-proc answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) message_timeout: std::time::Duration,
+    /// Ignore ext-proc and round-robin over the pool (a baseline).
+    #[arg(long)]
+    pub(crate) round_robin: bool,
+}
+
+/// Flags follow upstream's EPP names where they exist.
+#[derive(Args)]
+pub(crate) struct StandaloneArgs {
+    /// ext-proc gRPC port.
+    #[arg(long, default_value_t = 9002)]
+    pub(crate) grpc_port: u16,
+    /// gRPC health port.
+    #[arg(long, default_value_t = 9003)]
+    pub(crate) grpc_health_port: u16,
+    /// Prometheus metrics port.
+    #[arg(long, default_value_t = 9090)]
+    pub(crate) metrics_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub(crate) listen_host: std::net::IpAddr,
+    /// EndpointPickerConfig file.
+    #[arg(long)]
+    pub(crate) config_file: Option<PathBuf>,
+    /// Inline EndpointPickerConfig.
+    #[arg(long)]
+    pub(crate) config_text: Option<String>,
+    /// Static endpoints file (see docs/standalone.md; `switchyard sim --endpoints-out` writes one).
+    #[arg(long)]
+    pub(crate) endpoints_file: PathBuf,
+    /// Metrics polling period per endpoint.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) refresh_metrics_interval: std::time::Duration,
+    /// Metrics older than this are not trusted for load scoring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) metrics_staleness_threshold: std::time::Duration,
+    /// Per-scrape timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) scrape_timeout: std::time::Duration,
+    /// TLS on the ext-proc port (self-signed unless --cert-path is set).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) secure_serving: bool,
+    /// Directory with tls.crt and tls.key.
+    #[arg(long)]
+    pub(crate) cert_path: Option<PathBuf>,
+    /// Reload the certificate when the files in --cert-path change.
+    #[arg(long)]
+    pub(crate) enable_cert_reload: bool,
+    /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
+    #[arg(long)]
+    pub(crate) disable_endpoint_subset_filter: bool,
+    /// Accepted for compatibility: health is always served on the ext-proc port too.
+    #[arg(long)]
+    pub(crate) health_checking: bool,
+    /// Request bodies above this size get a 413.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_request_body_bytes: usize,
+    /// InferenceObjective priorities, NAME=PRIORITY (repeatable).
+    #[arg(long = "inference-objective")]
+    pub(crate) inference_objectives: Vec<String>,
+    /// Seed for scheduling randomness (default: random).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Seconds to drain in-flight requests on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) grace_period_secs: u64,
+    #[command(flatten)]
+    pub(crate) metric_flags: MetricFlagArgs,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    switchyard::scheduling::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 50ms, 2s)"))
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MetricsCommand {
+    /// Normalize one exposition (file or stdin) and print one JSON object.
+    Parse(ParseArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ParseArgs {
+    /// Engine mapping to use (default: the config's default engine).
+    #[arg(long)]
+    pub(crate) engine: Option<String>,
+    /// EndpointPickerConfig file (its core-metrics-extractor engines are used).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) metric_flags: MetricFlagArgs,
+    /// Exposition file, or `-` for stdin.
+    #[arg(default_value = "-")]
+    pub(crate) file: String,
+}
+
+/// Upstream's metric-mapping flags; they override the default engine's specs (empty disables).
+#[derive(Args, Clone, Default)]
+pub(crate) struct MetricFlagArgs {
+    #[arg(long)]
+    pub(crate) total_queued_requests_metric: Option<String>,
+    #[arg(long)]
+    pub(crate) total_running_requests_metric: Option<String>,
+    #[arg(long)]
+    pub(crate) kv_cache_usage_percentage_metric: Option<String>,
+    #[arg(long)]
+    pub(crate) lora_info_metric: Option<String>,
+    #[arg(long)]
+    pub(crate) cache_info_metric: Option<String>,
+}
+
+impl MetricFlagArgs {
+    pub(crate) fn to_flags(&self) -> MetricFlags {
+        MetricFlags {
+            total_queued_requests_metric: self.total_queued_requests_metric.clone(),
+            total_running_requests_metric: self.total_running_requests_metric.clone(),
+            kv_cache_usage_percentage_metric: self.kv_cache_usage_percentage_metric.clone(),
+            lora_info_metric: self.lora_info_metric.clone(),
+            cache_info_metric: self.cache_info_metric.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct SimArgs {
+    /// Servers per engine flavor: vllm-v1, vllm-v0, sglang, triton-tensorrt-llm, trtllm-serve.
+    #[arg(long, default_value = "vllm-v1=1,vllm-v0=1,sglang=1,triton-tensorrt-llm=1,trtllm-serve=1")]
+    pub(crate) fleet: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: std::net::IpAddr,
+    /// First port (consecutive ports follow); 0 picks free ports.
+    #[arg(long, default_value_t = 8000)]
+    pub(crate) base_port: u16,
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) speed: f64,
+    #[arg(long, default_value = "meta-llama/Llama-3.1-8B-Instruct")]
+    pub(crate) model: String,
+    /// LoRA adapters served by the vLLM servers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) lora_adapters: Vec<String>,
+    #[arg(long, default_value_t = 4)]
+    pub(crate) max_lora: u32,
+    #[arg(long, default_value_t = 7000)]
+    pub(crate) kv_blocks: u32,
+    #[arg(long, default_value_t = 16)]
+    pub(crate) block_size: u32,
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_num_seqs: u32,
+    #[arg(long, default_value_t = 12000.0)]
+    pub(crate) prefill_tokens_per_s: f64,
+    #[arg(long, default_value_t = 12.0)]
+    pub(crate) decode_base_ms: f64,
+    #[arg(long, default_value_t = 0.12)]
+    pub(crate) decode_per_seq_ms: f64,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub(crate) duration_secs: Option<u64>,
+    /// Also write the fleet as a static endpoints file for `switchyard standalone`.
+    #[arg(long)]
+    pub(crate) endpoints_out: Option<PathBuf>,
+}
+
+impl SimArgs {
+    pub(crate) fn fleet_config(&self) -> anyhow::Result<sim::FleetConfig> {
+        Ok(sim::FleetConfig {
+            fleet: sim::parse_fleet(&self.fleet).map_err(anyhow::Error::msg)?,
+            host: self.host,
+            base_port: self.base_port,
+            seed: self.seed,
+            speed: self.speed,
+            model: self.model.clone(),
+            adapters: self.lora_adapters.clone(),
+            params: sim::ModelParams {
+                kv_blocks: self.kv_blocks,
+                block_size: self.block_size,
+                max_num_seqs: self.max_num_seqs,
+                max_lora: self.max_lora,
+                prefill_tokens_per_s: self.prefill_tokens_per_s,
+                decode_base_s: self.decode_base_ms / 1000.0,
+                decode_per_seq_s: self.decode_per_seq_ms / 1000.0,
+                ..sim::ModelParams::default()
+            },
+        })
+    }
+}
