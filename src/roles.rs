@@ -231,6 +231,28 @@ pub struct PickerOptions {
     pub picker_id: String,
 }
 
+impl PickerOptions {
+    /// A plaintext picker on loopback with free ports and the default config, following the
+    /// aggregator at `aggregator` (tools and tests).
+    pub fn local(aggregator: SocketAddr, picker_id: &str, seed: u64) -> Self {
+        PickerOptions {
+            serve: ServeOptions {
+                host: [127, 0, 0, 1].into(),
+                grpc_port: 0,
+                grpc_health_port: 0,
+                metrics_port: 0,
+                tls: crate::app::Tls::Plaintext,
+            },
+            config_file: None,
+            config_text: None,
+            metrics_staleness_threshold: Duration::from_secs(2),
+            leader: LeaderSource::Addresses(vec![aggregator.to_string()]),
+            picker: PickerSettings { seed, ..PickerSettings::default() },
+            picker_id: picker_id.to_string(),
+        }
+    }
+}
+
 pub struct PickerHandle {
     pub servers: PickerServers,
     pub picker: Arc<Picker>,

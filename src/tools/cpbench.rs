@@ -114,7 +114,6 @@ fn free_port() -> anyhow::Result<u16> {
 /// the picker holds a snapshot from the new leader, and counts failed picks. Needs `etcd` on PATH.
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("switchyard-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -207,30 +206,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(current > 0, "the picker never received a snapshot");
-    let (ok, failed, running) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
-        load.push(tokio::spawn(async move {
-            let Ok(ch) =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}")).map(|e| e.connect_lazy())
-            else {
-                return;
-            };
-            let mut c =
-                envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(
-                    ch,
-                );
-            let body = crate::tools::loadgen::chat_body(1);
-            while running.load(Ordering::Relaxed) {
-                match crate::tools::loadgen::one_exchange(&mut c, &body, b"{}").await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let load = crate::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
     let settings = crate::aggregator::election::EtcdSettings {
         endpoints: vec![etcd_url.clone()],
         election: "switchyard-aggregator".into(),
@@ -261,18 +237,15 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         current = next;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    running.store(false, Ordering::Relaxed);
-    for l in load {
-        let _ = l.await;
-    }
+    let (ok, failed) = load.stop().await;
     times.sort_by(f64::total_cmp);
     println!(
         "failover time median {:.0} ms, max {:.0} ms (target <= 2 x TTL = {} ms); picks ok {} failed {}",
         percentile(&times, 50.0),
         times.last().copied().unwrap_or(f64::NAN),
         2 * args.ttl.as_millis(),
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        ok,
+        failed
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -292,7 +265,6 @@ pub struct SharedViewArgs {
 /// round-robin over them), each on a fresh identical fleet with one aggregator leader: prefix-cache
 /// hit rate and TTFT should not degrade with more pickers.
 pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
-    use crate::app::{ServeOptions, Tls};
     use crate::gateway::{self, FailureMode, GatewayConfig};
     use crate::roles::{PickerOptions, start_picker};
     let demo = crate::tools::demo::DemoArgs {
@@ -314,22 +286,8 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
         let agg = start_aggregator(AggregatorOptions::local(sim::write_endpoints_file(&fleet, &dir)?)).await?;
         let mut pickers = Vec::new();
         for i in 0..n {
-            let p = start_picker(PickerOptions {
-                serve: ServeOptions {
-                    host: [127, 0, 0, 1].into(),
-                    grpc_port: 0,
-                    grpc_health_port: 0,
-                    metrics_port: 0,
-                    tls: Tls::Plaintext,
-                },
-                config_file: None,
-                config_text: None,
-                metrics_staleness_threshold: Duration::from_secs(2),
-                leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
-                picker: crate::picker::PickerSettings { seed: args.seed + i as u64, ..Default::default() },
-                picker_id: format!("picker-{i}"),
-            })
-            .await?;
+            let p = start_picker(PickerOptions::local(agg.control_addr, &format!("picker-{i}"), args.seed + i as u64))
+                .await?;
             while !p.readiness.is_ready() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -213,6 +213,52 @@ async fn next(inbound: &mut Streaming<ProcessingResponse>) -> Result<Answer, Str
         .ok_or_else(|| "stream ended".to_string())
 }
 
+/// Continuous ext-proc traffic (1 KiB chat bodies, Envoy-style exchanges) until stopped,
+/// counting answered and failed exchanges.
+pub struct BackgroundLoad {
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BackgroundLoad {
+    pub fn start(addr: SocketAddr, streams: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let (ok, failed, running) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
+        let tasks = (0..streams)
+            .map(|_| {
+                let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
+                tokio::spawn(async move {
+                    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+                        return;
+                    };
+                    let mut c = ExternalProcessorClient::new(endpoint.connect_lazy());
+                    let body = chat_body(1);
+                    while running.load(Ordering::Relaxed) {
+                        match one_exchange(&mut c, &body, b"{}").await {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        BackgroundLoad { ok, failed, running, tasks }
+    }
+
+    /// Stops the traffic; returns (answered, failed).
+    pub async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.running.store(false, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
 pub struct LoadResult {
     pub requests: u64,
     pub errors: u64,
@@ -235,12 +281,33 @@ pub async fn drive(
         clients.push(ExternalProcessorClient::new(ch).max_decoding_message_size(64 * 1024 * 1024));
     }
     let response = Arc::new(br#"{"id":"x","object":"chat.completion","model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":300,"completion_tokens":2,"total_tokens":302}}"#.to_vec());
+    run_timed(concurrency, seconds, |w| {
+        let client = clients[w % clients.len()].clone();
+        let (body, response) = (body.clone(), response.clone());
+        move || {
+            let (mut client, body, response) = (client.clone(), body.clone(), response.clone());
+            async move { one_exchange(&mut client, &body, &response).await.is_ok() }
+        }
+    })
+    .await
+}
+
+/// Runs `concurrency` workers for `seconds` after 1 s of warm-up. `make_worker(i)` returns the
+/// worker's request function: one request per call, `true` when it succeeded.
+async fn run_timed<W, Fut>(
+    concurrency: usize,
+    seconds: u64,
+    mut make_worker: impl FnMut(usize) -> W,
+) -> anyhow::Result<LoadResult>
+where
+    W: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let warm_until = Instant::now() + Duration::from_secs(1);
     let stop_at = warm_until + Duration::from_secs(seconds);
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let mut client = clients[w % clients.len()].clone();
-        let (body, response) = (body.clone(), response.clone());
+        let mut request = make_worker(w);
         workers.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0u64);
             loop {
@@ -248,11 +315,12 @@ pub async fn drive(
                 if t0 >= stop_at {
                     break;
                 }
-                let ok = one_exchange(&mut client, &body, &response).await;
+                let ok = request().await;
                 if t0 >= warm_until {
-                    match ok {
-                        Ok(()) => lat.push(t0.elapsed().as_secs_f64() * 1000.0),
-                        Err(_) => errors += 1,
+                    if ok {
+                        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
                     }
                 }
             }
@@ -438,42 +506,17 @@ async fn http_load(addr: SocketAddr, concurrency: usize, seconds: u64) -> anyhow
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let url = format!("http://{addr}/v1/chat/completions");
     let body = Arc::new(serde_json::json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}).to_string());
-    let warm_until = Instant::now() + Duration::from_secs(1);
-    let stop_at = warm_until + Duration::from_secs(seconds);
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    run_timed(concurrency, seconds, |_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
-        workers.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            loop {
-                let t0 = Instant::now();
-                if t0 >= stop_at {
-                    break;
-                }
-                let ok = match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                {
+        move || {
+            let request = client.post(&url).header("content-type", "application/json").body(body.to_string());
+            async move {
+                match request.send().await {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                     Err(_) => false,
-                };
-                if t0 >= warm_until {
-                    if ok { lat.push(t0.elapsed().as_secs_f64() * 1000.0) } else { errors += 1 }
                 }
             }
-            (lat, errors)
-        }));
-    }
-    let mut result = LoadResult { requests: 0, errors: 0, seconds: seconds as f64, latencies_ms: Vec::new() };
-    for w in workers {
-        let (lat, errors) = w.await?;
-        result.requests += lat.len() as u64;
-        result.errors += errors;
-        result.latencies_ms.extend(lat);
-    }
-    result.latencies_ms.sort_by(f64::total_cmp);
-    Ok(result)
+        }
+    })
+    .await
 }

@@ -2,8 +2,6 @@
 //! picks, and a picker with no leader that refuses to make up endpoints.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use switchyard::sim::{self, Flavor};
@@ -127,30 +125,7 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     let (mut victim, survivor) = if leader.ends_with(&format!(":{}", a.control)) { (a, b) } else { (b, a) };
 
     // Continuous ext-proc traffic through the failover.
-    let (ok, failed, running) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
-        load.push(tokio::spawn(async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
-            let mut c =
-                envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(
-                    ch,
-                );
-            let body = switchyard::tools::loadgen::chat_body(1);
-            while running.load(Ordering::Relaxed) {
-                match switchyard::tools::loadgen::one_exchange(&mut c, &body, b"{}").await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let load = switchyard::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = victim.proc.0.kill(); // SIGKILL: no resignation, the lease has to expire.
     let killed_at = tokio::time::Instant::now();
@@ -160,13 +135,10 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     .await;
     let failover = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    running.store(false, Ordering::Relaxed);
-    for l in load {
-        let _ = l.await;
-    }
+    let (ok, failed) = load.stop().await;
     assert!(new_epoch > first_epoch);
-    assert!(ok.load(Ordering::Relaxed) > 50, "traffic flowed: {}", ok.load(Ordering::Relaxed));
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no failed picks during failover");
+    assert!(ok > 50, "traffic flowed: {ok}");
+    assert_eq!(failed, 0, "no failed picks during failover");
     assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
     let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", survivor.control)));

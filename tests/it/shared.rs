@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use switchyard::app::{ServeOptions, Tls};
-use switchyard::picker::subscribe::LeaderSource;
 use switchyard::roles::{AggregatorOptions, PickerOptions, start_aggregator, start_picker};
 use switchyard::sim::{self, Flavor};
 
@@ -20,21 +18,7 @@ async fn a_prefix_routed_by_one_picker_attracts_the_other_and_load_is_shared() {
     let agg = start_aggregator(AggregatorOptions { remote_scrapers: false, ..AggregatorOptions::local(file) })
         .await
         .expect("aggregator");
-    let picker = |id: &str, seed: u64| PickerOptions {
-        serve: ServeOptions {
-            host: [127, 0, 0, 1].into(),
-            grpc_port: 0,
-            grpc_health_port: 0,
-            metrics_port: 0,
-            tls: Tls::Plaintext,
-        },
-        config_file: None,
-        config_text: None,
-        metrics_staleness_threshold: Duration::from_secs(2),
-        leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
-        picker: switchyard::picker::PickerSettings { seed, ..Default::default() },
-        picker_id: id.into(),
-    };
+    let picker = |id: &str, seed: u64| PickerOptions::local(agg.control_addr, id, seed);
     let a = start_picker(picker("a", 1)).await.expect("a");
     let b = start_picker(picker("b", 2)).await.expect("b");
     for p in [&a, &b] {
