@@ -84,15 +84,7 @@ pub(crate) struct AggregatorArgs {
     #[arg(long)]
     pub(crate) advertise_address: Option<String>,
     #[arg(long)]
-    pub(crate) config_file: Option<PathBuf>,
-    #[arg(long)]
-    pub(crate) config_text: Option<String>,
-    #[arg(long)]
     pub(crate) endpoints_file: PathBuf,
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    pub(crate) refresh_metrics_interval: std::time::Duration,
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub(crate) scrape_timeout: std::time::Duration,
     /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
     #[arg(long)]
     pub(crate) remote_scrapers: bool,
@@ -100,6 +92,10 @@ pub(crate) struct AggregatorArgs {
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
     pub(crate) metric_flags: MetricFlagArgs,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    #[command(flatten)]
+    pub(crate) scrape: ScrapeArgs,
 }
 
 #[derive(Args)]
@@ -110,51 +106,33 @@ pub(crate) struct ScraperArgs {
     /// Stable identity of this scraper (default: scraper-<pid>).
     #[arg(long)]
     pub(crate) scraper_id: Option<String>,
-    #[arg(long)]
-    pub(crate) config_file: Option<PathBuf>,
-    #[arg(long)]
-    pub(crate) config_text: Option<String>,
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    pub(crate) refresh_metrics_interval: std::time::Duration,
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub(crate) scrape_timeout: std::time::Duration,
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
     pub(crate) metric_flags: MetricFlagArgs,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    #[command(flatten)]
+    pub(crate) scrape: ScrapeArgs,
 }
 
 #[derive(Args)]
 pub(crate) struct PickerArgs {
-    #[arg(long, default_value_t = 9002)]
-    pub(crate) grpc_port: u16,
-    #[arg(long, default_value_t = 9003)]
-    pub(crate) grpc_health_port: u16,
-    #[arg(long, default_value_t = 9090)]
-    pub(crate) metrics_port: u16,
-    #[arg(long, default_value = "0.0.0.0")]
-    pub(crate) listen_host: std::net::IpAddr,
-    #[arg(long)]
-    pub(crate) config_file: Option<PathBuf>,
-    #[arg(long)]
-    pub(crate) config_text: Option<String>,
     /// Aggregator control addresses to try (when etcd is not used), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub(crate) aggregators: Vec<String>,
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub(crate) metrics_staleness_threshold: std::time::Duration,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) secure_serving: bool,
-    #[arg(long)]
-    pub(crate) cert_path: Option<PathBuf>,
-    #[arg(long)]
-    pub(crate) enable_cert_reload: bool,
     #[arg(long = "inference-objective")]
     pub(crate) inference_objectives: Vec<String>,
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_period_secs: u64,
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -181,45 +159,12 @@ pub(crate) struct GatewayArgs {
 /// Flags follow upstream's EPP names where they exist.
 #[derive(Args)]
 pub(crate) struct StandaloneArgs {
-    /// ext-proc gRPC port.
-    #[arg(long, default_value_t = 9002)]
-    pub(crate) grpc_port: u16,
-    /// gRPC health port.
-    #[arg(long, default_value_t = 9003)]
-    pub(crate) grpc_health_port: u16,
-    /// Prometheus metrics port.
-    #[arg(long, default_value_t = 9090)]
-    pub(crate) metrics_port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub(crate) listen_host: std::net::IpAddr,
-    /// EndpointPickerConfig file.
-    #[arg(long)]
-    pub(crate) config_file: Option<PathBuf>,
-    /// Inline EndpointPickerConfig.
-    #[arg(long)]
-    pub(crate) config_text: Option<String>,
     /// Static endpoints file (see docs/standalone.md; `switchyard sim --endpoints-out` writes one).
     #[arg(long)]
     pub(crate) endpoints_file: PathBuf,
-    /// Metrics polling period per endpoint.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    pub(crate) refresh_metrics_interval: std::time::Duration,
     /// Metrics older than this are not trusted for load scoring.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub(crate) metrics_staleness_threshold: std::time::Duration,
-    /// Per-scrape timeout.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub(crate) scrape_timeout: std::time::Duration,
-    /// TLS on the ext-proc port (self-signed unless --cert-path is set).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) secure_serving: bool,
-    /// Directory with tls.crt and tls.key.
-    #[arg(long)]
-    pub(crate) cert_path: Option<PathBuf>,
-    /// Reload the certificate when the files in --cert-path change.
-    #[arg(long)]
-    pub(crate) enable_cert_reload: bool,
     /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
     #[arg(long)]
     pub(crate) disable_endpoint_subset_filter: bool,
@@ -240,6 +185,77 @@ pub(crate) struct StandaloneArgs {
     pub(crate) grace_period_secs: u64,
     #[command(flatten)]
     pub(crate) metric_flags: MetricFlagArgs,
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    #[command(flatten)]
+    pub(crate) scrape: ScrapeArgs,
+}
+
+/// Where the picker serves (upstream's flag names and ports).
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// ext-proc gRPC port.
+    #[arg(long, default_value_t = 9002)]
+    pub(crate) grpc_port: u16,
+    /// gRPC health port.
+    #[arg(long, default_value_t = 9003)]
+    pub(crate) grpc_health_port: u16,
+    /// Prometheus metrics port.
+    #[arg(long, default_value_t = 9090)]
+    pub(crate) metrics_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub(crate) listen_host: std::net::IpAddr,
+    /// TLS on the ext-proc port (self-signed unless --cert-path is set).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) secure_serving: bool,
+    /// Directory with tls.crt and tls.key.
+    #[arg(long)]
+    pub(crate) cert_path: Option<PathBuf>,
+    /// Reload the certificate when the files in --cert-path change.
+    #[arg(long)]
+    pub(crate) enable_cert_reload: bool,
+}
+
+impl ServeArgs {
+    pub(crate) fn options(&self) -> switchyard::app::ServeOptions {
+        use switchyard::app::Tls;
+        switchyard::app::ServeOptions {
+            host: self.listen_host,
+            grpc_port: self.grpc_port,
+            grpc_health_port: self.grpc_health_port,
+            metrics_port: self.metrics_port,
+            tls: match (self.secure_serving, &self.cert_path) {
+                (false, _) => Tls::Plaintext,
+                (true, None) => Tls::SelfSigned,
+                (true, Some(dir)) => Tls::Files { dir: dir.clone(), reload: self.enable_cert_reload },
+            },
+        }
+    }
+}
+
+/// `--config-file` / `--config-text` (EndpointPickerConfig).
+#[derive(Args)]
+pub(crate) struct ConfigArgs {
+    /// EndpointPickerConfig file.
+    #[arg(long)]
+    pub(crate) config_file: Option<PathBuf>,
+    /// Inline EndpointPickerConfig.
+    #[arg(long)]
+    pub(crate) config_text: Option<String>,
+}
+
+/// How endpoints are scraped.
+#[derive(Args)]
+pub(crate) struct ScrapeArgs {
+    /// Metrics polling period per endpoint.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub(crate) refresh_metrics_interval: std::time::Duration,
+    /// Per-scrape timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) scrape_timeout: std::time::Duration,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

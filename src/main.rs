@@ -67,7 +67,7 @@ fn run_async(command: Command) -> ExitCode {
 }
 
 async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    use switchyard::app::{self, StandaloneOptions, Tls};
+    use switchyard::app::{self, StandaloneOptions};
     let mut picker = switchyard::picker::PickerSettings {
         max_body_bytes: args.max_request_body_bytes,
         disable_subset_filter: args.disable_endpoint_subset_filter,
@@ -78,23 +78,20 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         picker.seed = seed;
     }
     let _ = args.health_checking;
+    let serve = args.serve.options();
     let opts = StandaloneOptions {
-        host: args.listen_host,
-        grpc_port: args.grpc_port,
-        grpc_health_port: args.grpc_health_port,
-        metrics_port: args.metrics_port,
-        config_file: args.config_file,
-        config_text: args.config_text,
+        host: serve.host,
+        grpc_port: serve.grpc_port,
+        grpc_health_port: serve.grpc_health_port,
+        metrics_port: serve.metrics_port,
+        config_file: args.config.config_file,
+        config_text: args.config.config_text,
         endpoints_file: args.endpoints_file,
         metric_flags: args.metric_flags.to_flags(),
-        refresh_metrics_interval: args.refresh_metrics_interval,
+        refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         metrics_staleness_threshold: args.metrics_staleness_threshold,
-        scrape_timeout: args.scrape_timeout,
-        tls: match (args.secure_serving, args.cert_path) {
-            (false, _) => Tls::Plaintext,
-            (true, None) => Tls::SelfSigned,
-            (true, Some(dir)) => Tls::Files { dir, reload: args.enable_cert_reload },
-        },
+        scrape_timeout: args.scrape.scrape_timeout,
+        tls: serve.tls,
         picker,
     };
     let handle = app::start_standalone(opts).await?;
@@ -111,12 +108,12 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         control_port: args.control_port,
         grpc_health_port: args.grpc_health_port,
         advertise: args.advertise_address,
-        config_file: args.config_file,
-        config_text: args.config_text,
+        config_file: args.config.config_file,
+        config_text: args.config.config_text,
         endpoints_file: args.endpoints_file,
         metric_flags: args.metric_flags.to_flags(),
-        refresh_metrics_interval: args.refresh_metrics_interval,
-        scrape_timeout: args.scrape_timeout,
+        refresh_metrics_interval: args.scrape.refresh_metrics_interval,
+        scrape_timeout: args.scrape.scrape_timeout,
         etcd: args.etcd.settings(),
         remote_scrapers: args.remote_scrapers,
     })
@@ -148,11 +145,11 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
     let handle = start_scraper(ScraperOptions {
         leader,
         scraper_id: args.scraper_id.unwrap_or_else(|| format!("scraper-{}", std::process::id())),
-        config_file: args.config_file,
-        config_text: args.config_text,
+        config_file: args.config.config_file,
+        config_text: args.config.config_text,
         metric_flags: args.metric_flags.to_flags(),
-        refresh_metrics_interval: args.refresh_metrics_interval,
-        scrape_timeout: args.scrape_timeout,
+        refresh_metrics_interval: args.scrape.refresh_metrics_interval,
+        scrape_timeout: args.scrape.scrape_timeout,
     })
     .await?;
     shutdown_signal().await;
@@ -161,23 +158,12 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
 }
 
 async fn run_picker(args: PickerArgs) -> anyhow::Result<()> {
-    use switchyard::app::{ServeOptions, Tls};
     use switchyard::roles::{PickerOptions, start_picker};
     let leader = leader_source(&args.etcd, &args.aggregators)?;
     let handle = start_picker(PickerOptions {
-        serve: ServeOptions {
-            host: args.listen_host,
-            grpc_port: args.grpc_port,
-            grpc_health_port: args.grpc_health_port,
-            metrics_port: args.metrics_port,
-            tls: match (args.secure_serving, args.cert_path) {
-                (false, _) => Tls::Plaintext,
-                (true, None) => Tls::SelfSigned,
-                (true, Some(dir)) => Tls::Files { dir, reload: args.enable_cert_reload },
-            },
-        },
-        config_file: args.config_file,
-        config_text: args.config_text,
+        serve: args.serve.options(),
+        config_file: args.config.config_file,
+        config_text: args.config.config_text,
         metrics_staleness_threshold: args.metrics_staleness_threshold,
         leader,
         picker: switchyard::picker::PickerSettings {
