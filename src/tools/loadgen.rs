@@ -86,12 +86,25 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
     Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }
 }
 
-/// Answers every stream with a fixed endpoint and the body unchanged; nothing else.
+/// An ext-proc server that answers every stream with a fixed destination and the bodies unchanged,
+/// and nothing else: the null server of the benchmarks (and, recording what the proxy reports as
+/// served, a test double for gateways).
 #[derive(Clone)]
-struct NullExtProc;
+pub struct FixedExtProc {
+    /// `x-gateway-destination-endpoint` value (may list fallbacks).
+    pub destination: String,
+    /// When set, every `x-gateway-destination-endpoint-served` the proxy reports is recorded.
+    pub served: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+}
+
+impl FixedExtProc {
+    pub fn null() -> Self {
+        FixedExtProc { destination: "10.0.0.1:8000".into(), served: None }
+    }
+}
 
 #[tonic::async_trait]
-impl ExternalProcessor for NullExtProc {
+impl ExternalProcessor for FixedExtProc {
     type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
 
     async fn process(
@@ -100,20 +113,30 @@ impl ExternalProcessor for NullExtProc {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(32);
+        let me = self.clone();
         tokio::spawn(async move {
             let mut body = Vec::new();
             while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(served) = &me.served
+                    && let Some(s) = proto::metadata_string(
+                        msg.metadata_context.as_ref(),
+                        proto::LB_NAMESPACE,
+                        proto::DESTINATION_SERVED,
+                    )
+                {
+                    served.lock().unwrap_or_else(|p| p.into_inner()).push(s.to_string());
+                }
                 let mut out = Vec::new();
                 match msg.request {
                     Some(Msg::RequestHeaders(_)) => {}
                     Some(Msg::RequestBody(b)) => {
                         body.extend_from_slice(&b.body);
                         if b.end_of_stream {
-                            let set = vec![proto::header(proto::DESTINATION, b"10.0.0.1:8000")];
+                            let set = vec![proto::header(proto::DESTINATION, me.destination.as_bytes())];
                             out.push(proto::request_headers_response(
                                 set,
                                 Vec::new(),
-                                Some(proto::destination_metadata("10.0.0.1:8000")),
+                                Some(proto::destination_metadata(&me.destination)),
                             ));
                             proto::body_responses(&std::mem::take(&mut body), true, true, &mut out);
                         }
@@ -375,7 +398,7 @@ pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
         serve(ExternalProcessorServer::new(ExtProcService { picker }).max_decoding_message_size(64 * 1024 * 1024))
             .await?;
     let (null_addr, _null) =
-        serve(ExternalProcessorServer::new(NullExtProc).max_decoding_message_size(64 * 1024 * 1024)).await?;
+        serve(ExternalProcessorServer::new(FixedExtProc::null()).max_decoding_message_size(64 * 1024 * 1024)).await?;
     println!(
         "ext-proc request path, {} endpoints, concurrency {}, {} connections, {} s per target",
         args.endpoints, args.concurrency, args.connections, args.seconds

@@ -4,17 +4,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
-    ExternalProcessor, ExternalProcessorServer,
-};
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
-use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use switchyard::gateway::{self, FailureMode, GatewayConfig};
-use switchyard::picker::proto;
 use switchyard::sim::{self, Flavor};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use switchyard::tools::loadgen::FixedExtProc;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::envoy::Sandbox;
 use crate::support::client;
@@ -65,62 +60,6 @@ async fn requests_flow_through_gateway_and_picker() {
     assert!(resp.text().await.expect("text").starts_with("inference error: BadRequest - "));
 }
 
-/// Answers every stream with two destinations, the first unreachable; records what the proxy
-/// reports as served.
-#[derive(Clone)]
-struct TwoDestinations {
-    destination: String,
-    served: Arc<Mutex<Vec<String>>>,
-}
-
-#[tonic::async_trait]
-impl ExternalProcessor for TwoDestinations {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
-
-    async fn process(
-        &self,
-        req: Request<Streaming<ProcessingRequest>>,
-    ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut body = Vec::new();
-            while let Ok(Some(msg)) = inbound.message().await {
-                if let Some(s) = proto::metadata_string(
-                    msg.metadata_context.as_ref(),
-                    proto::LB_NAMESPACE,
-                    proto::DESTINATION_SERVED,
-                ) {
-                    me.served.lock().expect("lock").push(s.to_string());
-                }
-                let mut out = Vec::new();
-                match msg.request {
-                    Some(Msg::RequestBody(b)) => {
-                        body.extend_from_slice(&b.body);
-                        if b.end_of_stream {
-                            let set = vec![proto::header(proto::DESTINATION, me.destination.as_bytes())];
-                            out.push(proto::request_headers_response(
-                                set,
-                                vec![],
-                                Some(proto::destination_metadata(&me.destination)),
-                            ));
-                            proto::body_responses(&body, true, true, &mut out);
-                        }
-                    }
-                    Some(Msg::ResponseHeaders(_)) => out.push(proto::response_headers_response(vec![])),
-                    Some(Msg::ResponseBody(b)) => proto::body_responses(&b.body, b.end_of_stream, false, &mut out),
-                    _ => {}
-                }
-                for r in out {
-                    let _ = tx.send(Ok(r)).await;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
 #[tokio::test]
 async fn falls_back_to_the_next_endpoint_and_reports_served() {
     let live = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 1)], ..Default::default() })
@@ -128,7 +67,8 @@ async fn falls_back_to_the_next_endpoint_and_reports_served() {
         .expect("fleet");
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let served = Arc::new(Mutex::new(Vec::new()));
-    let svc = TwoDestinations { destination: format!("{dead},{}", live[0].addr), served: served.clone() };
+    // Two destinations, the first unreachable; record what the gateway reports as served.
+    let svc = FixedExtProc { destination: format!("{dead},{}", live[0].addr), served: Some(served.clone()) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let ext_addr = listener.local_addr().expect("addr");
     tokio::spawn(
