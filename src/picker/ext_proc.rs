@@ -312,8 +312,10 @@ impl StreamState {
         let counters = view.counters[primary].clone();
         counters.start(estimated_tokens);
         self.inflight = Some(Inflight { counters, tokens: estimated_tokens });
-        let new_body =
-            if self.target_model != self.incoming_model { parsed.with_model(&self.target_model) } else { body.clone() };
+        // The client's bytes go upstream unchanged unless the model is rewritten (no copy).
+        let rewritten = (self.target_model != self.incoming_model).then(|| parsed.with_model(&self.target_model));
+        drop(parsed);
+        let new_body = rewritten.unwrap_or(body);
         self.picker.metrics.record_pick(
             &view.snapshot.endpoints[primary].endpoint.id,
             started.elapsed(),
