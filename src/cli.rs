@@ -51,6 +51,19 @@ pub(crate) struct EtcdArgs {
     pub(crate) etcd_user: Option<String>,
     #[arg(long, env = "ETCD_PASSWORD")]
     pub(crate) etcd_password: Option<String>,
+    /// CA bundle for etcd's server certificate (TLS to etcd; default with TLS: the system roots).
+    #[arg(long)]
+    pub(crate) etcd_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate for etcd's `--client-cert-auth` (with --etcd-key-file).
+    #[arg(long, requires = "etcd_key_file")]
+    pub(crate) etcd_cert_file: Option<std::path::PathBuf>,
+    /// Client key for --etcd-cert-file.
+    #[arg(long, requires = "etcd_cert_file")]
+    pub(crate) etcd_key_file: Option<std::path::PathBuf>,
+    /// Use TLS to etcd even without a CA or client certificate (trusting the system roots).
+    /// Implied by https:// endpoints and by any of the --etcd-*-file flags.
+    #[arg(long)]
+    pub(crate) etcd_tls: bool,
     /// Election name shared by the aggregator replicas.
     #[arg(long, default_value = "switchyard-aggregator")]
     pub(crate) election_name: String,
@@ -60,14 +73,24 @@ pub(crate) struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    pub(crate) fn settings(&self) -> Option<switchyard::aggregator::election::EtcdSettings> {
-        (!self.etcd_endpoints.is_empty()).then(|| switchyard::aggregator::election::EtcdSettings {
-            endpoints: self.etcd_endpoints.clone(),
-            election: self.election_name.clone(),
-            value: String::new(),
-            ttl: self.lease_ttl,
-            user: self.etcd_user.clone().zip(self.etcd_password.clone()),
-        })
+    /// `None` without etcd endpoints; an error when a TLS file cannot be read.
+    pub(crate) fn settings(&self) -> anyhow::Result<Option<switchyard::aggregator::election::EtcdSettings>> {
+        use switchyard::aggregator::election::{EtcdSettings, EtcdTls};
+        if self.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let mut s = EtcdSettings::new(self.etcd_endpoints.clone(), self.election_name.clone(), "", self.lease_ttl);
+        s.user = self.etcd_user.clone().zip(self.etcd_password.clone());
+        let files = [&self.etcd_ca_file, &self.etcd_cert_file, &self.etcd_key_file];
+        let https = self.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        if self.etcd_tls || https || files.iter().any(|f| f.is_some()) {
+            s.tls = Some(EtcdTls::from_files(
+                self.etcd_ca_file.as_deref(),
+                self.etcd_cert_file.as_deref(),
+                self.etcd_key_file.as_deref(),
+            )?);
+        }
+        Ok(Some(s))
     }
 }
 

@@ -114,7 +114,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         metric_flags: args.metric_flags.to_flags(),
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         scrape_timeout: args.scrape.scrape_timeout,
-        etcd: args.etcd.settings(),
+        etcd: args.etcd.settings()?,
         remote_scrapers: args.remote_scrapers,
     })
     .await?;
@@ -129,7 +129,7 @@ fn leader_source(
     aggregators: &[String],
 ) -> anyhow::Result<switchyard::picker::subscribe::LeaderSource> {
     use switchyard::picker::subscribe::LeaderSource;
-    match (etcd.settings(), aggregators.is_empty()) {
+    match (etcd.settings()?, aggregators.is_empty()) {
         (Some(s), _) => Ok(LeaderSource::Etcd(s)),
         (None, false) => Ok(LeaderSource::Addresses(aggregators.to_vec())),
         (None, true) => {

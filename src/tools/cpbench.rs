@@ -207,13 +207,8 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(current > 0, "the picker never received a snapshot");
     let load = crate::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
-    let settings = crate::aggregator::election::EtcdSettings {
-        endpoints: vec![etcd_url.clone()],
-        election: "switchyard-aggregator".into(),
-        value: String::new(),
-        ttl: args.ttl,
-        user: None,
-    };
+    let settings =
+        crate::aggregator::election::EtcdSettings::new(vec![etcd_url.clone()], "switchyard-aggregator", "", args.ttl);
     println!("failover: lease TTL {:?}, 2 aggregator processes, 1 picker under ext-proc load", args.ttl);
     let mut times = Vec::new();
     for round in 0..args.rounds {

@@ -99,3 +99,19 @@ fn unusable_input_and_config_fail_clearly() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn unreadable_etcd_tls_files_stop_the_role_at_startup() {
+    for role in ["picker", "scraper", "aggregator"] {
+        let out = Command::new(BIN)
+            .args([role, "--etcd-endpoints", "127.0.0.1:1", "--etcd-ca-file", "/no/such/ca.pem"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{role}: {err}");
+        assert!(err.contains("/no/such/ca.pem"), "{role}: {err}");
+    }
+    let out = Command::new(BIN).args(["picker", "--etcd-cert-file", "c.pem"]).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--etcd-key-file"), "{err}");
+}

@@ -19,8 +19,24 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        Etcd::launch("http", &[]).await
+    }
+
+    /// etcd serving clients over TLS only, requiring a client certificate signed by `pki`'s CA.
+    pub async fn start_tls(pki: &Pki) -> Etcd {
+        let files =
+            [("--cert-file", &pki.server_cert), ("--key-file", &pki.server_key), ("--trusted-ca-file", &pki.ca)];
+        let mut args: Vec<String> = vec!["--client-cert-auth".into()];
+        for (flag, path) in files {
+            args.extend([flag.to_string(), path.display().to_string()]);
+        }
+        Etcd::launch("https", &args).await
+    }
+
+    async fn launch(scheme: &str, extra: &[String]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
+        let metrics_port = free_port();
         let child = Command::new("etcd")
             .args([
                 "--name",
@@ -28,9 +44,9 @@ impl Etcd {
                 "--data-dir",
                 &dir.path().join("data").display().to_string(),
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
                 "--listen-peer-urls",
                 &format!("http://127.0.0.1:{peer}"),
                 "--initial-advertise-peer-urls",
@@ -38,15 +54,17 @@ impl Etcd {
                 "--initial-cluster",
                 &format!("it=http://127.0.0.1:{peer}"),
                 "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", free_port()),
+                &format!("http://127.0.0.1:{metrics_port}"),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd is installed (apt-get install etcd-server; scripts/setup.sh does it)");
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let etcd = Etcd { child, endpoint, _dir: dir };
-        let url = format!("{}/health", etcd.endpoint);
+        // The plaintext metrics listener answers /health whatever the client URLs' scheme.
+        let url = format!("http://127.0.0.1:{metrics_port}/health");
         crate::support::wait_for("etcd healthy", Duration::from_secs(15), || {
             let url = url.clone();
             async move {
@@ -80,14 +98,56 @@ impl Drop for Etcd {
     }
 }
 
-fn settings(etcd: &Etcd, value: &str) -> EtcdSettings {
-    EtcdSettings {
-        endpoints: vec![etcd.endpoint.clone()],
-        election: "switchyard-it".into(),
-        value: value.into(),
-        ttl: Duration::from_secs(2),
-        user: None,
+/// A CA and the certificates it signed, as PEM files in a temp dir.
+pub struct Pki {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let named = |cn: &str, sans: Vec<String>| {
+            let mut p = CertificateParams::new(sans).expect("params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p
+        };
+        let mut ca_params = named("switchyard test CA", vec![]);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+        let leaf = |cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = named(cn, sans);
+            p.extended_key_usages = vec![usage];
+            (p.signed_by(&key, &ca).expect("signed").pem(), key.serialize_pem())
+        };
+        let server = leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
+        let client = leaf("switchyard", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        Pki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server.0),
+            server_key: write("server-key.pem", &server.1),
+            client_cert: write("client.pem", &client.0),
+            client_key: write("client-key.pem", &client.1),
+            _dir: dir,
+        }
     }
+}
+
+fn settings(etcd: &Etcd, value: &str) -> EtcdSettings {
+    EtcdSettings::new(vec![etcd.endpoint.clone()], "switchyard-it", value, Duration::from_secs(2))
 }
 
 struct Replica {
@@ -148,4 +208,45 @@ async fn leader_steps_down_when_etcd_is_unreachable_and_reelection_follows() {
     let e2 = epoch(next(&mut a, Duration::from_secs(15)).await);
     assert!(e2 > e1, "re-elected in a new term: {e1} -> {e2}");
     let _ = a.stop.send(true);
+}
+
+#[tokio::test]
+async fn election_over_tls_with_a_client_certificate() {
+    use switchyard::aggregator::election::EtcdTls;
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(&pki).await;
+    let tls = |cert: bool| {
+        let (c, k) = (pki.client_cert.as_path(), pki.client_key.as_path());
+        EtcdTls::from_files(Some(&pki.ca), cert.then_some(c), cert.then_some(k)).expect("pem files")
+    };
+    let mut s = settings(&etcd, "a:1");
+    s.tls = Some(tls(true));
+    let mut a = replica(s.clone());
+    epoch(next(&mut a, Duration::from_secs(10)).await);
+    assert_eq!(election::current_leader(&s).await.expect("leader over TLS").as_deref(), Some("a:1"));
+
+    // A bare host:port is taken as https when TLS is configured.
+    let mut bare = s.clone();
+    bare.endpoints = vec![etcd.endpoint.trim_start_matches("https://").to_string()];
+    assert_eq!(election::current_leader(&bare).await.expect("leader").as_deref(), Some("a:1"));
+
+    // etcd requires the client certificate, and plaintext reaches nothing.
+    let mut no_cert = s.clone();
+    no_cert.tls = Some(tls(false));
+    assert!(election::current_leader(&no_cert).await.is_err(), "no client certificate must be refused");
+    let mut plain = settings(&etcd, "x");
+    plain.endpoints = vec![etcd.endpoint.replace("https://", "http://")];
+    assert!(election::current_leader(&plain).await.is_err(), "plaintext must not reach a TLS etcd");
+    let _ = a.stop.send(true);
+}
+
+#[test]
+fn tls_files_are_read_up_front_with_the_path_in_the_error() {
+    use switchyard::aggregator::election::EtcdTls;
+    let missing = std::path::Path::new("/nonexistent/ca.pem");
+    let err = EtcdTls::from_files(Some(missing), None, None).expect_err("missing CA file").to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    let pki = Pki::new();
+    let err = EtcdTls::from_files(None, Some(&pki.client_cert), None).expect_err("cert without key").to_string();
+    assert!(err.contains("--etcd-key-file"), "{err}");
 }

@@ -114,13 +114,12 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     let (_p, grpc, health, metrics) = picker(&etcd, "it-failover");
     wait_for("picker ready", Duration::from_secs(20), || async move { ready(health).await.then_some(()) }).await;
     let first_epoch = wait_for("an epoch at the picker", Duration::from_secs(5), || picker_epoch(metrics)).await;
-    let settings = switchyard::aggregator::election::EtcdSettings {
-        endpoints: vec![etcd.endpoint.clone()],
-        election: "it-failover".into(),
-        value: String::new(),
-        ttl: Duration::from_secs(2),
-        user: None,
-    };
+    let settings = switchyard::aggregator::election::EtcdSettings::new(
+        vec![etcd.endpoint.clone()],
+        "it-failover",
+        "",
+        Duration::from_secs(2),
+    );
     let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
     let (mut victim, survivor) = if leader.ends_with(&format!(":{}", a.control)) { (a, b) } else { (b, a) };
 
