@@ -102,14 +102,16 @@ fn unusable_input_and_config_fail_clearly() {
 
 #[test]
 fn unreadable_etcd_tls_files_stop_the_role_at_startup() {
-    for role in ["picker", "scraper", "aggregator"] {
+    let endpoints = "/no/such/endpoints.yaml";
+    for role in [&["picker"][..], &["scraper"], &["aggregator", "--endpoints-file", endpoints]] {
         let out = Command::new(BIN)
-            .args([role, "--etcd-endpoints", "127.0.0.1:1", "--etcd-ca-file", "/no/such/ca.pem"])
+            .args(role)
+            .args(["--etcd-endpoints", "127.0.0.1:1", "--etcd-ca-file", "/no/such/ca.pem"])
             .output()
             .expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{role}: {err}");
-        assert!(err.contains("/no/such/ca.pem"), "{role}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{role:?}: {err}");
+        assert!(err.contains("--etcd-ca-file") && err.contains("/no/such/ca.pem"), "{role:?}: {err}");
     }
     let out = Command::new(BIN).args(["picker", "--etcd-cert-file", "c.pem"]).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
