@@ -6,6 +6,7 @@
 //! - [`metrics`]: exposition scanner, metric specs, engine mappings, normalization (pure).
 //! - [`config`]: `EndpointPickerConfig` loading and validation.
 //! - [`scraper`]: scraper actors (one per endpoint) and their supervisor.
+//! - [`leader`]: finding and following the aggregator leader (pickers, scrapers).
 //! - [`sim`]: the model-server simulator used by the demo, the tests and the benchmarks.
 //! - [`tools`]: command-line tools beside the product (`metrics parse`, benchmarks).
 //!
@@ -17,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod gateway;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod picker;

@@ -373,21 +373,13 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
     let sup = supervisor.clone();
     let task = tokio::spawn(async move {
+        let mut finder = crate::leader::LeaderFinder::new(opts.leader.clone());
         loop {
             if *stop_rx.borrow() {
                 return;
             }
-            let targets = match &opts.leader {
-                LeaderSource::Addresses(a) => a.clone(),
-                LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
-            };
-            for target in targets {
-                let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
-                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else { continue };
-                let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await
-                else {
-                    continue;
-                };
+            for target in finder.candidates().await {
+                let Ok(channel) = crate::leader::connect(&target).await else { continue };
                 let mut client = ControlPlaneClient::new(channel);
                 // Outbound: the hello, then whatever the scraper actors produce.
                 let (tx, rx) = mpsc::channel::<pb::MetricsReport>(1024);
@@ -414,8 +406,11 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
                 };
                 let mut inbound = resp.into_inner();
                 tracing::info!(leader = %target, "scraping for the aggregator leader");
+                let superseded = finder.superseded(&target);
+                tokio::pin!(superseded);
                 loop {
                     tokio::select! {
+                        _ = &mut superseded => break,
                         m = inbound.message() => match m {
                             Ok(Some(a)) => {
                                 let eps = a.endpoints.into_iter().map(crate::wire::endpoint_from_proto).collect();

@@ -117,7 +117,8 @@ pub async fn run_static(events: mpsc::Sender<LeadershipEvent>, mut stop: watch::
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
+/// A client for `s` (lazy: errors surface at the first RPC).
+pub async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(s.ttl / 2);
     if let Some((u, p)) = &s.user {
         opts = opts.with_user(u.clone(), p.clone());
@@ -135,10 +136,15 @@ async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
     Client::connect(endpoints, Some(opts)).await
 }
 
-/// The current leader's value (address), if any.
+/// The current leader's value (address), if any, with a fresh client.
 pub async fn current_leader(s: &EtcdSettings) -> Result<Option<String>, ElectionError> {
     let mut client = connect(s).await?;
-    match client.leader(s.election.as_str()).await {
+    leader_value(&mut client, &s.election).await
+}
+
+/// The value (address) of `election`'s leader, if any.
+pub async fn leader_value(client: &mut Client, election: &str) -> Result<Option<String>, ElectionError> {
+    match client.leader(election).await {
         Ok(resp) => Ok(resp.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
         Err(etcd_client::Error::GRpcStatus(st)) if st.message().contains("no leader") => Ok(None),
         Err(e) => Err(e.into()),

@@ -11,8 +11,7 @@ use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::{mpsc, watch};
 
 use super::Picker;
-use super::subscribe::LeaderSource;
-use crate::aggregator::election;
+use crate::leader::{self, LeaderFinder, LeaderSource};
 use crate::wire;
 
 /// Builds one report and marks its loads as reported.
@@ -49,24 +48,20 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     picker.enable_reporting();
+    let mut finder = LeaderFinder::new(source);
     loop {
-        let targets = match &source {
-            LeaderSource::Addresses(a) => a.clone(),
-            LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
-        };
-        for target in targets {
-            let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else { continue };
-            let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await else {
-                continue;
-            };
+        for target in finder.candidates().await {
+            let Ok(channel) = leader::connect(&target).await else { continue };
             let mut client = ControlPlaneClient::new(channel);
             let (tx, rx) = mpsc::channel(16);
             let call =
                 tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+            let superseded = finder.superseded(&target);
+            tokio::pin!(superseded);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
+                    _ = &mut superseded => break,
                     _ = stopped(stop.clone()) => return,
                 }
                 if call.is_finished() || tx.send(build_report(&picker, &picker_id)).await.is_err() {

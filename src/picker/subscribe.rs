@@ -12,15 +12,10 @@ use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::watch;
 
-use crate::aggregator::election::{self, EtcdSettings};
+pub use crate::leader::LeaderSource;
+use crate::leader::{self, LeaderFinder};
 use crate::model::Snapshot;
 use crate::wire;
-
-#[derive(Debug, Clone)]
-pub enum LeaderSource {
-    Addresses(Vec<String>),
-    Etcd(EtcdSettings),
-}
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
@@ -48,24 +43,14 @@ pub async fn follow_leader(
     stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut finder = LeaderFinder::new(source);
     loop {
         if *stop.borrow() {
             return;
         }
-        let targets = match &source {
-            LeaderSource::Addresses(a) => a.clone(),
-            LeaderSource::Etcd(s) => election::current_leader(s).await.ok().flatten().into_iter().collect(),
-        };
-        for target in targets {
-            let url = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+        for target in finder.candidates().await {
             let attempt = async {
-                let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let channel = leader::connect(&target).await?;
                 let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
                 let (have_epoch, have_seq) = {
                     let held = tx.borrow();
@@ -99,6 +84,7 @@ pub async fn follow_leader(
                         tracing::debug!(aggregator = %target, error = %e, "snapshot stream unavailable");
                     }
                 }
+                _ = finder.superseded(&target) => {}
                 _ = stopped(stop.clone()) => return,
             }
         }
