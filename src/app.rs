@@ -256,13 +256,21 @@ pub async fn serve_picker(
             tracing::error!(error = %e, "health server failed");
         }
     }));
-    let metrics_registry = Arc::new(metrics_registry);
-    let signal = stopped();
-    servers.push(tokio::spawn(async move {
+    servers.push(serve_metrics(metrics_listener, Arc::new(metrics_registry), stopped()));
+    Ok(PickerServers { ext_proc_addr, health_addr, metrics_addr, stop, servers })
+}
+
+/// Serves `registry` as OpenMetrics text on `GET /metrics` until `stop` resolves.
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Arc<prometheus_client::registry::Registry>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let r = metrics_registry.clone();
+                let r = registry.clone();
                 async move {
                     let mut out = String::new();
                     let _ = prometheus_client::encoding::text::encode(&mut out, &r);
@@ -276,19 +284,13 @@ pub async fn serve_picker(
                 }
             }),
         );
-        if let Err(e) = axum::serve(
-            metrics_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            app,
-        )
-        .with_graceful_shutdown(signal)
-        .await
-        {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "metrics server failed");
         }
-    }));
-    Ok(PickerServers { ext_proc_addr, health_addr, metrics_addr, stop, servers })
+    })
 }
 
 /// `--inference-objective name=priority` values.

@@ -103,6 +103,9 @@ pub(crate) struct AggregatorArgs {
     pub(crate) control_port: u16,
     #[arg(long, default_value_t = 9013)]
     pub(crate) grpc_health_port: u16,
+    /// Prometheus /metrics: leadership, snapshot, scrape latency and errors per endpoint.
+    #[arg(long, default_value_t = 9014)]
+    pub(crate) metrics_port: u16,
     /// Address pickers should use for this replica (default: the bound control address).
     #[arg(long)]
     pub(crate) advertise_address: Option<String>,
@@ -129,6 +132,11 @@ pub(crate) struct ScraperArgs {
     /// Stable identity of this scraper (default: scraper-<pid>).
     #[arg(long)]
     pub(crate) scraper_id: Option<String>,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub(crate) listen_host: std::net::IpAddr,
+    /// Prometheus /metrics: scrape latency and errors per endpoint, assignment, dropped reports.
+    #[arg(long, default_value_t = 9015)]
+    pub(crate) metrics_port: u16,
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]

@@ -107,6 +107,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         host: args.listen_host,
         control_port: args.control_port,
         grpc_health_port: args.grpc_health_port,
+        metrics_port: args.metrics_port,
         advertise: args.advertise_address,
         config_file: args.config.config_file,
         config_text: args.config.config_text,
@@ -145,6 +146,7 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
     let handle = start_scraper(ScraperOptions {
         leader,
         scraper_id: args.scraper_id.unwrap_or_else(|| format!("scraper-{}", std::process::id())),
+        metrics_addr: std::net::SocketAddr::new(args.listen_host, args.metrics_port),
         config_file: args.config.config_file,
         config_text: args.config.config_text,
         metric_flags: args.metric_flags.to_flags(),

@@ -39,6 +39,8 @@ pub struct AggregatorOptions {
     pub host: std::net::IpAddr,
     pub control_port: u16,
     pub grpc_health_port: u16,
+    /// Prometheus `/metrics` (leadership, snapshot, scrape latency and errors).
+    pub metrics_port: u16,
     /// Address pickers use to reach this replica (stored as the election value).
     pub advertise: Option<String>,
     pub config_file: Option<PathBuf>,
@@ -62,6 +64,7 @@ impl AggregatorOptions {
             host: [127, 0, 0, 1].into(),
             control_port: 0,
             grpc_health_port: 0,
+            metrics_port: 0,
             advertise: None,
             config_file: None,
             config_text: None,
@@ -78,6 +81,7 @@ impl AggregatorOptions {
 pub struct AggregatorHandle {
     pub control_addr: SocketAddr,
     pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub leading: watch::Receiver<bool>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
@@ -106,7 +110,14 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let health_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.grpc_health_port))
         .await
         .context("cannot bind the health port")?;
-    let (control_addr, health_addr) = (control.local_addr()?, health_listener.local_addr()?);
+    let metrics_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.metrics_port))
+        .await
+        .context("cannot bind the metrics port")?;
+    let (control_addr, health_addr, metrics_addr) =
+        (control.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
+    let mut metrics_registry = Registry::default();
+    let role_metrics = crate::aggregator::metrics::AggregatorMetrics::new(&mut metrics_registry);
+    let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
 
     let (aggregator, outputs) = Aggregator::follower(Duration::from_millis(5));
     let aggregator = aggregator.start();
@@ -119,8 +130,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let (supervisor, remote) = if opts.remote_scrapers {
         (None, Some(RemoteScraping::new(endpoints, sink)))
     } else {
-        let metrics = ScrapeMetrics::new(&mut Registry::default());
-        let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, metrics)?.start();
+        let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, scrape_metrics)?.start();
         supervisor.do_send(AssignEndpoints(endpoints));
         (Some(supervisor), None)
     };
@@ -164,7 +174,13 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
             (outputs.leading.clone(), outputs.snapshots.clone(), readiness.clone());
         tokio::spawn(async move {
             loop {
-                let ready = *leading.borrow_and_update() && snaps.borrow_and_update().epoch > 0;
+                let is_leading = *leading.borrow_and_update();
+                let ready = {
+                    let snapshot = snaps.borrow_and_update();
+                    role_metrics.set_snapshot(&snapshot);
+                    is_leading && snapshot.epoch > 0
+                };
+                role_metrics.set_leading(is_leading);
                 readiness.set_ready(ready);
                 tokio::select! {
                     r = leading.changed() => if r.is_err() { return },
@@ -208,10 +224,18 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
             .serve_with_incoming_shutdown(crate::nodelay_incoming(health_listener), signal)
             .await;
     }));
-    tracing::info!(%control_addr, %health_addr, "aggregator serving");
+    let signal = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tasks.push(app::serve_metrics(metrics_listener, Arc::new(metrics_registry), signal));
+    tracing::info!(%control_addr, %health_addr, %metrics_addr, "aggregator serving");
     Ok(AggregatorHandle {
         control_addr,
         health_addr,
+        metrics_addr,
         leading: outputs.leading,
         snapshots: outputs.snapshots,
         stop,
@@ -293,6 +317,8 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
 pub struct ScraperOptions {
     pub leader: LeaderSource,
     pub scraper_id: String,
+    /// Where `/metrics` is served (port 0: any free port).
+    pub metrics_addr: SocketAddr,
     pub config_file: Option<PathBuf>,
     pub config_text: Option<String>,
     pub metric_flags: MetricFlags,
@@ -303,6 +329,8 @@ pub struct ScraperOptions {
 pub struct ScraperHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    metrics_server: tokio::task::JoinHandle<()>,
+    pub metrics_addr: SocketAddr,
     pub supervisor: Addr<ScrapeSupervisor>,
 }
 
@@ -310,7 +338,35 @@ impl ScraperHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        let _ = self.metrics_server.await;
         self.supervisor.do_send(AssignEndpoints(Vec::new()));
+    }
+}
+
+/// The scraper role's own metrics (besides per-endpoint scrape latency and errors).
+#[derive(Clone, Default)]
+struct ScraperRoleMetrics {
+    /// 1 while a leader's assignment stream is open.
+    connected: prometheus_client::metrics::gauge::Gauge,
+    assigned: prometheus_client::metrics::gauge::Gauge,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl ScraperRoleMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let m = ScraperRoleMetrics::default();
+        registry.register("switchyard_scraper_connected", "1 while streaming to the leader", m.connected.clone());
+        registry.register(
+            "switchyard_scraper_assigned_endpoints",
+            "Endpoints assigned by the leader",
+            m.assigned.clone(),
+        );
+        registry.register(
+            "switchyard_scraper_reports_dropped",
+            "Scrape results dropped because the leader stream lagged",
+            m.dropped.clone(),
+        );
+        m
     }
 }
 
@@ -319,6 +375,7 @@ struct StreamSink {
     scraper_id: String,
     tx: mpsc::Sender<switchyard_proto::v1::MetricsReport>,
     dropped: u64,
+    metrics: ScraperRoleMetrics,
 }
 
 impl Actor for StreamSink {
@@ -329,6 +386,7 @@ impl StreamSink {
     fn push(&mut self, report: switchyard_proto::v1::MetricsReport) {
         if self.tx.try_send(report).is_err() {
             self.dropped += 1;
+            self.metrics.dropped.inc();
             if self.dropped.is_power_of_two() {
                 tracing::warn!(dropped = self.dropped, "scrape reports dropped: the leader stream lags");
             }
@@ -361,15 +419,35 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
+    let mut metrics_registry = Registry::default();
+    let role_metrics = ScraperRoleMetrics::new(&mut metrics_registry);
+    let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
+    let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .with_context(|| format!("cannot bind the metrics address {}", opts.metrics_addr))?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let (out_tx, out_rx) = mpsc::channel::<pb::MetricsReport>(4096);
-    let sink_actor = StreamSink { scraper_id: opts.scraper_id.clone(), tx: out_tx.clone(), dropped: 0 }.start();
+    let sink_actor = StreamSink {
+        scraper_id: opts.scraper_id.clone(),
+        tx: out_tx.clone(),
+        dropped: 0,
+        metrics: role_metrics.clone(),
+    }
+    .start();
     let sink = ScrapeSink { scraped: sink_actor.clone().recipient(), failed: sink_actor.recipient() };
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
-    let supervisor = ScrapeSupervisor::new(registry, &settings, sink)?.start();
+    let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, scrape_metrics)?.start();
     let (stop, mut stop_rx) = watch::channel(false);
+    let metrics_server = {
+        let mut rx = stop_rx.clone();
+        let signal = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        app::serve_metrics(metrics_listener, Arc::new(metrics_registry), signal)
+    };
     let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
     let sup = supervisor.clone();
     let task = tokio::spawn(async move {
@@ -406,6 +484,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
                 };
                 let mut inbound = resp.into_inner();
                 tracing::info!(leader = %target, "scraping for the aggregator leader");
+                role_metrics.connected.set(1);
                 let superseded = finder.superseded(&target);
                 tokio::pin!(superseded);
                 loop {
@@ -413,6 +492,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
                         _ = &mut superseded => break,
                         m = inbound.message() => match m {
                             Ok(Some(a)) => {
+                                role_metrics.assigned.set(a.endpoints.len() as i64);
                                 let eps = a.endpoints.into_iter().map(crate::wire::endpoint_from_proto).collect();
                                 sup.do_send(AssignEndpoints(eps));
                             }
@@ -424,6 +504,8 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
                 pump.abort();
                 // The leader is gone: stop scraping until a leader assigns again.
                 sup.do_send(AssignEndpoints(Vec::new()));
+                role_metrics.connected.set(0);
+                role_metrics.assigned.set(0);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -431,5 +513,6 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
             }
         }
     });
-    Ok(ScraperHandle { stop, task, supervisor })
+    tracing::info!(%metrics_addr, "scraper serving metrics");
+    Ok(ScraperHandle { stop, task, metrics_server, metrics_addr, supervisor })
 }

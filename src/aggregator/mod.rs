@@ -8,6 +8,7 @@
 
 pub mod assign;
 pub mod election;
+pub mod metrics;
 pub mod serve;
 mod state;
 

@@ -1,6 +1,7 @@
-//! The distributed roles as separate processes with a real etcd: leader failover without failed
-//! picks, and a picker with no leader that refuses to make up endpoints.
+//! The distributed roles as separate processes with a real etcd: leader killed or paused, etcd
+//! unreachable, a scraper killed, a picker with no leader that refuses to make up endpoints.
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -65,8 +66,12 @@ struct Aggregator {
 }
 
 fn aggregator(etcd: &Etcd, endpoints: &str, election: &str) -> Aggregator {
+    aggregator_with(etcd, endpoints, election, &[])
+}
+
+fn aggregator_with(etcd: &Etcd, endpoints: &str, election: &str, extra: &[&str]) -> Aggregator {
     let (control, health) = (free_port(), free_port());
-    let proc = spawn(&s(&[
+    let mut args = s(&[
         "aggregator",
         "--listen-host",
         "127.0.0.1",
@@ -74,6 +79,8 @@ fn aggregator(etcd: &Etcd, endpoints: &str, election: &str) -> Aggregator {
         &control.to_string(),
         "--grpc-health-port",
         &health.to_string(),
+        "--metrics-port",
+        &free_port().to_string(),
         "--endpoints-file",
         endpoints,
         "--etcd-endpoints",
@@ -84,8 +91,9 @@ fn aggregator(etcd: &Etcd, endpoints: &str, election: &str) -> Aggregator {
         "2s",
         "--log",
         "warn",
-    ]));
-    Aggregator { proc, control, health }
+    ]);
+    args.extend(s(extra));
+    Aggregator { proc: spawn(&args), control, health }
 }
 
 fn picker(etcd: &Etcd, election: &str) -> (Proc, u16, u16, u16) {
@@ -318,4 +326,79 @@ async fn etcd_outage_leader_steps_down_pickers_keep_serving_then_one_leader() {
     let (ok, failed) = load.stop().await;
     assert!(ok > 50, "traffic flowed: {ok}");
     assert_eq!(failed, 0, "no failed picks through the outage");
+}
+
+fn scraper(etcd: &Etcd, election: &str, id: &str) -> (Proc, u16) {
+    let metrics = free_port();
+    let p = spawn(&s(&[
+        "scraper",
+        "--scraper-id",
+        id,
+        "--listen-host",
+        "127.0.0.1",
+        "--metrics-port",
+        &metrics.to_string(),
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--election-name",
+        election,
+        "--refresh-metrics-interval",
+        "50ms",
+        "--log",
+        "warn",
+    ]));
+    (p, metrics)
+}
+
+/// Completed scrapes per endpoint, from a scraper's `/metrics`.
+async fn scrape_counts(metrics_port: u16) -> Option<std::collections::BTreeMap<String, u64>> {
+    let text = client().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.ok()?.text().await.ok()?;
+    let counts = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("switchyard_scrape_duration_seconds_count{endpoint=\""))
+        .filter_map(|l| {
+            let (endpoint, rest) = l.split_once("\"}")?;
+            Some((endpoint.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect();
+    Some(counts)
+}
+
+/// The endpoints a scraper process is scraping now (its count grows over 400 ms).
+async fn scraping_now(metrics_port: u16) -> Option<BTreeSet<String>> {
+    let before = scrape_counts(metrics_port).await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = scrape_counts(metrics_port).await?;
+    Some(after.into_iter().filter(|(e, n)| before.get(e).is_none_or(|b| n > b)).map(|(e, _)| e).collect())
+}
+
+/// Two scraper processes share the endpoints (disjoint, covering all); one is SIGKILLed and the
+/// other scrapes its endpoints again.
+#[actix_rt::test]
+async fn killed_scraper_endpoints_are_reassigned_and_scraped_again() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (fleet, file) = fleet_file(dir.path()).await;
+    let all: BTreeSet<String> = fleet.iter().map(|h| h.name.clone()).collect();
+    let _agg = aggregator_with(&etcd, &file, "it-scrapers", &["--remote-scrapers"]);
+    let (mut x, x_metrics) = scraper(&etcd, "it-scrapers", "scraper-x");
+    let (_y, y_metrics) = scraper(&etcd, "it-scrapers", "scraper-y");
+    let all2 = all.clone();
+    wait_for("both scrapers busy, disjoint, covering all", Duration::from_secs(20), || {
+        let all = all2.clone();
+        async move {
+            let (sx, sy) = futures::join!(scraping_now(x_metrics), scraping_now(y_metrics));
+            let (sx, sy) = (sx?, sy?);
+            let union: BTreeSet<String> = sx.union(&sy).cloned().collect();
+            (!sx.is_empty() && !sy.is_empty() && sx.is_disjoint(&sy) && union == all).then_some(())
+        }
+    })
+    .await;
+    let _ = x.0.kill();
+    let _ = x.0.wait();
+    wait_for("the survivor scrapes every endpoint", Duration::from_secs(15), || {
+        let all = all.clone();
+        async move { (scraping_now(y_metrics).await? == all).then_some(()) }
+    })
+    .await;
 }

@@ -24,6 +24,7 @@ async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
     let scraper = |id: &str| ScraperOptions {
         leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
         scraper_id: id.into(),
+        metrics_addr: ([127, 0, 0, 1], 0).into(),
         config_file: None,
         config_text: None,
         metric_flags: Default::default(),

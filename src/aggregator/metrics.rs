@@ -1,0 +1,72 @@
+//! The aggregator role's Prometheus metrics: leadership and the snapshot it publishes.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::Snapshot;
+
+#[derive(Clone, Default)]
+pub struct AggregatorMetrics {
+    leader: Gauge,
+    epoch: Gauge,
+    seq: Gauge,
+    endpoints: Gauge,
+    /// `change` = `acquired` | `lost`.
+    leadership_changes: Family<Vec<(String, String)>, Counter>,
+}
+
+impl AggregatorMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = AggregatorMetrics::default();
+        registry.register("switchyard_aggregator_leader", "1 while this replica leads", m.leader.clone());
+        registry.register("switchyard_aggregator_epoch", "Epoch (etcd term) of the last snapshot", m.epoch.clone());
+        registry.register("switchyard_aggregator_snapshot_seq", "Sequence number of the last snapshot", m.seq.clone());
+        registry.register(
+            "switchyard_aggregator_snapshot_endpoints",
+            "Endpoints in the last snapshot",
+            m.endpoints.clone(),
+        );
+        registry.register(
+            "switchyard_aggregator_leadership_changes",
+            "Leadership acquired or lost by this replica",
+            m.leadership_changes.clone(),
+        );
+        m
+    }
+
+    /// Records the leading flag, counting transitions.
+    pub fn set_leading(&self, leading: bool) {
+        let was = self.leader.set(i64::from(leading)) == 1;
+        if was != leading {
+            let change = if leading { "acquired" } else { "lost" };
+            self.leadership_changes.get_or_create(&vec![("change".into(), change.into())]).inc();
+        }
+    }
+
+    pub fn set_snapshot(&self, s: &Snapshot) {
+        self.epoch.set(s.epoch as i64);
+        self.seq.set(s.seq as i64);
+        self.endpoints.set(s.endpoints.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_leadership_transitions_are_counted_once_each() {
+        let mut registry = Registry::default();
+        let m = AggregatorMetrics::new(&mut registry);
+        for leading in [false, true, true, false, false, true] {
+            m.set_leading(leading);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains("switchyard_aggregator_leadership_changes_total{change=\"acquired\"} 2"), "{text}");
+        assert!(text.contains("switchyard_aggregator_leadership_changes_total{change=\"lost\"} 1"), "{text}");
+        assert!(text.contains("switchyard_aggregator_leader 1"), "{text}");
+    }
+}
