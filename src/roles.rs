@@ -191,6 +191,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     }
     let svc = ControlPlaneService {
         snapshots: outputs.snapshots.clone(),
+        routed: outputs.routed.clone(),
         leading: outputs.leading.clone(),
         etcd: etcd.clone(),
         remote,

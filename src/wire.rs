@@ -1,5 +1,6 @@
 //! Conversions between the model and the control-plane protocol (`switchyard.v1`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +71,54 @@ fn metrics_from_proto(m: pb::EndpointMetrics) -> (EndpointMetrics, Vec<String>) 
     (metrics, m.errors)
 }
 
+fn endpoint_state_to_proto(e: &EndpointState) -> pb::EndpointState {
+    let (metrics, scraped_at) = match &e.metrics {
+        MetricsState::Unknown => (None, 0),
+        MetricsState::Known { sample, .. } => {
+            (Some(metrics_to_proto(&sample.metrics, &sample.errors)), micros(sample.scraped_at))
+        }
+    };
+    pb::EndpointState {
+        spec: Some(endpoint_to_proto(&e.endpoint)),
+        metrics,
+        scraped_at_unix_micros: scraped_at,
+        inflight_requests: e.shared_load.requests,
+        inflight_tokens: e.shared_load.tokens,
+    }
+}
+
+fn endpoint_state_from_proto(e: pb::EndpointState) -> Result<EndpointState, WireError> {
+    let endpoint = endpoint_from_proto(e.spec.ok_or(WireError::MissingSpec)?);
+    let metrics = match e.metrics {
+        None => MetricsState::Unknown,
+        Some(m) => {
+            let (metrics, errors) = metrics_from_proto(m);
+            let sample = MetricsSample { metrics, scraped_at: from_micros(e.scraped_at_unix_micros), errors };
+            MetricsState::Known { sample: Arc::new(sample), last_error: None }
+        }
+    };
+    Ok(EndpointState {
+        endpoint,
+        metrics,
+        shared_load: Load { requests: e.inflight_requests, tokens: e.inflight_tokens },
+    })
+}
+
+fn blocks_to_proto(blocks: &[RoutedBlocks]) -> Vec<pb::PrefixBlocks> {
+    blocks.iter().map(|b| pb::PrefixBlocks { endpoint_id: b.endpoint.to_string(), hashes: b.hashes.clone() }).collect()
+}
+
+/// Whether a picker would see a difference between `a` and `b` (what the wire carries: the
+/// latest scrape error stays on the leader).
+fn same_on_the_wire(a: &EndpointState, b: &EndpointState) -> bool {
+    let metrics = match (&a.metrics, &b.metrics) {
+        (MetricsState::Unknown, MetricsState::Unknown) => true,
+        (MetricsState::Known { sample: x, .. }, MetricsState::Known { sample: y, .. }) => Arc::ptr_eq(x, y) || x == y,
+        _ => false,
+    };
+    metrics && a.shared_load == b.shared_load && a.endpoint == b.endpoint
+}
+
 /// A full snapshot update.
 pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
     pb::SnapshotUpdate {
@@ -78,32 +127,37 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
         seq: s.seq,
         full: true,
         base_seq: 0,
-        endpoints: s
-            .endpoints
-            .iter()
-            .map(|e| {
-                let (metrics, scraped_at) = match &e.metrics {
-                    MetricsState::Unknown => (None, 0),
-                    MetricsState::Known { sample, .. } => {
-                        (Some(metrics_to_proto(&sample.metrics, &sample.errors)), micros(sample.scraped_at))
-                    }
-                };
-                pb::EndpointState {
-                    spec: Some(endpoint_to_proto(&e.endpoint)),
-                    metrics,
-                    scraped_at_unix_micros: scraped_at,
-                    inflight_requests: e.shared_load.requests,
-                    inflight_tokens: e.shared_load.tokens,
-                }
-            })
-            .collect(),
+        endpoints: s.endpoints.iter().map(endpoint_state_to_proto).collect(),
         removed: Vec::new(),
-        prefix_blocks: s
-            .routed_blocks
-            .iter()
-            .map(|b| pb::PrefixBlocks { endpoint_id: b.endpoint.to_string(), hashes: b.hashes.clone() })
-            .collect(),
+        prefix_blocks: blocks_to_proto(&s.routed_blocks),
         published_at_unix_micros: micros(s.published_at),
+    }
+}
+
+/// The delta that turns `base` into `next` (same epoch, `next` newer): the endpoints that joined
+/// or changed, the ids that left, and `routed`, the prefix blocks routed between the two.
+pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks]) -> pb::SnapshotUpdate {
+    debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
+    let held: HashMap<&EndpointId, &EndpointState> = base.endpoints.iter().map(|e| (&e.endpoint.id, e)).collect();
+    let endpoints = next
+        .endpoints
+        .iter()
+        .filter(|e| !held.get(&e.endpoint.id).is_some_and(|h| same_on_the_wire(h, e)))
+        .map(endpoint_state_to_proto)
+        .collect();
+    let kept: HashSet<&EndpointId> = next.endpoints.iter().map(|e| &e.endpoint.id).collect();
+    let removed =
+        base.endpoints.iter().filter(|e| !kept.contains(&e.endpoint.id)).map(|e| e.endpoint.id.to_string()).collect();
+    pb::SnapshotUpdate {
+        version: PROTOCOL_VERSION,
+        epoch: next.epoch,
+        seq: next.seq,
+        full: false,
+        base_seq: base.seq,
+        endpoints,
+        removed,
+        prefix_blocks: blocks_to_proto(routed),
+        published_at_unix_micros: micros(next.published_at),
     }
 }
 
@@ -111,50 +165,81 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
 pub enum WireError {
     #[error("unsupported protocol version {0}")]
     Version(u32),
-    #[error("delta updates are not supported by this picker")]
-    Delta,
+    #[error("delta on top of ({epoch}, {base_seq}) but this picker holds ({held_epoch}, {held_seq})")]
+    DeltaBase { epoch: u64, base_seq: u64, held_epoch: u64, held_seq: u64 },
     #[error("endpoint without spec")]
     MissingSpec,
+    #[error("endpoint {0} appears twice")]
+    Duplicate(String),
 }
 
+/// The snapshot a full update describes.
 pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError> {
     if u.version != PROTOCOL_VERSION {
         return Err(WireError::Version(u.version));
     }
     if !u.full {
-        return Err(WireError::Delta);
+        return Err(WireError::DeltaBase { epoch: u.epoch, base_seq: u.base_seq, held_epoch: 0, held_seq: 0 });
     }
-    let endpoints = u
-        .endpoints
-        .into_iter()
-        .map(|e| {
-            let endpoint = endpoint_from_proto(e.spec.ok_or(WireError::MissingSpec)?);
-            let metrics = match e.metrics {
-                None => MetricsState::Unknown,
-                Some(m) => {
-                    let (metrics, errors) = metrics_from_proto(m);
-                    let sample = MetricsSample { metrics, scraped_at: from_micros(e.scraped_at_unix_micros), errors };
-                    MetricsState::Known { sample: Arc::new(sample), last_error: None }
-                }
-            };
-            Ok(EndpointState {
-                endpoint,
-                metrics,
-                shared_load: Load { requests: e.inflight_requests, tokens: e.inflight_tokens },
-            })
-        })
-        .collect::<Result<_, WireError>>()?;
-    let routed_blocks = u
-        .prefix_blocks
-        .into_iter()
-        .map(|b| RoutedBlocks { endpoint: EndpointId::new(&b.endpoint_id), hashes: b.hashes })
-        .collect();
+    let endpoints = u.endpoints.into_iter().map(endpoint_state_from_proto).collect::<Result<Vec<_>, _>>()?;
+    let mut seen = HashSet::with_capacity(endpoints.len());
+    if let Some(dup) = endpoints.iter().find(|e| !seen.insert(&e.endpoint.id)) {
+        return Err(WireError::Duplicate(dup.endpoint.id.to_string()));
+    }
     Ok(Snapshot {
         epoch: u.epoch,
         seq: u.seq,
         endpoints,
         published_at: from_micros(u.published_at_unix_micros),
-        routed_blocks,
+        routed_blocks: blocks_from_proto(u.prefix_blocks),
+    })
+}
+
+fn blocks_from_proto(blocks: Vec<pb::PrefixBlocks>) -> Vec<RoutedBlocks> {
+    blocks.into_iter().map(|b| RoutedBlocks { endpoint: EndpointId::new(&b.endpoint_id), hashes: b.hashes }).collect()
+}
+
+/// The snapshot after `u`: a full update replaces `held`; a delta must sit on exactly `held`
+/// (same epoch, `base_seq` = its seq), and keeps the unchanged endpoints' samples shared with it.
+/// The caller fences first: `u` must be newer than `held`.
+pub fn apply_update(held: &Snapshot, u: pb::SnapshotUpdate) -> Result<Snapshot, WireError> {
+    if u.full || u.version != PROTOCOL_VERSION {
+        return snapshot_from_proto(u);
+    }
+    if (held.epoch, held.seq) != (u.epoch, u.base_seq) || held.epoch == 0 {
+        return Err(WireError::DeltaBase {
+            epoch: u.epoch,
+            base_seq: u.base_seq,
+            held_epoch: held.epoch,
+            held_seq: held.seq,
+        });
+    }
+    let mut changed: HashMap<EndpointId, EndpointState> = HashMap::with_capacity(u.endpoints.len());
+    for e in u.endpoints {
+        let e = endpoint_state_from_proto(e)?;
+        if let Some(dup) = changed.insert(e.endpoint.id.clone(), e) {
+            return Err(WireError::Duplicate(dup.endpoint.id.to_string()));
+        }
+    }
+    let removed: HashSet<EndpointId> = u.removed.iter().map(EndpointId::new).collect();
+    let mut endpoints = Vec::with_capacity(held.endpoints.len() + changed.len());
+    for e in &held.endpoints {
+        if removed.contains(&e.endpoint.id) {
+            continue;
+        }
+        endpoints.push(changed.remove(&e.endpoint.id).unwrap_or_else(|| e.clone()));
+    }
+    if !changed.is_empty() {
+        // Joined: the leader's order is by id.
+        endpoints.extend(changed.into_values());
+        endpoints.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+    }
+    Ok(Snapshot {
+        epoch: u.epoch,
+        seq: u.seq,
+        endpoints,
+        published_at: from_micros(u.published_at_unix_micros),
+        routed_blocks: blocks_from_proto(u.prefix_blocks),
     })
 }
 
@@ -287,19 +372,93 @@ mod tests {
         assert_eq!(snapshot_from_proto(snapshot_to_proto(&s2)).expect("ok"), s2, "absent LoRA stays absent, not empty");
     }
 
+    fn state(id: &str, queued: Option<u64>, requests: i64) -> EndpointState {
+        EndpointState {
+            endpoint: Endpoint {
+                id: EndpointId::new(id),
+                address: format!("10.0.0.{}:8000", id.len()),
+                metrics_url: String::new(),
+                engine: "vllm".into(),
+                labels: Default::default(),
+            },
+            metrics: match queued {
+                None => MetricsState::Unknown,
+                Some(q) => MetricsState::Known {
+                    sample: Arc::new(MetricsSample {
+                        metrics: EndpointMetrics { queued: Some(q), ..Default::default() },
+                        scraped_at: UNIX_EPOCH + Duration::from_micros(q),
+                        errors: vec![],
+                    }),
+                    last_error: None,
+                },
+            },
+            shared_load: Load { requests, tokens: 0 },
+        }
+    }
+
+    fn snapshot(epoch: u64, seq: u64, endpoints: Vec<EndpointState>) -> Snapshot {
+        Snapshot { epoch, seq, endpoints, published_at: UNIX_EPOCH, routed_blocks: Vec::new() }
+    }
+
     #[test]
-    fn unknown_versions_and_deltas_are_refused() {
-        let mut u = snapshot_to_proto(&Snapshot {
-            epoch: 1,
-            seq: 1,
-            endpoints: vec![],
-            published_at: UNIX_EPOCH,
-            routed_blocks: Vec::new(),
-        });
+    fn unknown_versions_and_misplaced_deltas_are_refused() {
+        let mut u = snapshot_to_proto(&snapshot(1, 1, vec![]));
         u.version = 2;
         assert_eq!(snapshot_from_proto(u.clone()), Err(WireError::Version(2)));
+        assert_eq!(apply_update(&snapshot(1, 0, vec![]), u.clone()), Err(WireError::Version(2)));
         u.version = 1;
         u.full = false;
-        assert_eq!(snapshot_from_proto(u), Err(WireError::Delta));
+        u.base_seq = 3;
+        let refused = |held: &Snapshot| apply_update(held, u.clone());
+        assert!(matches!(refused(&snapshot(1, 2, vec![])), Err(WireError::DeltaBase { base_seq: 3, held_seq: 2, .. })));
+        assert!(matches!(refused(&snapshot(2, 3, vec![])), Err(WireError::DeltaBase { .. })), "other term");
+        assert!(matches!(refused(&snapshot(0, 0, vec![])), Err(WireError::DeltaBase { .. })), "nothing held");
+        assert!(refused(&snapshot(1, 3, vec![])).is_ok());
+        let mut dup = snapshot_to_proto(&snapshot(1, 1, vec![state("a", None, 0), state("a", Some(1), 0)]));
+        assert_eq!(snapshot_from_proto(dup.clone()), Err(WireError::Duplicate("a".into())));
+        dup.endpoints[0].spec = None;
+        assert_eq!(snapshot_from_proto(dup), Err(WireError::MissingSpec));
+    }
+
+    #[test]
+    fn a_delta_carries_only_what_changed_and_shares_the_rest() {
+        let base = snapshot(4, 10, vec![state("a", Some(1), 0), state("b", None, 0), state("c", Some(5), 2)]);
+        let held = snapshot_from_proto(snapshot_to_proto(&base)).expect("full");
+        let mut next = snapshot(4, 12, vec![base.endpoints[0].clone(), state("b", Some(2), 0), state("d", None, 0)]);
+        next.routed_blocks = vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![9] }];
+        let routed = [RoutedBlocks { endpoint: EndpointId::new("b"), hashes: vec![7, 8] }];
+        let u = snapshot_delta_to_proto(&base, &next, &routed);
+        assert!(!u.full);
+        assert_eq!(u.base_seq, 10);
+        let ids: Vec<&str> = u.endpoints.iter().map(|e| e.spec.as_ref().map_or("", |s| s.id.as_str())).collect();
+        assert_eq!(ids, ["b", "d"], "unchanged `a` is not sent");
+        assert_eq!(u.removed, ["c"]);
+        let applied = apply_update(&held, u).expect("delta");
+        assert_eq!(applied.endpoints, next.endpoints);
+        assert_eq!((applied.epoch, applied.seq), (4, 12));
+        assert_eq!(applied.routed_blocks, routed, "the delta's blocks, not the last snapshot's only");
+        match (&applied.endpoints[0].metrics, &held.endpoints[0].metrics) {
+            (MetricsState::Known { sample: x, .. }, MetricsState::Known { sample: y, .. }) => {
+                assert!(Arc::ptr_eq(x, y), "an unchanged endpoint keeps its sample (and the picker its baseline)")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever changes between two snapshots of one term, base + delta = the full snapshot.
+        #[test]
+        fn base_plus_delta_is_the_full_snapshot(
+            before in proptest::collection::btree_map("[a-f]{1,2}", (proptest::option::of(0u64..3), 0i64..2), 0..12),
+            after in proptest::collection::btree_map("[a-f]{1,2}", (proptest::option::of(0u64..3), 0i64..2), 0..12),
+        ) {
+            let build = |m: &std::collections::BTreeMap<String, (Option<u64>, i64)>, seq| {
+                snapshot(3, seq, m.iter().map(|(id, (q, r))| state(id, *q, *r)).collect())
+            };
+            let (base, next) = (build(&before, 1), build(&after, 2));
+            let held = snapshot_from_proto(snapshot_to_proto(&base)).expect("full");
+            let applied = apply_update(&held, snapshot_delta_to_proto(&base, &next, &[])).expect("delta");
+            proptest::prop_assert_eq!(applied, snapshot_from_proto(snapshot_to_proto(&next)).expect("full"));
+        }
     }
 }

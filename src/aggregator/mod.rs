@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use state::{AggregatorState, PickerReport};
 
-use crate::model::{Endpoint, Snapshot};
+use crate::model::{Endpoint, RoutedBlocks, Snapshot};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
 
 /// The endpoint set changed (full set).
@@ -43,14 +43,60 @@ pub struct LeadershipLost;
 pub struct Aggregator {
     state: AggregatorState,
     tx: watch::Sender<Arc<Snapshot>>,
+    routed: Arc<RoutedLog>,
     leading: watch::Sender<bool>,
     publish_interval: Duration,
 }
 
-/// What an aggregator publishes: snapshots, and whether it currently leads.
+/// What an aggregator publishes: snapshots, the prefix blocks each carried, and whether it
+/// currently leads.
 pub struct AggregatorOutputs {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub routed: Arc<RoutedLog>,
     pub leading: watch::Receiver<bool>,
+}
+
+/// The prefix blocks of the recent snapshots. The `watch` channel keeps only the latest snapshot;
+/// a picker stream that skipped some (it was busy, or snapshots came faster than it sends) takes
+/// the blocks of the skipped ones from here, so routing knowledge is not lost with them.
+#[derive(Debug, Default)]
+pub struct RoutedLog {
+    entries: std::sync::Mutex<std::collections::VecDeque<RoutedEntry>>,
+}
+
+/// `(epoch, seq)` of a snapshot and the blocks it carried.
+type RoutedEntry = (u64, u64, Arc<[RoutedBlocks]>);
+
+impl RoutedLog {
+    /// Snapshots remembered; at the 5 ms publish interval, 2.5 s.
+    const CAPACITY: usize = 512;
+
+    fn push(&self, s: &Snapshot) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back((s.epoch, s.seq, Arc::from(s.routed_blocks.as_slice())));
+    }
+
+    /// The blocks of snapshots `after < seq <= upto` of `epoch`, or `None` when some of them are
+    /// no longer remembered.
+    pub fn between(&self, epoch: u64, after: u64, upto: u64) -> Option<Vec<RoutedBlocks>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut expect = after + 1;
+        for (e, seq, blocks) in entries.iter() {
+            if *e != epoch || *seq <= after || *seq > upto {
+                continue;
+            }
+            if *seq != expect {
+                return None;
+            }
+            expect += 1;
+            out.extend(blocks.iter().cloned());
+        }
+        (expect == upto + 1).then_some(out)
+    }
 }
 
 impl Aggregator {
@@ -67,8 +113,9 @@ impl Aggregator {
     pub fn follower(publish_interval: Duration) -> (Self, AggregatorOutputs) {
         let (tx, snapshots) = watch::channel(Snapshot::empty());
         let (leading, leading_rx) = watch::channel(false);
-        let agg = Aggregator { state: AggregatorState::new(0), tx, leading, publish_interval };
-        (agg, AggregatorOutputs { snapshots, leading: leading_rx })
+        let routed = Arc::new(RoutedLog::default());
+        let agg = Aggregator { state: AggregatorState::new(0), tx, routed: routed.clone(), leading, publish_interval };
+        (agg, AggregatorOutputs { snapshots, routed, leading: leading_rx })
     }
 
     fn publish(&mut self) {
@@ -77,6 +124,7 @@ impl Aggregator {
             return;
         }
         if let Some(snapshot) = self.state.build(std::time::SystemTime::now()) {
+            self.routed.push(&snapshot);
             self.tx.send_replace(Arc::new(snapshot));
         }
     }
@@ -144,5 +192,45 @@ impl Handler<ScrapeFailed> for Aggregator {
 
     fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
         self.state.on_failed(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EndpointId;
+
+    fn snapshot(epoch: u64, seq: u64, hash: u64) -> Snapshot {
+        Snapshot {
+            epoch,
+            seq,
+            endpoints: Vec::new(),
+            published_at: std::time::SystemTime::UNIX_EPOCH,
+            routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![hash] }],
+        }
+    }
+
+    fn hashes(blocks: Option<Vec<RoutedBlocks>>) -> Option<Vec<u64>> {
+        blocks.map(|b| b.into_iter().flat_map(|b| b.hashes).collect())
+    }
+
+    #[test]
+    fn routed_log_returns_the_blocks_of_skipped_snapshots_or_none_when_forgotten() {
+        let log = RoutedLog::default();
+        for seq in 1..=4 {
+            log.push(&snapshot(2, seq, 10 + seq));
+        }
+        log.push(&snapshot(3, 1, 99));
+        assert_eq!(hashes(log.between(2, 1, 4)), Some(vec![12, 13, 14]));
+        assert_eq!(hashes(log.between(2, 3, 4)), Some(vec![14]));
+        assert_eq!(hashes(log.between(3, 0, 1)), Some(vec![99]));
+        assert_eq!(hashes(log.between(2, 4, 5)), None, "not published yet");
+        for seq in 2..=RoutedLog::CAPACITY as u64 + 1 {
+            log.push(&snapshot(3, seq, seq));
+        }
+        assert_eq!(hashes(log.between(2, 1, 4)), None, "pushed out");
+        assert_eq!(hashes(log.between(3, 0, 2)), None, "seq 1 pushed out");
+        let last = RoutedLog::CAPACITY as u64 + 1;
+        assert_eq!(hashes(log.between(3, last - 2, last)), Some(vec![last - 1, last]));
     }
 }

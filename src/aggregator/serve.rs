@@ -1,7 +1,8 @@
 //! The control-plane gRPC service of an aggregator replica. The leader streams snapshots to
-//! pickers (`WatchSnapshots`: the full snapshot at once, then a full snapshot per change,
-//! coalesced by the watch channel); a follower answers `FAILED_PRECONDITION` with the leader's
-//! address.
+//! pickers (`WatchSnapshots`: the full snapshot at once, then deltas on top of the last one sent:
+//! the endpoints that changed, the ids that left, and the prefix blocks routed since, including
+//! those of snapshots the stream skipped); a follower answers `FAILED_PRECONDITION` with the
+//! leader's address.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::wire;
 #[derive(Clone)]
 pub struct ControlPlaneService {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The prefix blocks of recent snapshots, for deltas that span several.
+    pub routed: Arc<super::RoutedLog>,
     pub leading: watch::Receiver<bool>,
     /// To tell followers' clients where the leader is.
     pub etcd: Option<EtcdSettings>,
@@ -159,13 +162,30 @@ impl ControlPlane for ControlPlaneService {
         }
         let picker = request.into_inner().picker_id;
         let (tx, rx) = mpsc::channel(4);
-        let (mut snapshots, mut leading) = (self.snapshots.clone(), self.leading.clone());
+        let (mut snapshots, mut leading, routed) = (self.snapshots.clone(), self.leading.clone(), self.routed.clone());
         tokio::spawn(async move {
             tracing::debug!(%picker, "picker subscribed");
+            // The last snapshot sent: deltas are built on top of it.
+            let mut sent: Option<Arc<Snapshot>> = None;
             loop {
                 let snap = snapshots.borrow_and_update().clone();
-                if snap.epoch > 0 && tx.send(Ok(wire::snapshot_to_proto(&snap))).await.is_err() {
-                    return;
+                let update = match &sent {
+                    _ if snap.epoch == 0 => None,
+                    Some(base) if base.epoch == snap.epoch && base.seq >= snap.seq => None,
+                    Some(base) if base.epoch == snap.epoch => {
+                        let blocks = routed.between(snap.epoch, base.seq, snap.seq).unwrap_or_else(|| {
+                            tracing::debug!(%picker, "prefix blocks of skipped snapshots are no longer remembered");
+                            snap.routed_blocks.clone()
+                        });
+                        Some(wire::snapshot_delta_to_proto(base, &snap, &blocks))
+                    }
+                    _ => Some(wire::snapshot_to_proto(&snap)),
+                };
+                if let Some(update) = update {
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                    sent = Some(snap);
                 }
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },

@@ -1,8 +1,9 @@
 //! Following the aggregator leader's snapshot stream. The leader is found through etcd (the
 //! election's leader value is its control-plane address) or by trying a list of aggregator
-//! addresses; followers refuse with `FAILED_PRECONDITION`, so the next address is tried. A snapshot
-//! is applied only when its `(epoch, seq)` is newer than the one held (fencing: an old leader that
-//! comes back cannot roll pickers back). While no leader answers, the picker keeps serving from
+//! addresses; followers refuse with `FAILED_PRECONDITION`, so the next address is tried. A stream
+//! starts with a full snapshot, then deltas on top of it. An update is applied only when its
+//! `(epoch, seq)` is newer than the one held (fencing: an old leader that comes back cannot roll
+//! pickers back). While no leader answers, the picker keeps serving from
 //! what it holds.
 
 use std::sync::Arc;
@@ -67,12 +68,21 @@ pub async fn follow_leader(
                 tracing::info!(leader = %target, "following the aggregator leader");
                 loop {
                     match stream.message().await {
-                        Ok(Some(update)) => match wire::snapshot_from_proto(update) {
-                            Ok(snapshot) => {
-                                apply_if_newer(&tx, snapshot);
+                        Ok(Some(update)) => {
+                            let held = tx.borrow().clone();
+                            if held.epoch != 0 && (update.epoch, update.seq) <= (held.epoch, held.seq) {
+                                tracing::debug!(
+                                    epoch = update.epoch,
+                                    seq = update.seq,
+                                    "ignored a snapshot that is not newer"
+                                );
+                                continue;
                             }
-                            Err(e) => return Err(e.to_string()),
-                        },
+                            // A delta that does not sit on what this picker holds ends the
+                            // stream; the next one starts with a full snapshot.
+                            let snapshot = wire::apply_update(&held, update).map_err(|e| e.to_string())?;
+                            apply_if_newer(&tx, snapshot);
+                        }
                         Ok(None) => return Err::<(), String>("stream ended".to_string()),
                         Err(status) => return Err(status.message().to_string()),
                     }

@@ -17,6 +17,9 @@ use crate::tools::board::{Board, GetBoard};
 pub enum BenchCommand {
     /// How many endpoints one scraper process sustains at an interval, with the age of metrics.
     Scrape(ScrapeBenchArgs),
+    /// Endpoints sustained at an interval with 1, 2 and 4 `switchyard scraper` processes feeding
+    /// one aggregator.
+    ScrapeScaling(crate::tools::cpbench::ScrapeScalingArgs),
     /// ext-proc request path: Switchyard's picker against a null ext-proc server.
     Extproc(crate::tools::loadgen::ExtProcBenchArgs),
     /// End to end through the gateway: with the picker versus straight to one endpoint.
@@ -47,6 +50,7 @@ pub struct ScrapeBenchArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Scrape(args) => scrape(args).await,
+        BenchCommand::ScrapeScaling(args) => crate::tools::cpbench::scrape_scaling(args).await,
         BenchCommand::Extproc(args) => crate::tools::loadgen::run(args).await,
         BenchCommand::Gateway(args) => crate::tools::loadgen::run_gateway(args).await,
         BenchCommand::Propagation(args) => crate::tools::cpbench::propagation(args).await,
@@ -65,7 +69,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// CPU seconds (user + system) used by a process so far (`self` or a pid), from /proc.
-fn cpu_seconds(pid: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();

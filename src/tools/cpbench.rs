@@ -1,4 +1,5 @@
-//! Control-plane benchmarks: snapshot propagation to N pickers, and leader failover.
+//! Control-plane benchmarks: snapshot propagation to N pickers, leader failover, routing quality
+//! with several pickers, scrape scaling over scraper processes.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -149,12 +150,9 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
             Child(
                 Command::new(&exe)
                     .args(["aggregator", "--listen-host", "127.0.0.1", "--control-port", &port.to_string()])
-                    .args([
-                        "--grpc-health-port",
-                        &free_port()?.to_string(),
-                        "--endpoints-file",
-                        &file.display().to_string(),
-                    ])
+                    .args(["--grpc-health-port", &free_port()?.to_string()])
+                    .args(["--metrics-port", &free_port()?.to_string()])
+                    .args(["--endpoints-file", &file.display().to_string()])
                     .args(["--etcd-endpoints", &etcd_url, "--lease-ttl", &ttl, "--log", "error"])
                     .stdout(Stdio::null())
                     .spawn()?,
@@ -321,5 +319,184 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
         100.0 * (four.0 - one.0) / one.0.max(1e-9),
         100.0 * (four.1 - one.1) / one.1.max(1e-9)
     );
+    Ok(())
+}
+
+#[derive(Args, Clone)]
+pub struct ScrapeScalingArgs {
+    /// Scraper process counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub scrapers: Vec<usize>,
+    /// Endpoint counts to try, ascending; a count is sustained when every endpoint is scraped at
+    /// ≥ 95 % of the ideal rate and the p99 age of metrics in the leader's snapshots is ≤ 2
+    /// intervals.
+    #[arg(long, value_delimiter = ',', default_value = "200,400,600,800,1000")]
+    pub endpoints: Vec<usize>,
+    #[arg(long, default_value_t = 50)]
+    pub interval_ms: u64,
+    /// Measurement time per point, after a warm-up of 3 s.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// First port of the child sim fleet.
+    #[arg(long, default_value_t = 21000)]
+    pub base_port: u16,
+}
+
+/// One aggregator (this process, leading alone, `--remote-scrapers`) and K `switchyard scraper`
+/// child processes over gRPC; a child `switchyard sim` serves vLLM pages. For each (K, N): the
+/// scrape rate (summed from the scrapers' own `/metrics`), the age of metrics in the leader's
+/// snapshots (sampled every 25 ms), and CPU per process group.
+pub async fn scrape_scaling(args: ScrapeScalingArgs) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let max = args.endpoints.iter().copied().max().unwrap_or(0);
+    let sim = Child(
+        Command::new(&exe)
+            .args(["sim", "--fleet", &format!("vllm-v1={max}"), "--base-port", &args.base_port.to_string()])
+            .args(["--log", "warn"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let last = format!("127.0.0.1:{}", args.base_port as usize + max.saturating_sub(1));
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&last).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = std::env::temp_dir().join(format!("switchyard-scaling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let ideal_per_endpoint = 1000.0 / args.interval_ms as f64;
+    println!(
+        "scrape scaling: vLLM pages every {} ms, {} s per point, sustained = rate >= 95 % and age p99 <= {} ms",
+        args.interval_ms,
+        args.seconds,
+        2 * args.interval_ms
+    );
+    println!(
+        "{:>8} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9}",
+        "scrapers",
+        "endpoints",
+        "scrapes/s",
+        "of ideal",
+        "age p50",
+        "age p99",
+        "scraper cpu",
+        "agg cpu",
+        "sim cpu",
+        "sustained"
+    );
+    let mut summary = Vec::new();
+    for &k in &args.scrapers {
+        let mut best = 0;
+        for &n in &args.endpoints {
+            let file = crate::discovery::StaticEndpoints {
+                endpoints: (0..n)
+                    .map(|i| crate::discovery::StaticEndpoint {
+                        name: format!("sim-{i}"),
+                        address: "127.0.0.1".into(),
+                        port: Some(args.base_port + i as u16),
+                        ports: Vec::new(),
+                        labels: Default::default(),
+                        metrics_port: None,
+                        metrics_path: None,
+                    })
+                    .collect(),
+            };
+            let path = dir.join("endpoints.yaml");
+            std::fs::write(&path, serde_saphyr::to_string(&file)?)?;
+            let agg = start_aggregator(AggregatorOptions {
+                remote_scrapers: true,
+                refresh_metrics_interval: interval,
+                ..AggregatorOptions::local(path)
+            })
+            .await?;
+            let mut scrapers = Vec::new();
+            for i in 0..k {
+                let port = free_port()?;
+                let child = Command::new(&exe)
+                    .args(["scraper", "--aggregators", &agg.control_addr.to_string(), "--scraper-id"])
+                    .args([format!("bench-{i}"), "--listen-host".into(), "127.0.0.1".into()])
+                    .args(["--metrics-port", &port.to_string(), "--refresh-metrics-interval"])
+                    .args([format!("{}ms", args.interval_ms), "--log".into(), "error".into()])
+                    .stdout(Stdio::null())
+                    .spawn()?;
+                scrapers.push((Child(child), port));
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let http = reqwest::Client::new();
+            let scraped = |ports: Vec<u16>| {
+                let http = http.clone();
+                async move {
+                    let mut total = 0.0;
+                    for port in ports {
+                        let url = format!("http://127.0.0.1:{port}/metrics");
+                        let text = http.get(url).send().await.ok()?.text().await.ok()?;
+                        total += text
+                            .lines()
+                            .filter(|l| l.starts_with("switchyard_scrape_duration_seconds_count{"))
+                            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                            .sum::<f64>();
+                    }
+                    Some(total)
+                }
+            };
+            let ports: Vec<u16> = scrapers.iter().map(|(_, p)| *p).collect();
+            let pids: Vec<String> = scrapers.iter().map(|(c, _)| c.0.id().to_string()).collect();
+            let sim_pid = sim.0.id().to_string();
+            let cpu = |pids: &[String]| pids.iter().filter_map(|p| crate::tools::bench::cpu_seconds(p)).sum::<f64>();
+            let (count0, cpu0, agg0, sim0) = (
+                scraped(ports.clone()).await,
+                cpu(&pids),
+                crate::tools::bench::cpu_seconds("self"),
+                crate::tools::bench::cpu_seconds(&sim_pid),
+            );
+            let t0 = tokio::time::Instant::now();
+            let mut ages = Vec::new();
+            let snapshots = agg.snapshots.clone();
+            while t0.elapsed() < Duration::from_secs(args.seconds) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let snap = snapshots.borrow().clone();
+                let now = SystemTime::now();
+                for e in &snap.endpoints {
+                    ages.push(e.metrics.age(now).map_or(f64::INFINITY, |a| a.as_secs_f64() * 1000.0));
+                }
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let count1 = scraped(ports).await;
+            let per_s = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) / elapsed);
+            let rate = count0.zip(count1).map(|(a, b)| (b - a) / elapsed).unwrap_or(0.0);
+            let scraper_cpu = (cpu(&pids) - cpu0) / elapsed;
+            let agg_cpu = per_s(agg0, crate::tools::bench::cpu_seconds("self"));
+            let sim_cpu = per_s(sim0, crate::tools::bench::cpu_seconds(&sim_pid));
+            drop(scrapers);
+            agg.shutdown(Duration::from_secs(1)).await;
+            ages.sort_by(f64::total_cmp);
+            let share = rate / (n as f64 * ideal_per_endpoint);
+            let p99 = percentile(&ages, 99.0);
+            let sustained = share >= 0.95 && p99 <= 2.0 * args.interval_ms as f64;
+            if sustained {
+                best = best.max(n);
+            }
+            let fmt = |c: Option<f64>| c.map_or("n/a".to_string(), |c| format!("{c:.2}"));
+            println!(
+                "{k:>8} {n:>9} {rate:>12.0} {:>8.0}% {:>9.1} {p99:>9.1} {scraper_cpu:>12.2} {:>9} {:>9} {:>9}",
+                share * 100.0,
+                percentile(&ages, 50.0),
+                fmt(agg_cpu),
+                fmt(sim_cpu),
+                if sustained { "yes" } else { "no" }
+            );
+            if !sustained {
+                break;
+            }
+        }
+        summary.push((k, best));
+    }
+    for (k, best) in summary {
+        println!("scrapers={k} sustained_endpoints={best}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

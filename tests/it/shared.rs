@@ -58,3 +58,70 @@ async fn a_prefix_routed_by_one_picker_attracts_the_other_and_load_is_shared() {
     }
     drop(held);
 }
+
+/// `WatchSnapshots` sends one full snapshot, then deltas; applied in order they rebuild exactly
+/// the leader's endpoints, and the prefix blocks pickers report arrive through the deltas.
+#[actix_rt::test]
+async fn the_snapshot_stream_is_one_full_snapshot_then_deltas_that_rebuild_the_leaders_view() {
+    use switchyard_proto::v1 as pb;
+    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 3)], ..Default::default() })
+        .await
+        .expect("fleet");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
+    let mut client = ControlPlaneClient::connect(format!("http://{}", agg.control_addr)).await.expect("connect");
+    let request = pb::WatchRequest { version: 1, picker_id: "t".into(), have_epoch: 0, have_seq: 0 };
+    let mut stream = client.watch_snapshots(request).await.expect("watch").into_inner();
+
+    let first = stream.message().await.expect("stream").expect("open");
+    assert!(first.full, "the stream starts with a full snapshot");
+    let mut held = switchyard::wire::apply_update(&switchyard::model::Snapshot::empty(), first).expect("applies");
+    // Another picker reports blocks routed to an endpoint.
+    let target = held.endpoints.first().map(|e| e.endpoint.id.to_string()).expect("endpoints");
+    let mut reporter = client.clone();
+    let report = pb::PickerReport {
+        version: 1,
+        picker_id: "other".into(),
+        loads: vec![],
+        routed: vec![pb::PrefixBlocks { endpoint_id: target.clone(), hashes: vec![41, 42] }],
+    };
+    let send_report = tokio::spawn(async move { reporter.report(tokio_stream::iter([report])).await });
+
+    let (mut fulls, mut deltas, mut blocks) = (1, 0, Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while deltas < 20 || blocks.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{fulls} full, {deltas} deltas, blocks {blocks:?}");
+        let update = stream.message().await.expect("stream").expect("open");
+        if update.full {
+            fulls += 1
+        } else {
+            deltas += 1
+        }
+        if !update.full {
+            assert_eq!((update.epoch, update.base_seq), (held.epoch, held.seq), "a delta sits on the last update");
+        }
+        held = switchyard::wire::apply_update(&held, update).expect("applies");
+        blocks
+            .extend(held.routed_blocks.iter().filter(|b| b.endpoint.as_str() == target).flat_map(|b| b.hashes.clone()));
+    }
+    assert_eq!(fulls, 1, "only the first update is a full snapshot");
+    assert_eq!(blocks, [41, 42], "reported blocks arrive once, through a delta");
+    send_report.await.expect("report task").expect("report accepted");
+    // Catch up with the leader's latest snapshot, then compare.
+    loop {
+        let latest = agg.snapshots.borrow().clone();
+        if (held.epoch, held.seq) == (latest.epoch, latest.seq) {
+            // Compared as the wire carries them (scrape times in microseconds).
+            let wire = |s: &switchyard::model::Snapshot| switchyard::wire::snapshot_to_proto(s).endpoints;
+            assert_eq!(wire(&held), wire(&latest), "base + deltas = the leader's snapshot");
+            break;
+        }
+        assert!((held.epoch, held.seq) < (latest.epoch, latest.seq));
+        let update = stream.message().await.expect("stream").expect("open");
+        held = switchyard::wire::apply_update(&held, update).expect("applies");
+    }
+    agg.shutdown(Duration::from_secs(1)).await;
+}
