@@ -99,7 +99,17 @@ impl StandaloneHandle {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(?grace, "shutdown grace period over; dropping remaining streams");
         }
+        stop_actors(&self._actors.0, Some(&self._actors.1));
     }
+}
+
+/// Stops the scrapers and the aggregator: their timers would keep them running (scraping,
+/// publishing) after every handle to them is gone.
+pub(crate) fn stop_actors(aggregator: &Addr<Aggregator>, supervisor: Option<&Addr<ScrapeSupervisor>>) {
+    if let Some(s) = supervisor {
+        s.do_send(crate::protocol::AssignEndpoints(Vec::new()));
+    }
+    aggregator.do_send(crate::aggregator::Stop);
 }
 
 async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {

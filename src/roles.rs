@@ -94,6 +94,7 @@ impl AggregatorHandle {
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(grace, futures::future::join_all(self.tasks)).await;
+        crate::app::stop_actors(&self._actors.0, self._actors.1.as_ref());
     }
 }
 
@@ -120,6 +121,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
 
     let (aggregator, outputs) = Aggregator::follower(Duration::from_millis(5));
+    crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
     let aggregator = aggregator.start();
     let sink = ScrapeSink { scraped: aggregator.clone().recipient(), failed: aggregator.clone().recipient() };
     let settings = ScrapeSettings {
@@ -307,7 +309,7 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
         picker.clone(),
         opts.leader.clone(),
         opts.picker_id.clone(),
-        Duration::from_millis(50),
+        crate::picker::report::ReportTiming::default(),
         servers.stop.subscribe(),
     ));
     tracing::info!(ext_proc = %servers.ext_proc_addr, "picker serving");

@@ -84,6 +84,7 @@ fn endpoint_state_to_proto(e: &EndpointState) -> pb::EndpointState {
         scraped_at_unix_micros: scraped_at,
         inflight_requests: e.shared_load.requests,
         inflight_tokens: e.shared_load.tokens,
+        sent_since_scrape: e.shared_sent_since_scrape,
     }
 }
 
@@ -101,6 +102,7 @@ fn endpoint_state_from_proto(e: pb::EndpointState) -> Result<EndpointState, Wire
         endpoint,
         metrics,
         shared_load: Load { requests: e.inflight_requests, tokens: e.inflight_tokens },
+        shared_sent_since_scrape: e.sent_since_scrape,
     })
 }
 
@@ -116,7 +118,10 @@ fn same_on_the_wire(a: &EndpointState, b: &EndpointState) -> bool {
         (MetricsState::Known { sample: x, .. }, MetricsState::Known { sample: y, .. }) => Arc::ptr_eq(x, y) || x == y,
         _ => false,
     };
-    metrics && a.shared_load == b.shared_load && a.endpoint == b.endpoint
+    metrics
+        && a.shared_load == b.shared_load
+        && a.shared_sent_since_scrape == b.shared_sent_since_scrape
+        && a.endpoint == b.endpoint
 }
 
 /// A full snapshot update.
@@ -295,11 +300,19 @@ pub fn event_from_report(
 pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport {
     crate::aggregator::PickerReport {
         picker: r.picker_id,
-        loads: r
-            .loads
-            .into_iter()
-            .map(|l| (EndpointId::new(&l.endpoint_id), Load { requests: l.requests, tokens: l.tokens }))
-            .collect(),
+        loads: {
+            let mut loads = crate::aggregator::PickerLoads::default();
+            for l in r.loads {
+                let id = EndpointId::new(&l.endpoint_id);
+                if l.requests != 0 || l.tokens != 0 {
+                    loads.inflight.insert(id.clone(), Load { requests: l.requests, tokens: l.tokens });
+                }
+                if l.sent_since_scrape > 0 {
+                    loads.sent.insert(id, (from_micros(l.scraped_at_unix_micros), l.sent_since_scrape));
+                }
+            }
+            loads
+        },
         routed: r
             .routed
             .into_iter()
@@ -344,11 +357,13 @@ mod tests {
                     endpoint: ep("a"),
                     metrics: MetricsState::Unknown,
                     shared_load: Load { requests: 2, tokens: 30 },
+                    shared_sent_since_scrape: 4,
                 },
                 EndpointState {
                     endpoint: ep("b"),
                     metrics: MetricsState::Known { sample: Arc::new(known), last_error: None },
                     shared_load: Load::default(),
+                    shared_sent_since_scrape: 0,
                 },
             ],
             published_at: now,
@@ -366,6 +381,7 @@ mod tests {
                 endpoint: ep("c"),
                 metrics: MetricsState::Known { sample: Arc::new(no_lora), last_error: None },
                 shared_load: Load::default(),
+                shared_sent_since_scrape: 0,
             }],
             ..snap.clone()
         };
@@ -393,6 +409,7 @@ mod tests {
                 },
             },
             shared_load: Load { requests, tokens: 0 },
+            shared_sent_since_scrape: requests as u64 * 2,
         }
     }
 
@@ -443,6 +460,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn picker_reports_keep_sends_against_their_scrape() {
+        let r = report_from_proto(pb::PickerReport {
+            version: PROTOCOL_VERSION,
+            picker_id: "p".into(),
+            loads: vec![
+                pb::LoadDelta {
+                    endpoint_id: "a".into(),
+                    requests: 1,
+                    tokens: 10,
+                    sent_since_scrape: 3,
+                    scraped_at_unix_micros: 1_500,
+                },
+                pb::LoadDelta {
+                    endpoint_id: "b".into(),
+                    requests: 0,
+                    tokens: 0,
+                    sent_since_scrape: 2,
+                    ..Default::default()
+                },
+            ],
+            routed: vec![],
+        });
+        let (a, b) = (EndpointId::new("a"), EndpointId::new("b"));
+        assert_eq!(r.loads.inflight.get(&a), Some(&Load { requests: 1, tokens: 10 }));
+        assert!(!r.loads.inflight.contains_key(&b), "nothing in flight to b");
+        assert_eq!(r.loads.sent.get(&a), Some(&(UNIX_EPOCH + Duration::from_micros(1_500), 3)));
+        assert_eq!(r.loads.sent.get(&b), Some(&(UNIX_EPOCH, 2)));
     }
 
     proptest::proptest! {

@@ -45,6 +45,20 @@ impl AggregatorMetrics {
         }
     }
 
+    /// Registers the routed-block log's drop counters.
+    pub fn register_routed(registry: &mut Registry, log: &super::RoutedLog) {
+        registry.register(
+            "switchyard_aggregator_prefix_hashes_dropped",
+            "Routed prefix-block hashes dropped because too many waited for the next snapshot",
+            log.hashes_dropped.clone(),
+        );
+        registry.register(
+            "switchyard_aggregator_snapshot_delta_gaps",
+            "Deltas sent to a picker without the prefix blocks of snapshots it skipped (no longer remembered)",
+            log.gaps.clone(),
+        );
+    }
+
     pub fn set_snapshot(&self, s: &Snapshot) {
         self.epoch.set(s.epoch as i64);
         self.seq.set(s.seq as i64);

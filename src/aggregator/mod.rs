@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-pub use state::{AggregatorState, PickerReport};
+pub use state::{AggregatorState, PickerLoads, PickerReport};
 
 use crate::model::{Endpoint, RoutedBlocks, Snapshot};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
@@ -62,6 +62,10 @@ pub struct AggregatorOutputs {
 #[derive(Debug, Default)]
 pub struct RoutedLog {
     entries: std::sync::Mutex<std::collections::VecDeque<RoutedEntry>>,
+    /// Routed hashes dropped because too many waited for the next snapshot.
+    pub hashes_dropped: prometheus_client::metrics::counter::Counter,
+    /// Deltas sent without the blocks of skipped snapshots (no longer remembered).
+    pub gaps: prometheus_client::metrics::counter::Counter,
 }
 
 /// `(epoch, seq)` of a snapshot and the blocks it carried.
@@ -124,6 +128,7 @@ impl Aggregator {
             return;
         }
         if let Some(snapshot) = self.state.build(std::time::SystemTime::now()) {
+            self.routed.hashes_dropped.inc_by(std::mem::take(&mut self.state.dropped_hashes));
             self.routed.push(&snapshot);
             self.tx.send_replace(Arc::new(snapshot));
         }
@@ -137,6 +142,20 @@ impl Handler<LeadershipAcquired> for Aggregator {
         self.state.on_new_term(msg.epoch);
         self.leading.send_replace(true);
         self.publish();
+    }
+}
+
+/// Stops the actor (its publish timer would keep it alive after its addresses are dropped).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.leading.send_replace(false);
+        ctx.stop();
     }
 }
 

@@ -175,6 +175,7 @@ impl ControlPlane for ControlPlaneService {
                     Some(base) if base.epoch == snap.epoch => {
                         let blocks = routed.between(snap.epoch, base.seq, snap.seq).unwrap_or_else(|| {
                             tracing::debug!(%picker, "prefix blocks of skipped snapshots are no longer remembered");
+                            routed.gaps.inc();
                             snap.routed_blocks.clone()
                         });
                         Some(wire::snapshot_delta_to_proto(base, &snap, &blocks))

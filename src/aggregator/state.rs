@@ -14,14 +14,19 @@ pub struct AggregatorState {
     seq: u64,
     endpoints: BTreeMap<EndpointId, Endpoint>,
     metrics: HashMap<EndpointId, MetricsState>,
-    /// Latest in-flight load reported by each picker, and when.
-    picker_loads: HashMap<String, (SystemTime, HashMap<EndpointId, Load>)>,
+    /// Latest report of each picker's load, and when it came.
+    picker_loads: HashMap<String, (SystemTime, PickerLoads)>,
     /// Prefix blocks routed since the last snapshot (bounded).
     pending_blocks: Vec<RoutedBlocks>,
     pending_hashes: usize,
     /// Hashes dropped because `MAX_PENDING_HASHES` was reached.
     pub dropped_hashes: u64,
     dirty: bool,
+}
+
+/// Scrape times travel in microseconds.
+fn micros(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros())
 }
 
 /// Picker loads older than this are forgotten (the picker is gone).
@@ -33,9 +38,23 @@ const MAX_PENDING_HASHES: usize = 200_000;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PickerReport {
     pub picker: String,
-    /// Requests and tokens this picker has in flight, per endpoint (absolute, not deltas).
-    pub loads: HashMap<EndpointId, Load>,
+    pub loads: PickerLoads,
     pub routed: Vec<RoutedBlocks>,
+}
+
+/// A picker's load per endpoint (absolute values, not deltas).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PickerLoads {
+    /// Requests and tokens in flight.
+    pub inflight: HashMap<EndpointId, Load>,
+    /// Requests sent since the scrape taken at the given time (what the picker's metrics show).
+    pub sent: HashMap<EndpointId, (SystemTime, u64)>,
+}
+
+impl PickerLoads {
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.sent.is_empty()
+    }
 }
 
 impl AggregatorState {
@@ -123,18 +142,22 @@ impl AggregatorState {
             .endpoints
             .values()
             .map(|e| {
-                let mut shared = Load::default();
+                let metrics = self.metrics.get(&e.id).cloned().unwrap_or_default();
+                let scraped_at = metrics.sample().map(|s| micros(s.scraped_at));
+                let (mut shared, mut sent) = (Load::default(), 0);
                 for (_, loads) in self.picker_loads.values() {
-                    if let Some(l) = loads.get(&e.id) {
+                    if let Some(l) = loads.inflight.get(&e.id) {
                         shared.requests += l.requests;
                         shared.tokens += l.tokens;
                     }
+                    // Counts against an older scrape are already in the metrics.
+                    if let Some((at, n)) = loads.sent.get(&e.id)
+                        && Some(micros(*at)) == scraped_at
+                    {
+                        sent += n;
+                    }
                 }
-                EndpointState {
-                    endpoint: e.clone(),
-                    metrics: self.metrics.get(&e.id).cloned().unwrap_or_default(),
-                    shared_load: shared,
-                }
+                EndpointState { endpoint: e.clone(), metrics, shared_load: shared, shared_sent_since_scrape: sent }
             })
             .collect();
         self.pending_hashes = 0;
@@ -220,7 +243,10 @@ mod tests {
         let mut s = AggregatorState::new(1);
         s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        let load = |r: i64| [(EndpointId::new("a"), Load { requests: r, tokens: 10 * r })].into_iter().collect();
+        let load = |r: i64| PickerLoads {
+            inflight: [(EndpointId::new("a"), Load { requests: r, tokens: 10 * r })].into_iter().collect(),
+            sent: HashMap::new(),
+        };
         let blocks = vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![1, 2] }];
         s.on_picker_report(PickerReport { picker: "p1".into(), loads: load(2), routed: blocks.clone() }, t0);
         s.on_picker_report(PickerReport { picker: "p2".into(), loads: load(3), routed: vec![] }, t0);
@@ -234,6 +260,37 @@ mod tests {
         s.on_scraped(scraped("a", 2));
         let later = s.build(t0 + Duration::from_secs(5)).expect("snapshot");
         assert_eq!(later.endpoints[0].shared_load, Load::default());
+    }
+
+    #[test]
+    fn sends_since_a_scrape_count_only_against_that_scrape() {
+        let mut s = AggregatorState::new(1);
+        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let scrape = |ms: u64| MetricsScraped {
+            endpoint: EndpointId::new("a"),
+            sample: Arc::new(MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(ms), errors: vec![] }),
+            latency: Duration::ZERO,
+        };
+        let report = |picker: &str, scrape_ms: u64, n: u64| PickerReport {
+            picker: picker.into(),
+            loads: PickerLoads {
+                inflight: HashMap::new(),
+                sent: [(EndpointId::new("a"), (at(scrape_ms), n))].into_iter().collect(),
+            },
+            routed: vec![],
+        };
+        s.on_scraped(scrape(100));
+        s.on_picker_report(report("p1", 100, 2), at(120));
+        s.on_picker_report(report("p2", 100, 3), at(120));
+        s.on_picker_report(report("p3", 50, 7), at(120));
+        let snap = s.build(at(120)).expect("snapshot");
+        assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 5, "p3's sends are in the 100 ms scrape already");
+        // A new scrape absorbs them all, until the pickers report against it.
+        s.on_scraped(scrape(150));
+        assert_eq!(s.build(at(150)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 0);
+        s.on_picker_report(report("p1", 150, 1), at(160));
+        assert_eq!(s.build(at(160)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 1);
     }
 
     #[test]

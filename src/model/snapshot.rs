@@ -18,6 +18,9 @@ pub struct EndpointState {
     pub metrics: MetricsState,
     /// In-flight load reported by other pickers (distributed mode); zero in standalone.
     pub shared_load: Load,
+    /// Requests the pickers reported sending since the scrape of `metrics` (distributed mode;
+    /// zero in standalone): the queue the metrics cannot show yet.
+    pub shared_sent_since_scrape: u64,
 }
 
 /// Stamped `(epoch, seq)`: `epoch` is the leader term, `seq` grows within an epoch. A receiver

@@ -73,11 +73,21 @@ enum Phase {
 struct Inflight {
     counters: Arc<EndpointCounters>,
     tokens: i64,
+    picker: Arc<Picker>,
+}
+
+impl Inflight {
+    fn start(picker: &Arc<Picker>, counters: Arc<EndpointCounters>, tokens: i64) -> Self {
+        counters.start(tokens);
+        picker.note_load_changed();
+        Inflight { counters, tokens, picker: picker.clone() }
+    }
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.counters.finish(self.tokens);
+        self.picker.note_load_changed();
     }
 }
 
@@ -230,9 +240,7 @@ impl StreamState {
             return vec![Ok(self.error(PickError::Internal("no pods available in datastore".into())))];
         };
         self.destination = view.snapshot.endpoints[i].endpoint.address.clone();
-        let counters = view.counters[i].clone();
-        counters.start(0);
-        self.inflight = Some(Inflight { counters, tokens: 0 });
+        self.inflight = Some(Inflight::start(&self.picker, view.counters[i].clone(), 0));
         let set = vec![proto::header(DESTINATION, self.destination.as_bytes())];
         let md = proto::destination_metadata(&self.destination);
         vec![Ok(proto::request_headers_response(set, remove_list(), Some(md)))]
@@ -309,9 +317,7 @@ impl StreamState {
         let addresses: Vec<&str> =
             decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();
         self.destination = addresses.join(",");
-        let counters = view.counters[primary].clone();
-        counters.start(estimated_tokens);
-        self.inflight = Some(Inflight { counters, tokens: estimated_tokens });
+        self.inflight = Some(Inflight::start(&self.picker, view.counters[primary].clone(), estimated_tokens));
         // The client's bytes go upstream unchanged unless the model is rewritten (no copy).
         let rewritten = (self.target_model != self.incoming_model).then(|| parsed.with_model(&self.target_model));
         drop(parsed);

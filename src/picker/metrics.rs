@@ -34,6 +34,8 @@ pub struct PickerMetrics {
     snapshot_endpoints: Gauge,
     snapshot_published: Gauge<f64, AtomicU64>,
     prefix_entries: Gauge,
+    /// Routed-block entries not reported because too many waited for the next report.
+    routed_dropped: Counter,
 }
 
 impl PickerMetrics {
@@ -50,6 +52,7 @@ impl PickerMetrics {
             snapshot_endpoints: Gauge::default(),
             snapshot_published: Gauge::default(),
             prefix_entries: Gauge::default(),
+            routed_dropped: Counter::default(),
         };
         registry.register(
             "inference_extension_scheduler_e2e_duration_seconds",
@@ -98,7 +101,16 @@ impl PickerMetrics {
             "Entries in the prefix index",
             m.prefix_entries.clone(),
         );
+        registry.register(
+            "switchyard_picker_routed_blocks_dropped",
+            "Routed prefix-block entries not reported to the leader (too many waiting)",
+            m.routed_dropped.clone(),
+        );
         m
+    }
+
+    pub(super) fn record_routed_dropped(&self) {
+        self.routed_dropped.inc();
     }
 
     /// Metrics that go nowhere (tools and tests).

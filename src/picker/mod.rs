@@ -100,6 +100,8 @@ pub struct Picker {
     routed: Mutex<Vec<crate::model::RoutedBlocks>>,
     /// Set while a reporter drains `routed` (distributed mode only).
     reporting: std::sync::atomic::AtomicBool,
+    /// Wakes the reporter: this picker's load or routing changed.
+    pub(crate) report_due: tokio::sync::Notify,
 }
 
 /// At most this many routed-block entries wait for the next report.
@@ -116,6 +118,7 @@ impl Picker {
             streams: AtomicU64::new(0),
             routed: Mutex::new(Vec::new()),
             reporting: std::sync::atomic::AtomicBool::new(false),
+            report_due: tokio::sync::Notify::new(),
         }
     }
 
@@ -129,6 +132,13 @@ impl Picker {
         format!("{:016x}{:016x}", self.settings.seed, n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
+    /// This picker's in-flight load changed: the other pickers should hear of it soon.
+    pub(crate) fn note_load_changed(&self) {
+        if self.reporting.load(Ordering::Relaxed) {
+            self.report_due.notify_one();
+        }
+    }
+
     /// Records blocks routed by this picker, for the next report to the leader.
     pub(crate) fn note_routed(&self, endpoint: &crate::model::EndpointId, hashes: &[u64]) {
         if hashes.is_empty() || !self.reporting.load(Ordering::Relaxed) {
@@ -137,6 +147,8 @@ impl Picker {
         let mut routed = self.routed.lock().unwrap_or_else(|p| p.into_inner());
         if routed.len() < MAX_PENDING_ROUTED {
             routed.push(crate::model::RoutedBlocks { endpoint: endpoint.clone(), hashes: hashes.to_vec() });
+        } else {
+            self.metrics.record_routed_dropped();
         }
     }
 

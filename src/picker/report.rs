@@ -18,13 +18,22 @@ use crate::wire;
 pub fn build_report(picker: &Picker, picker_id: &str) -> pb::PickerReport {
     let view = picker.view.load_full();
     let mut loads = Vec::new();
-    for (state, c) in view.snapshot.endpoints.iter().zip(&view.counters) {
+    for (i, (state, c)) in view.snapshot.endpoints.iter().zip(&view.counters).enumerate() {
         let (requests, tokens) =
             (c.inflight_requests.load(Ordering::Relaxed), c.inflight_tokens.load(Ordering::Relaxed));
+        let (sent, scrape) = view.sent_since_scrape(i);
         c.reported_requests.store(requests, Ordering::Relaxed);
         c.reported_tokens.store(tokens, Ordering::Relaxed);
-        if requests != 0 || tokens != 0 {
-            loads.push(pb::LoadDelta { endpoint_id: state.endpoint.id.to_string(), requests, tokens });
+        c.reported_sent.store(sent, Ordering::Relaxed);
+        c.reported_sent_scrape.store(scrape, Ordering::Relaxed);
+        if requests != 0 || tokens != 0 || sent > 0 {
+            loads.push(pb::LoadDelta {
+                endpoint_id: state.endpoint.id.to_string(),
+                requests,
+                tokens,
+                sent_since_scrape: sent,
+                scraped_at_unix_micros: scrape,
+            });
         }
     }
     let routed = picker
@@ -39,12 +48,26 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
-/// Sends a report every `interval` to the current leader until `stop`.
+/// When reports go out: soon after this picker's load or routing changes, batched over
+/// `min_interval`, and at least every `heartbeat` (the leader forgets a silent picker's load).
+#[derive(Debug, Clone, Copy)]
+pub struct ReportTiming {
+    pub min_interval: Duration,
+    pub heartbeat: Duration,
+}
+
+impl Default for ReportTiming {
+    fn default() -> Self {
+        ReportTiming { min_interval: Duration::from_millis(10), heartbeat: Duration::from_millis(250) }
+    }
+}
+
+/// Sends reports to the current leader until `stop`.
 pub async fn run(
     picker: Arc<Picker>,
     source: LeaderSource,
     picker_id: String,
-    interval: Duration,
+    timing: ReportTiming,
     stop: watch::Receiver<bool>,
 ) {
     picker.enable_reporting();
@@ -60,12 +83,18 @@ pub async fn run(
             tokio::pin!(superseded);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = picker.report_due.notified() => {}
+                    _ = tokio::time::sleep(timing.heartbeat) => {}
                     _ = &mut superseded => break,
                     _ = stopped(stop.clone()) => return,
                 }
                 if call.is_finished() || tx.send(build_report(&picker, &picker_id)).await.is_err() {
                     break;
+                }
+                // Changes during this pause go out together in the next report.
+                tokio::select! {
+                    _ = tokio::time::sleep(timing.min_interval) => {}
+                    _ = stopped(stop.clone()) => return,
                 }
             }
             drop(tx);

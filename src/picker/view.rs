@@ -22,6 +22,9 @@ pub struct EndpointCounters {
     /// What this picker last reported to the leader (already inside the snapshot's shared load).
     pub reported_requests: AtomicI64,
     pub reported_tokens: AtomicI64,
+    /// Sends since the scrape taken at `reported_sent_scrape` (µs), as last reported.
+    pub reported_sent: AtomicU64,
+    pub reported_sent_scrape: AtomicI64,
 }
 
 impl EndpointCounters {
@@ -44,20 +47,49 @@ pub struct PickerView {
     pub counters: Vec<Arc<EndpointCounters>>,
     /// `picks` of each endpoint when its current metrics arrived.
     baseline: Vec<u64>,
+    /// When those metrics were scraped, in µs since the epoch (0: never).
+    scraped_micros: Vec<i64>,
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 impl PickerView {
     pub fn empty() -> Self {
-        PickerView { snapshot: Snapshot::empty(), counters: Vec::new(), baseline: Vec::new() }
+        PickerView {
+            snapshot: Snapshot::empty(),
+            counters: Vec::new(),
+            baseline: Vec::new(),
+            scraped_micros: Vec::new(),
+        }
     }
 
-    /// The scheduler's input: sends since the endpoint's last scrape and in-flight load.
+    /// Requests this picker sent to endpoint `i` since its metrics were scraped, and when that
+    /// scrape was taken (µs).
+    pub fn sent_since_scrape(&self, i: usize) -> (u64, i64) {
+        (self.counters[i].picks.load(Ordering::Relaxed).saturating_sub(self.baseline[i]), self.scraped_micros[i])
+    }
+
+    /// The scheduler's input: sends since the endpoint's last scrape (this picker's, plus what the
+    /// other pickers reported) and in-flight load.
     pub fn local_loads(&self) -> Vec<LocalLoad> {
         self.counters
             .iter()
-            .zip(&self.baseline)
-            .map(|(c, base)| LocalLoad {
-                sent_since_scrape: c.picks.load(Ordering::Relaxed).saturating_sub(*base),
+            .zip(&self.snapshot.endpoints)
+            .enumerate()
+            .map(|(i, (c, state))| LocalLoad {
+                sent_since_scrape: {
+                    let (mine, scrape) = self.sent_since_scrape(i);
+                    // The shared count holds this picker's own report when it refers to the
+                    // same scrape.
+                    let own = if c.reported_sent_scrape.load(Ordering::Relaxed) == scrape {
+                        c.reported_sent.load(Ordering::Relaxed)
+                    } else {
+                        0
+                    };
+                    mine + state.shared_sent_since_scrape.saturating_sub(own)
+                },
                 // The snapshot's shared load already holds what this picker reported; count
                 // only the change since (the scorer adds the shared load and clamps at zero).
                 inflight: Load {
@@ -87,6 +119,7 @@ impl ViewBuilder {
         }
         let mut counters = Vec::with_capacity(snapshot.endpoints.len());
         let mut baseline = Vec::with_capacity(snapshot.endpoints.len());
+        let mut scraped_micros = Vec::with_capacity(snapshot.endpoints.len());
         for e in &snapshot.endpoints {
             let scraped_at = e.metrics.sample().map(|s| s.scraped_at);
             let entry = self.counters.entry(e.endpoint.id.clone()).or_insert_with(|| (Arc::default(), None, 0));
@@ -96,11 +129,12 @@ impl ViewBuilder {
             }
             counters.push(entry.0.clone());
             baseline.push(entry.2);
+            scraped_micros.push(scraped_at.map_or(0, micros));
         }
         // Forget endpoints that left the pool once nothing is in flight to them.
         self.counters
             .retain(|id, (c, _, _)| snapshot.index_of(id).is_some() || c.inflight_requests.load(Ordering::Relaxed) > 0);
-        Some(PickerView { snapshot, counters, baseline })
+        Some(PickerView { snapshot, counters, baseline, scraped_micros })
     }
 }
 
@@ -121,5 +155,60 @@ pub async fn follow(
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{Endpoint, EndpointState, MetricsSample, MetricsState};
+
+    fn snapshot(seq: u64, scraped_ms: u64, shared_sent: u64) -> Arc<Snapshot> {
+        let sample = MetricsSample {
+            metrics: Default::default(),
+            scraped_at: SystemTime::UNIX_EPOCH + Duration::from_millis(scraped_ms),
+            errors: vec![],
+        };
+        Arc::new(Snapshot {
+            epoch: 1,
+            seq,
+            endpoints: vec![EndpointState {
+                endpoint: Endpoint {
+                    id: EndpointId::new("a"),
+                    address: "10.0.0.1:8000".into(),
+                    metrics_url: String::new(),
+                    engine: "vllm".into(),
+                    labels: Default::default(),
+                },
+                metrics: MetricsState::Known { sample: Arc::new(sample), last_error: None },
+                shared_load: Load::default(),
+                shared_sent_since_scrape: shared_sent,
+            }],
+            published_at: SystemTime::UNIX_EPOCH,
+            routed_blocks: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn sends_since_the_scrape_add_the_other_pickers_without_counting_this_one_twice() {
+        let mut builder = ViewBuilder::default();
+        let view = builder.next(&PickerView::empty(), snapshot(1, 100, 0)).expect("view");
+        view.counters[0].start(0);
+        view.counters[0].start(0);
+        assert_eq!(view.local_loads()[0].sent_since_scrape, 2);
+        assert_eq!(view.sent_since_scrape(0), (2, 100_000));
+        // The leader now says 5 were sent since that scrape, this picker's report not among them.
+        let view = builder.next(&view, snapshot(2, 100, 5)).expect("view");
+        assert_eq!(view.local_loads()[0].sent_since_scrape, 7);
+        // This picker reported its 2 against that scrape: they are part of the 5.
+        view.counters[0].reported_sent.store(2, Ordering::Relaxed);
+        view.counters[0].reported_sent_scrape.store(100_000, Ordering::Relaxed);
+        assert_eq!(view.local_loads()[0].sent_since_scrape, 5);
+        // A new scrape: the count starts again.
+        let view = builder.next(&view, snapshot(3, 150, 0)).expect("view");
+        assert_eq!(view.local_loads()[0].sent_since_scrape, 0);
+        assert_eq!(view.sent_since_scrape(0), (0, 150_000));
     }
 }

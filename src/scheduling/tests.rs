@@ -43,6 +43,7 @@ fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState
             },
         },
         shared_load: Default::default(),
+        shared_sent_since_scrape: 0,
     }
 }
 

@@ -183,6 +183,22 @@ pub(crate) async fn run_workload(label: &str, gateway_url: &str, fleet: &[SimHan
     RunResult { outcomes, mean_queue, seconds: started.elapsed().as_secs_f64() }
 }
 
+impl RunResult {
+    /// Several runs as one (their requests pooled; queue means averaged).
+    pub(crate) fn pooled(runs: Vec<RunResult>) -> RunResult {
+        let n = runs.len().max(1) as f64;
+        let mut out = RunResult { outcomes: Vec::new(), mean_queue: BTreeMap::new(), seconds: 0.0 };
+        for r in runs {
+            out.outcomes.extend(r.outcomes);
+            out.seconds += r.seconds;
+            for (k, q) in r.mean_queue {
+                *out.mean_queue.entry(k).or_default() += q / n;
+            }
+        }
+        out
+    }
+}
+
 pub(crate) struct Row {
     pub(crate) requests: usize,
     pub(crate) hit: f64,

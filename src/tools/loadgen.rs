@@ -81,6 +81,7 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
                 last_error: None,
             },
             shared_load: Default::default(),
+            shared_sent_since_scrape: 0,
         })
         .collect();
     Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }

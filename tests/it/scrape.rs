@@ -193,3 +193,55 @@ async fn reassignment_starts_and_stops_actors() {
     assert_eq!(state.scraping.get("b").map(String::as_str), Some("sglang"));
     assert_eq!((state.started, state.stopped), (3, 2));
 }
+
+/// Regression: shutting down an aggregator (or standalone) handle left its scrape actors and the
+/// aggregator's publish timer running in the process, scraping every endpoint forever.
+#[actix_rt::test]
+async fn shut_down_roles_stop_scraping() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // A /metrics server that counts the connections it gets and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(sock);
+        }
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("endpoints.yaml");
+    let yaml = format!("endpoints:\n- name: counted\n  address: 127.0.0.1\n  port: {}\n", addr.port());
+    std::fs::write(&file, yaml).expect("write");
+
+    let agg = switchyard::roles::start_aggregator(switchyard::roles::AggregatorOptions::local(file.clone()))
+        .await
+        .expect("aggregator");
+    let scraped = |n: usize| {
+        let hits = hits.clone();
+        async move { (hits.load(Ordering::Relaxed) >= n).then_some(()) }
+    };
+    wait_for("scrapes", Duration::from_secs(5), || scraped(3)).await;
+    agg.shutdown(Duration::from_secs(1)).await;
+
+    let opts = switchyard::app::StandaloneOptions {
+        host: [127, 0, 0, 1].into(),
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        endpoints_file: file,
+        tls: switchyard::app::Tls::Plaintext,
+        ..Default::default()
+    };
+    let standalone = switchyard::app::start_standalone(opts).await.expect("standalone");
+    let before = hits.load(Ordering::Relaxed);
+    wait_for("scrapes", Duration::from_secs(5), || scraped(before + 3)).await;
+    standalone.shutdown(Duration::from_secs(1)).await;
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_shutdown = hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hits.load(Ordering::Relaxed), after_shutdown, "10 scrape intervals later, nothing scraped it");
+}
