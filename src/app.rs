@@ -146,7 +146,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     supervisor.do_send(AssignEndpoints(endpoints));
 
     // Picker: follow snapshots into the view.
-    follow_snapshots(snapshots.clone(), picker.clone(), readiness.clone());
+    follow_snapshots(snapshots.clone(), picker.clone(), readiness.clone(), true);
 
     let served = serve_picker(
         picker.clone(),
@@ -196,10 +196,17 @@ pub struct PickerServers {
 }
 
 /// Installs snapshots from `snapshots` into the picker's view and keeps readiness in step.
-pub fn follow_snapshots(snapshots: watch::Receiver<Arc<Snapshot>>, picker: Arc<Picker>, readiness: Arc<Readiness>) {
+/// `learn`: the view follower feeds the prefix index (in-process snapshots); false when the
+/// leader's stream does it for every update.
+pub fn follow_snapshots(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    picker: Arc<Picker>,
+    readiness: Arc<Readiness>,
+    learn: bool,
+) {
     let target = picker.view.clone();
     tokio::spawn(view::follow(snapshots, target, move |v| {
-        picker.on_view(v);
+        picker.on_view(v, learn);
         readiness.set_ready(v.is_ready());
     }));
 }

@@ -302,9 +302,16 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), PickerMetrics::new(&mut metrics_registry)));
     let readiness = Arc::new(Readiness::default());
     let (tx, rx) = watch::channel(Snapshot::empty());
-    app::follow_snapshots(rx, picker.clone(), readiness.clone());
+    app::follow_snapshots(rx, picker.clone(), readiness.clone(), false);
     let servers = app::serve_picker(picker.clone(), readiness.clone(), metrics_registry, &opts.serve).await?;
-    tokio::spawn(subscribe::follow_leader(opts.leader.clone(), opts.picker_id.clone(), tx, servers.stop.subscribe()));
+    let learner = picker.clone();
+    tokio::spawn(subscribe::follow_leader(
+        opts.leader.clone(),
+        opts.picker_id.clone(),
+        tx,
+        move |s: &Snapshot| learner.learn(s),
+        servers.stop.subscribe(),
+    ));
     tokio::spawn(crate::picker::report::run(
         picker.clone(),
         opts.leader.clone(),

@@ -162,17 +162,27 @@ impl Picker {
         std::mem::take(&mut *self.routed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Called when a new view is installed: learn the blocks other pickers routed, prune the prefix
-    /// index and update gauges.
-    pub fn on_view(&self, view: &PickerView) {
+    /// Learns from a snapshot update: the blocks other pickers routed go into the prefix index,
+    /// and endpoints that left are pruned from it. Must see every update, in order (the leader's
+    /// stream calls it for each one; views may skip updates).
+    pub fn learn(&self, snapshot: &crate::model::Snapshot) {
         let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
-        for b in &view.snapshot.routed_blocks {
-            if let Some(i) = view.snapshot.index_of(&b.endpoint) {
-                let capacity = self.scheduler.prefix_capacity(&view.snapshot, i);
-                prefix.insert(&view.snapshot.endpoints[i].endpoint.id, &b.hashes, capacity);
+        for b in &snapshot.routed_blocks {
+            if let Some(i) = snapshot.index_of(&b.endpoint) {
+                let capacity = self.scheduler.prefix_capacity(snapshot, i);
+                prefix.insert(&snapshot.endpoints[i].endpoint.id, &b.hashes, capacity);
             }
         }
-        prefix.retain(|id| view.snapshot.index_of(id).is_some());
-        self.metrics.record_snapshot(view, prefix.len());
+        prefix.retain(|id| snapshot.index_of(id).is_some());
+    }
+
+    /// Called when a new view is installed: update gauges, and [`learn`](Self::learn) from its
+    /// snapshot when `learn` (in-process snapshots, where nothing else does).
+    pub fn on_view(&self, view: &PickerView, learn: bool) {
+        if learn {
+            self.learn(&view.snapshot);
+        }
+        let entries = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.metrics.record_snapshot(view, entries);
     }
 }

@@ -11,7 +11,11 @@
 //!   than scoring garbage or failing;
 //! - requests this picker sent since the endpoint's last scrape count as queued, and totals within
 //!   `tie_epsilon` of the best are treated as ties broken at random, so pickers sharing one
-//!   snapshot do not all pile onto the same "best" endpoint.
+//!   snapshot do not all pile onto the same "best" endpoint;
+//! - except for a prompt no endpoint is known to cache (with a prefix scorer configured): its ties
+//!   go to the endpoint that ranks first for the prompt's first block (rendezvous hashing). Every
+//!   picker then sends the same new prompt to the same endpoint before any of them has heard of
+//!   the others' routing, and different prompts still spread.
 
 pub mod config;
 pub mod prefix;
@@ -160,7 +164,13 @@ impl Scheduler {
             total_weight += weight;
             score::add_scores(*scorer, *weight, snapshot, &mut cands, req, prefix_hashes.len());
         }
-        let endpoints = self.pick(&mut cands, total_weight, rng);
+        // A prompt nobody is known to cache: ties follow its first block (see the module doc).
+        let affinity = (matches.is_empty()
+            && self.config.profile.scorers.iter().any(|(s, _)| *s == ScorerKind::PrefixCache))
+        .then(|| prefix_hashes.first().copied())
+        .flatten()
+        .map(|h| (h, snapshot));
+        let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
         Ok(Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic })
     }
 
@@ -188,7 +198,13 @@ impl Scheduler {
         }
     }
 
-    fn pick(&self, cands: &mut [Candidate], total_weight: f64, rng: &mut SmallRng) -> Vec<usize> {
+    fn pick(
+        &self,
+        cands: &mut [Candidate],
+        total_weight: f64,
+        affinity: Option<(u64, &Snapshot)>,
+        rng: &mut SmallRng,
+    ) -> Vec<usize> {
         match self.config.profile.picker {
             PickerKind::Random { n } => {
                 cands.shuffle(rng);
@@ -199,9 +215,21 @@ impl Scheduler {
                 // the primary. O(n): no sort unless fallbacks are wanted.
                 let eps = self.config.tie_epsilon * total_weight.max(1.0);
                 let best = cands.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
-                let tied = cands.iter().filter(|c| c.score >= best - eps).count();
-                let k = rng.random_range(0..tied);
-                let pos = cands.iter().enumerate().filter(|(_, c)| c.score >= best - eps).nth(k).map_or(0, |(i, _)| i);
+                let tied = cands.iter().enumerate().filter(|(_, c)| c.score >= best - eps);
+                let pos = match affinity {
+                    Some((block, snapshot)) => tied
+                        .max_by_key(|(_, c)| {
+                            xxhash_rust::xxh64::xxh64(
+                                snapshot.endpoints[c.index].endpoint.id.as_str().as_bytes(),
+                                block,
+                            )
+                        })
+                        .map_or(0, |(i, _)| i),
+                    None => {
+                        let k = rng.random_range(0..tied.clone().count());
+                        tied.clone().nth(k).map_or(0, |(i, _)| i)
+                    }
+                };
                 cands.swap(0, pos);
                 if n > 1 {
                     let rest = &mut cands[1..];

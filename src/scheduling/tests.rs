@@ -155,6 +155,38 @@ fn prefix_affinity_attracts_the_request() {
     assert!(index.match_lengths(&d.prefix_hashes).is_empty());
 }
 
+/// A prompt no endpoint is known to cache: every picker (any seed) sends it to the same endpoint
+/// when the endpoints tie, and different prompts still spread over the pool.
+#[test]
+fn a_new_prompt_goes_to_the_same_endpoint_from_every_picker() {
+    let snap = snapshot((0..8).map(|i| state(&"x".repeat(i + 1), Some(metrics(1, 0.5)), Duration::ZERO)).collect());
+    let s = default_scheduler();
+    let chosen = |prompt: &str, seed| {
+        let r = RequestFeatures { target_model: "m", prefix_input: prompt.as_bytes(), ..RequestFeatures::default() };
+        run(&s, &snap, &[], &r, &PrefixIndex::new(), seed).expect("decision").endpoints[0]
+    };
+    let mut spread = std::collections::BTreeSet::new();
+    for p in 0..24 {
+        let prompt = format!("System prompt number {p}. ").repeat(30);
+        let first = chosen(&prompt, 0);
+        for seed in 1..20 {
+            assert_eq!(chosen(&prompt, seed), first, "prompt {p}, seed {seed}");
+        }
+        spread.insert(first);
+    }
+    assert!(spread.len() >= 5, "24 prompts over 8 endpoints: {spread:?}");
+    // A short prompt (no full block) and a profile without a prefix scorer keep random ties.
+    let short: std::collections::BTreeSet<_> = (0..50).map(|seed| chosen("hi", seed)).collect();
+    assert!(short.len() > 3);
+    let queue_only = scheduler_from(&format!("{HEAD}plugins:\n- type: queue-scorer\n- type: max-score-picker\n"));
+    let prompt = "System prompt number 1. ".repeat(30);
+    let r = RequestFeatures { target_model: "m", prefix_input: prompt.as_bytes(), ..RequestFeatures::default() };
+    let picks: std::collections::BTreeSet<_> = (0..50)
+        .map(|seed| run(&queue_only, &snap, &[], &r, &PrefixIndex::new(), seed).expect("d").endpoints[0])
+        .collect();
+    assert!(picks.len() > 3, "no prefix scorer: random ties");
+}
+
 #[test]
 fn sheddable_requests_are_shed_when_saturated() {
     let snap = snapshot(vec![

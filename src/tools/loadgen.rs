@@ -394,7 +394,7 @@ pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
     ));
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(synthetic_snapshot(args.endpoints)));
     let p2 = picker.clone();
-    tokio::spawn(view::follow(rx, picker.view.clone(), move |v| p2.on_view(v)));
+    tokio::spawn(view::follow(rx, picker.view.clone(), move |v| p2.on_view(v, true)));
     let (sy_addr, _sy) =
         serve(ExternalProcessorServer::new(ExtProcService { picker }).max_decoding_message_size(64 * 1024 * 1024))
             .await?;

@@ -125,3 +125,41 @@ async fn the_snapshot_stream_is_one_full_snapshot_then_deltas_that_rebuild_the_l
     }
     agg.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Every block any picker reports reaches every other picker's prefix index, however fast the
+/// reports come: updates the stream or the picker's view skip still deliver their blocks.
+#[actix_rt::test]
+async fn every_reported_block_reaches_the_other_pickers_even_when_updates_are_coalesced() {
+    use switchyard_proto::v1 as pb;
+    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+
+    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 2)], ..Default::default() })
+        .await
+        .expect("fleet");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
+    let b = start_picker(PickerOptions::local(agg.control_addr, "b", 2)).await.expect("b");
+    let ready = &b;
+    wait_for("picker ready", Duration::from_secs(10), || async move { ready.readiness.is_ready().then_some(()) }).await;
+    let ids: Vec<String> = b.picker.view.load().snapshot.endpoints.iter().map(|e| e.endpoint.id.to_string()).collect();
+
+    // 400 reports, one block each, as fast as the stream takes them.
+    const REPORTS: u64 = 400;
+    let reports = (0..REPORTS).map(move |i| pb::PickerReport {
+        version: 1,
+        picker_id: "a".into(),
+        loads: vec![],
+        routed: vec![pb::PrefixBlocks { endpoint_id: ids[(i % 2) as usize].clone(), hashes: vec![1_000 + i] }],
+    });
+    let mut client = ControlPlaneClient::connect(format!("http://{}", agg.control_addr)).await.expect("connect");
+    client.report(tokio_stream::iter(reports)).await.expect("reports accepted");
+    let bp = b.picker.clone();
+    wait_for("every block in b's prefix index", Duration::from_secs(10), || {
+        let len = bp.prefix.lock().map(|p| p.len()).unwrap_or(0);
+        async move { (len as u64 == REPORTS).then_some(()) }
+    })
+    .await;
+    b.shutdown(Duration::from_secs(1)).await;
+    agg.shutdown(Duration::from_secs(1)).await;
+}
