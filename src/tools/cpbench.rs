@@ -36,7 +36,7 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let agg = start_aggregator(AggregatorOptions::local(sim::write_endpoints_file(&fleet, &dir)?)).await?;
     println!(
-        "snapshot propagation: {} endpoints scraped every 50 ms, full snapshots, {} s per point",
+        "snapshot propagation: {} endpoints scraped every 50 ms, a full snapshot then deltas, {} s per point",
         args.endpoints, args.seconds
     );
     println!("{:>8} {:>10} {:>9} {:>9} {:>9}", "pickers", "updates", "p50 ms", "p99 ms", "max ms");
