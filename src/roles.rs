@@ -309,7 +309,10 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
         opts.leader.clone(),
         opts.picker_id.clone(),
         tx,
-        move |s: &Snapshot| learner.learn(s),
+        move |s: &Snapshot, full: bool| {
+            learner.metrics.record_update(full);
+            learner.learn(s);
+        },
         servers.stop.subscribe(),
     ));
     tokio::spawn(crate::picker::report::run(

@@ -36,6 +36,8 @@ pub struct PickerMetrics {
     prefix_entries: Gauge,
     /// Routed-block entries not reported because too many waited for the next report.
     routed_dropped: Counter,
+    /// Snapshot updates applied from the leader's stream, `kind` = `full` | `delta`.
+    updates: Family<Labels, Counter>,
 }
 
 impl PickerMetrics {
@@ -53,6 +55,7 @@ impl PickerMetrics {
             snapshot_published: Gauge::default(),
             prefix_entries: Gauge::default(),
             routed_dropped: Counter::default(),
+            updates: Family::default(),
         };
         registry.register(
             "inference_extension_scheduler_e2e_duration_seconds",
@@ -106,7 +109,17 @@ impl PickerMetrics {
             "Routed prefix-block entries not reported to the leader (too many waiting)",
             m.routed_dropped.clone(),
         );
+        registry.register(
+            "switchyard_picker_snapshot_updates",
+            "Snapshot updates applied from the leader's stream (kind: full, delta); a full one after the first means a new leader or a resync",
+            m.updates.clone(),
+        );
         m
+    }
+
+    pub fn record_update(&self, full: bool) {
+        let kind = if full { "full" } else { "delta" };
+        self.updates.get_or_create(&vec![("kind".into(), kind.into())]).inc();
     }
 
     pub(super) fn record_routed_dropped(&self) {

@@ -36,13 +36,14 @@ pub fn apply_if_newer(tx: &watch::Sender<Arc<Snapshot>>, snapshot: Snapshot) -> 
     newer
 }
 
-/// Runs until `stop`. `on_update` sees every snapshot applied, in order, before it is published
-/// on `tx` (whose readers may skip some): the prefix blocks each carries are learned there.
+/// Runs until `stop`. `on_update` sees every snapshot applied (and whether it came whole or as a
+/// delta), in order, before it is published on `tx` (whose readers may skip some): the prefix
+/// blocks each carries are learned there.
 pub async fn follow_leader(
     source: LeaderSource,
     picker_id: String,
     tx: watch::Sender<Arc<Snapshot>>,
-    on_update: impl Fn(&Snapshot) + Send + Sync,
+    on_update: impl Fn(&Snapshot, bool) + Send + Sync,
     stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -82,8 +83,9 @@ pub async fn follow_leader(
                             }
                             // A delta that does not sit on what this picker holds ends the
                             // stream; the next one starts with a full snapshot.
+                            let full = update.full;
                             let snapshot = wire::apply_update(&held, update).map_err(|e| e.to_string())?;
-                            on_update(&snapshot);
+                            on_update(&snapshot, full);
                             apply_if_newer(&tx, snapshot);
                         }
                         Ok(None) => return Err::<(), String>("stream ended".to_string()),

@@ -46,7 +46,7 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
         for i in 0..n {
             let (tx, mut rx) = watch::channel(Snapshot::empty());
             let source = LeaderSource::Addresses(vec![agg.control_addr.to_string()]);
-            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), tx, |_| {}, stop_rx.clone()));
+            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), tx, |_, _| {}, stop_rx.clone()));
             let mut stop_rx = stop_rx.clone();
             collectors.push(tokio::spawn(async move {
                 let mut delays = Vec::new();

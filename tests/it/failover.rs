@@ -166,6 +166,20 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
     let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", survivor.control)));
+    // One full snapshot per leader, deltas in between.
+    let updates = |kind: &'static str| {
+        picker_gauge(
+            metrics,
+            match kind {
+                "full" => "switchyard_picker_snapshot_updates_total{kind=\"full\"}",
+                _ => "switchyard_picker_snapshot_updates_total{kind=\"delta\"}",
+            },
+        )
+    };
+    let full = updates("full").await.expect("full updates counted");
+    assert!(full >= 2.0, "a full snapshot from each leader: {full}");
+    let deltas = updates("delta").await.expect("deltas counted");
+    assert!(deltas > 10.0 * full, "then deltas: {deltas} deltas, {full} full");
 }
 
 #[actix_rt::test]
