@@ -61,7 +61,7 @@ pub struct AggregatorOutputs {
 /// the blocks of the skipped ones from here, so routing knowledge is not lost with them.
 #[derive(Debug, Default)]
 pub struct RoutedLog {
-    entries: std::sync::Mutex<std::collections::VecDeque<RoutedEntry>>,
+    entries: std::sync::Mutex<LogEntries>,
     /// Routed hashes dropped because too many waited for the next snapshot.
     pub hashes_dropped: prometheus_client::metrics::counter::Counter,
     /// Deltas sent without the blocks of skipped snapshots (no longer remembered).
@@ -71,25 +71,41 @@ pub struct RoutedLog {
 /// `(epoch, seq)` of a snapshot and the blocks it carried.
 type RoutedEntry = (u64, u64, Arc<[RoutedBlocks]>);
 
+#[derive(Debug, Default)]
+struct LogEntries {
+    entries: std::collections::VecDeque<RoutedEntry>,
+    /// Hashes held in `entries`.
+    hashes: usize,
+}
+
+fn hash_count(blocks: &[RoutedBlocks]) -> usize {
+    blocks.iter().map(|b| b.hashes.len()).sum()
+}
+
 impl RoutedLog {
     /// Snapshots remembered; at the 5 ms publish interval, 2.5 s.
     const CAPACITY: usize = 512;
+    /// Hashes remembered over all of them (8 MB), whichever limit comes first.
+    const MAX_HASHES: usize = 1 << 20;
 
     fn push(&self, s: &Snapshot) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() == Self::CAPACITY {
-            entries.pop_front();
+        let mut log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        log.hashes += hash_count(&s.routed_blocks);
+        log.entries.push_back((s.epoch, s.seq, Arc::from(s.routed_blocks.as_slice())));
+        while log.entries.len() > Self::CAPACITY || (log.hashes > Self::MAX_HASHES && log.entries.len() > 1) {
+            if let Some((_, _, blocks)) = log.entries.pop_front() {
+                log.hashes -= hash_count(&blocks);
+            }
         }
-        entries.push_back((s.epoch, s.seq, Arc::from(s.routed_blocks.as_slice())));
     }
 
     /// The blocks of snapshots `after < seq <= upto` of `epoch`, or `None` when some of them are
     /// no longer remembered.
     pub fn between(&self, epoch: u64, after: u64, upto: u64) -> Option<Vec<RoutedBlocks>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut expect = after + 1;
-        for (e, seq, blocks) in entries.iter() {
+        for (e, seq, blocks) in log.entries.iter() {
             if *e != epoch || *seq <= after || *seq > upto {
                 continue;
             }
@@ -251,5 +267,24 @@ mod tests {
         assert_eq!(hashes(log.between(3, 0, 2)), None, "seq 1 pushed out");
         let last = RoutedLog::CAPACITY as u64 + 1;
         assert_eq!(hashes(log.between(3, last - 2, last)), Some(vec![last - 1, last]));
+    }
+
+    #[test]
+    fn routed_log_memory_is_bounded_by_hashes_too() {
+        let log = RoutedLog::default();
+        let big = |seq: u64| Snapshot {
+            routed_blocks: vec![RoutedBlocks {
+                endpoint: EndpointId::new("a"),
+                hashes: vec![seq; RoutedLog::MAX_HASHES / 3],
+            }],
+            ..snapshot(1, seq, 0)
+        };
+        for seq in 1..=5 {
+            log.push(&big(seq));
+        }
+        let held = log.entries.lock().map(|l| (l.entries.len(), l.hashes)).expect("lock");
+        assert_eq!(held, (3, 3 * (RoutedLog::MAX_HASHES / 3)));
+        assert!(log.between(1, 0, 5).is_none(), "the oldest were let go");
+        assert_eq!(log.between(1, 2, 5).map(|b| b.len()), Some(3));
     }
 }
