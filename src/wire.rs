@@ -143,16 +143,30 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
 /// or changed, the ids that left, and `routed`, the prefix blocks routed between the two.
 pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks]) -> pb::SnapshotUpdate {
     debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
-    let held: HashMap<&EndpointId, &EndpointState> = base.endpoints.iter().map(|e| (&e.endpoint.id, e)).collect();
-    let endpoints = next
-        .endpoints
-        .iter()
-        .filter(|e| !held.get(&e.endpoint.id).is_some_and(|h| same_on_the_wire(h, e)))
-        .map(endpoint_state_to_proto)
-        .collect();
-    let kept: HashSet<&EndpointId> = next.endpoints.iter().map(|e| &e.endpoint.id).collect();
-    let removed =
-        base.endpoints.iter().filter(|e| !kept.contains(&e.endpoint.id)).map(|e| e.endpoint.id.to_string()).collect();
+    // Usually the endpoint set did not change: compare position by position (ids share their
+    // allocation along the pipeline, so equal ids compare by pointer).
+    let aligned = base.endpoints.len() == next.endpoints.len()
+        && base.endpoints.iter().zip(&next.endpoints).all(|(a, b)| a.endpoint.id == b.endpoint.id);
+    let (endpoints, removed) = if aligned {
+        let changed = base.endpoints.iter().zip(&next.endpoints).filter(|(a, b)| !same_on_the_wire(a, b));
+        (changed.map(|(_, b)| endpoint_state_to_proto(b)).collect(), Vec::new())
+    } else {
+        let held: HashMap<&EndpointId, &EndpointState> = base.endpoints.iter().map(|e| (&e.endpoint.id, e)).collect();
+        let endpoints = next
+            .endpoints
+            .iter()
+            .filter(|e| !held.get(&e.endpoint.id).is_some_and(|h| same_on_the_wire(h, e)))
+            .map(endpoint_state_to_proto)
+            .collect();
+        let kept: HashSet<&EndpointId> = next.endpoints.iter().map(|e| &e.endpoint.id).collect();
+        let removed = base
+            .endpoints
+            .iter()
+            .filter(|e| !kept.contains(&e.endpoint.id))
+            .map(|e| e.endpoint.id.to_string())
+            .collect();
+        (endpoints, removed)
+    };
     pb::SnapshotUpdate {
         version: PROTOCOL_VERSION,
         epoch: next.epoch,

@@ -16,6 +16,9 @@ pub struct AggregatorState {
     metrics: HashMap<EndpointId, MetricsState>,
     /// Latest report of each picker's load, and when it came.
     picker_loads: HashMap<String, (SystemTime, PickerLoads)>,
+    /// Their sums per endpoint, kept in step (a snapshot costs O(endpoints), not O(endpoints ×
+    /// pickers)).
+    totals: SharedTotals,
     /// Prefix blocks routed since the last snapshot (bounded).
     pending_blocks: Vec<RoutedBlocks>,
     pending_hashes: usize,
@@ -27,6 +30,41 @@ pub struct AggregatorState {
 /// Scrape times travel in microseconds.
 fn micros(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
+/// Every live picker report summed per endpoint: in-flight load, and sends since a scrape, by the
+/// scrape they refer to. Entries that sum to zero are removed, so it holds at most what the live
+/// reports hold.
+#[derive(Debug, Default)]
+struct SharedTotals {
+    inflight: HashMap<EndpointId, Load>,
+    sent: HashMap<EndpointId, HashMap<u128, i64>>,
+}
+
+impl SharedTotals {
+    /// Adds (`sign` 1) or takes away (`sign` -1) one picker's report.
+    fn apply(&mut self, loads: &PickerLoads, sign: i64) {
+        for (id, l) in &loads.inflight {
+            let t = self.inflight.entry(id.clone()).or_default();
+            t.requests += sign * l.requests;
+            t.tokens += sign * l.tokens;
+            if *t == Load::default() {
+                self.inflight.remove(id);
+            }
+        }
+        for (id, (at, n)) in &loads.sent {
+            let by_scrape = self.sent.entry(id.clone()).or_default();
+            let key = micros(*at);
+            let t = by_scrape.entry(key).or_default();
+            *t += sign * (*n as i64);
+            if *t == 0 {
+                by_scrape.remove(&key);
+                if by_scrape.is_empty() {
+                    self.sent.remove(id);
+                }
+            }
+        }
+    }
 }
 
 /// Picker loads older than this are forgotten (the picker is gone).
@@ -65,6 +103,7 @@ impl AggregatorState {
             endpoints: BTreeMap::new(),
             metrics: HashMap::new(),
             picker_loads: HashMap::new(),
+            totals: SharedTotals::default(),
             pending_blocks: Vec::new(),
             pending_hashes: 0,
             dropped_hashes: 0,
@@ -113,6 +152,10 @@ impl AggregatorState {
 
     pub fn on_picker_report(&mut self, r: PickerReport, now: SystemTime) {
         if !r.loads.is_empty() || self.picker_loads.contains_key(&r.picker) {
+            if let Some((_, old)) = self.picker_loads.remove(&r.picker) {
+                self.totals.apply(&old, -1);
+            }
+            self.totals.apply(&r.loads, 1);
             self.picker_loads.insert(r.picker, (now, r.loads));
             self.dirty = true;
         }
@@ -137,26 +180,26 @@ impl AggregatorState {
         }
         self.dirty = false;
         self.seq += 1;
-        self.picker_loads.retain(|_, (at, _)| now.duration_since(*at).unwrap_or_default() <= PICKER_LOAD_TTL);
+        let totals = &mut self.totals;
+        self.picker_loads.retain(|_, (at, loads)| {
+            let live = now.duration_since(*at).unwrap_or_default() <= PICKER_LOAD_TTL;
+            if !live {
+                totals.apply(loads, -1);
+            }
+            live
+        });
         let endpoints = self
             .endpoints
             .values()
             .map(|e| {
                 let metrics = self.metrics.get(&e.id).cloned().unwrap_or_default();
-                let scraped_at = metrics.sample().map(|s| micros(s.scraped_at));
-                let (mut shared, mut sent) = (Load::default(), 0);
-                for (_, loads) in self.picker_loads.values() {
-                    if let Some(l) = loads.inflight.get(&e.id) {
-                        shared.requests += l.requests;
-                        shared.tokens += l.tokens;
-                    }
-                    // Counts against an older scrape are already in the metrics.
-                    if let Some((at, n)) = loads.sent.get(&e.id)
-                        && Some(micros(*at)) == scraped_at
-                    {
-                        sent += n;
-                    }
-                }
+                let shared = self.totals.inflight.get(&e.id).copied().unwrap_or_default();
+                // Counts against an older scrape are already in the metrics.
+                let sent = metrics
+                    .sample()
+                    .and_then(|s| self.totals.sent.get(&e.id)?.get(&micros(s.scraped_at)).copied())
+                    .unwrap_or(0)
+                    .max(0) as u64;
                 EndpointState { endpoint: e.clone(), metrics, shared_load: shared, shared_sent_since_scrape: sent }
             })
             .collect();
@@ -291,6 +334,68 @@ mod tests {
         assert_eq!(s.build(at(150)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 0);
         s.on_picker_report(report("p1", 150, 1), at(160));
         assert_eq!(s.build(at(160)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 1);
+    }
+
+    proptest::proptest! {
+        /// The running totals always equal a fresh sum over the live reports, whatever the order
+        /// of reports, replacements and expiries.
+        #[test]
+        fn running_totals_equal_a_fresh_sum(
+            steps in proptest::collection::vec(
+                (
+                    0usize..4,
+                    proptest::collection::vec((0usize..3, -2i64..4, 0u64..3, 0u64..3), 0..4),
+                    0u64..1500,
+                    proptest::option::of((0usize..3, 0u64..3)),
+                ),
+                1..40,
+            ),
+        ) {
+            let mut s = AggregatorState::new(1);
+            let ids = ["a", "b", "c"];
+            s.on_endpoints(ids.iter().map(|id| ep(id, "1.1.1.1:80")).collect());
+            let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let mut now = 1_000_000;
+            for (picker, entries, advance, scrape) in steps {
+                now += advance;
+                if let Some((e, when)) = scrape {
+                    let sample = MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(when), errors: vec![] };
+                    let endpoint = EndpointId::new(ids[e]);
+                    s.on_scraped(MetricsScraped { endpoint, sample: Arc::new(sample), latency: Duration::ZERO });
+                }
+                let mut loads = PickerLoads::default();
+                for (e, requests, sent, scrape) in entries {
+                    let id = EndpointId::new(ids[e]);
+                    loads.inflight.insert(id.clone(), Load { requests, tokens: 10 * requests });
+                    loads.sent.insert(id, (at(scrape), sent));
+                }
+                s.on_picker_report(PickerReport { picker: format!("p{picker}"), loads, routed: vec![] }, at(now));
+                let Some(snap) = s.build(at(now)) else { continue };
+                for st in &snap.endpoints {
+                    let (mut load, mut sent) = (Load::default(), 0);
+                    let scraped_at = st.metrics.sample().map(|x| x.scraped_at);
+                    for (_, l) in s.picker_loads.values() {
+                        if let Some(x) = l.inflight.get(&st.endpoint.id) {
+                            load.requests += x.requests;
+                            load.tokens += x.tokens;
+                        }
+                        if let Some((when, n)) = l.sent.get(&st.endpoint.id)
+                            && Some(*when) == scraped_at
+                        {
+                            sent += n;
+                        }
+                    }
+                    proptest::prop_assert_eq!(st.shared_load, load);
+                    proptest::prop_assert_eq!(st.shared_sent_since_scrape, sent);
+                }
+                let mut fresh = SharedTotals::default();
+                for (_, l) in s.picker_loads.values() {
+                    fresh.apply(l, 1);
+                }
+                proptest::prop_assert_eq!(&s.totals.inflight, &fresh.inflight);
+                proptest::prop_assert_eq!(&s.totals.sent, &fresh.sent);
+            }
+        }
     }
 
     #[test]
