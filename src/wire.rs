@@ -327,11 +327,7 @@ pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport
             }
             loads
         },
-        routed: r
-            .routed
-            .into_iter()
-            .map(|b| RoutedBlocks { endpoint: EndpointId::new(&b.endpoint_id), hashes: b.hashes })
-            .collect(),
+        routed: blocks_from_proto(r.routed),
     }
 }
 

@@ -166,14 +166,17 @@ impl Picker {
     /// and endpoints that left are pruned from it. Must see every update, in order (the leader's
     /// stream calls it for each one; views may skip updates).
     pub fn learn(&self, snapshot: &crate::model::Snapshot) {
+        // Built before taking the lock the request path shares; O(endpoints + blocks) per update.
+        let index: HashMap<&crate::model::EndpointId, usize> =
+            snapshot.endpoints.iter().enumerate().map(|(i, e)| (&e.endpoint.id, i)).collect();
         let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
         for b in &snapshot.routed_blocks {
-            if let Some(i) = snapshot.index_of(&b.endpoint) {
+            if let Some(&i) = index.get(&b.endpoint) {
                 let capacity = self.scheduler.prefix_capacity(snapshot, i);
                 prefix.insert(&snapshot.endpoints[i].endpoint.id, &b.hashes, capacity);
             }
         }
-        prefix.retain(|id| snapshot.index_of(id).is_some());
+        prefix.retain(|id| index.contains_key(id));
     }
 
     /// Called when a new view is installed: update gauges, and [`learn`](Self::learn) from its
