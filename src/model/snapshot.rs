@@ -57,10 +57,6 @@ impl Snapshot {
         (self.epoch, self.seq) > (other.epoch, other.seq)
     }
 
-    pub fn index_of(&self, id: &EndpointId) -> Option<usize> {
-        self.endpoints.iter().position(|e| &e.endpoint.id == id)
-    }
-
     /// Age of the snapshot itself.
     pub fn age(&self, now: SystemTime) -> Duration {
         now.duration_since(self.published_at).unwrap_or_default()

@@ -108,7 +108,10 @@ impl PickerView {
 /// Builds views from snapshots; owns the counters registry (only this task touches it).
 #[derive(Debug, Default)]
 pub struct ViewBuilder {
-    counters: HashMap<EndpointId, (Arc<EndpointCounters>, Option<SystemTime>, u64)>,
+    /// Counters, the scrape time their baseline belongs to, that baseline, and the last view
+    /// that listed the endpoint.
+    counters: HashMap<EndpointId, (Arc<EndpointCounters>, Option<SystemTime>, u64, u64)>,
+    views: u64,
 }
 
 impl ViewBuilder {
@@ -120,9 +123,12 @@ impl ViewBuilder {
         let mut counters = Vec::with_capacity(snapshot.endpoints.len());
         let mut baseline = Vec::with_capacity(snapshot.endpoints.len());
         let mut scraped_micros = Vec::with_capacity(snapshot.endpoints.len());
+        self.views += 1;
+        let view = self.views;
         for e in &snapshot.endpoints {
             let scraped_at = e.metrics.sample().map(|s| s.scraped_at);
-            let entry = self.counters.entry(e.endpoint.id.clone()).or_insert_with(|| (Arc::default(), None, 0));
+            let entry = self.counters.entry(e.endpoint.id.clone()).or_insert_with(|| (Arc::default(), None, 0, view));
+            entry.3 = view;
             if entry.1 != scraped_at {
                 entry.1 = scraped_at;
                 entry.2 = entry.0.picks.load(Ordering::Relaxed);
@@ -132,8 +138,7 @@ impl ViewBuilder {
             scraped_micros.push(scraped_at.map_or(0, micros));
         }
         // Forget endpoints that left the pool once nothing is in flight to them.
-        self.counters
-            .retain(|id, (c, _, _)| snapshot.index_of(id).is_some() || c.inflight_requests.load(Ordering::Relaxed) > 0);
+        self.counters.retain(|_, (c, _, _, listed)| *listed == view || c.inflight_requests.load(Ordering::Relaxed) > 0);
         Some(PickerView { snapshot, counters, baseline, scraped_micros })
     }
 }
@@ -189,6 +194,23 @@ mod tests {
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
         })
+    }
+
+    #[test]
+    fn counters_of_an_endpoint_that_left_live_while_requests_are_in_flight() {
+        let mut builder = ViewBuilder::default();
+        let view = builder.next(&PickerView::empty(), snapshot(1, 100, 0)).expect("view");
+        let counters = view.counters[0].clone();
+        counters.start(10);
+        let empty = Arc::new(Snapshot { seq: 2, endpoints: vec![], ..snapshot(2, 100, 0).as_ref().clone() });
+        let view = builder.next(&view, empty).expect("view");
+        assert_eq!(builder.counters.len(), 1, "a request is still in flight to it");
+        counters.finish(10);
+        let empty = Arc::new(Snapshot { seq: 3, endpoints: vec![], ..snapshot(3, 100, 0).as_ref().clone() });
+        let view = builder.next(&view, empty).expect("view");
+        assert!(builder.counters.is_empty(), "forgotten once idle");
+        let back = builder.next(&view, snapshot(4, 100, 0)).expect("view");
+        assert!(!Arc::ptr_eq(&back.counters[0], &counters), "a returning endpoint starts afresh");
     }
 
     #[test]
