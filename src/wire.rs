@@ -2,24 +2,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use switchyard_proto::v1 as pb;
 
 use crate::model::{
     Endpoint, EndpointId, EndpointMetrics, EndpointState, Load, MetricsSample, MetricsState, RoutedBlocks, Snapshot,
+    from_unix_micros, unix_micros,
 };
 
 /// Version of the messages this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
-
-fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
-}
 
 pub fn endpoint_to_proto(e: &Endpoint) -> pb::EndpointSpec {
     pb::EndpointSpec {
@@ -75,7 +68,7 @@ fn endpoint_state_to_proto(e: &EndpointState) -> pb::EndpointState {
     let (metrics, scraped_at) = match &e.metrics {
         MetricsState::Unknown => (None, 0),
         MetricsState::Known { sample, .. } => {
-            (Some(metrics_to_proto(&sample.metrics, &sample.errors)), micros(sample.scraped_at))
+            (Some(metrics_to_proto(&sample.metrics, &sample.errors)), unix_micros(sample.scraped_at))
         }
     };
     pb::EndpointState {
@@ -94,7 +87,7 @@ fn endpoint_state_from_proto(e: pb::EndpointState) -> Result<EndpointState, Wire
         None => MetricsState::Unknown,
         Some(m) => {
             let (metrics, errors) = metrics_from_proto(m);
-            let sample = MetricsSample { metrics, scraped_at: from_micros(e.scraped_at_unix_micros), errors };
+            let sample = MetricsSample { metrics, scraped_at: from_unix_micros(e.scraped_at_unix_micros), errors };
             MetricsState::Known { sample: Arc::new(sample), last_error: None }
         }
     };
@@ -135,7 +128,7 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
         endpoints: s.endpoints.iter().map(endpoint_state_to_proto).collect(),
         removed: Vec::new(),
         prefix_blocks: blocks_to_proto(&s.routed_blocks),
-        published_at_unix_micros: micros(s.published_at),
+        published_at_unix_micros: unix_micros(s.published_at),
     }
 }
 
@@ -176,7 +169,7 @@ pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[Route
         endpoints,
         removed,
         prefix_blocks: blocks_to_proto(routed),
-        published_at_unix_micros: micros(next.published_at),
+        published_at_unix_micros: unix_micros(next.published_at),
     }
 }
 
@@ -209,7 +202,7 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
         epoch: u.epoch,
         seq: u.seq,
         endpoints,
-        published_at: from_micros(u.published_at_unix_micros),
+        published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
     })
 }
@@ -257,7 +250,7 @@ pub fn apply_update(held: &Snapshot, u: pb::SnapshotUpdate) -> Result<Snapshot, 
         epoch: u.epoch,
         seq: u.seq,
         endpoints,
-        published_at: from_micros(u.published_at_unix_micros),
+        published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
     })
 }
@@ -272,14 +265,14 @@ pub fn report_from_event(
             version: PROTOCOL_VERSION,
             scraper_id: scraper_id.to_string(),
             endpoint_id: m.endpoint.to_string(),
-            scraped_at_unix_micros: micros(m.sample.scraped_at),
+            scraped_at_unix_micros: unix_micros(m.sample.scraped_at),
             result: Some(pb::metrics_report::Result::Metrics(metrics_to_proto(&m.sample.metrics, &m.sample.errors))),
         },
         Err(f) => pb::MetricsReport {
             version: PROTOCOL_VERSION,
             scraper_id: scraper_id.to_string(),
             endpoint_id: f.endpoint.to_string(),
-            scraped_at_unix_micros: micros(f.at),
+            scraped_at_unix_micros: unix_micros(f.at),
             result: Some(pb::metrics_report::Result::Error(f.error.to_string())),
         },
     }
@@ -291,7 +284,7 @@ pub fn event_from_report(
     r: pb::MetricsReport,
 ) -> Option<Result<crate::protocol::MetricsScraped, crate::protocol::ScrapeFailed>> {
     let endpoint = EndpointId::new(&r.endpoint_id);
-    let at = from_micros(r.scraped_at_unix_micros);
+    let at = from_unix_micros(r.scraped_at_unix_micros);
     match r.result? {
         pb::metrics_report::Result::Metrics(m) => {
             let (metrics, errors) = metrics_from_proto(m);
@@ -322,7 +315,7 @@ pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport
                     loads.inflight.insert(id.clone(), Load { requests: l.requests, tokens: l.tokens });
                 }
                 if l.sent_since_scrape > 0 {
-                    loads.sent.insert(id, (from_micros(l.scraped_at_unix_micros), l.sent_since_scrape));
+                    loads.sent.insert(id, (from_unix_micros(l.scraped_at_unix_micros), l.sent_since_scrape));
                 }
             }
             loads
@@ -333,6 +326,8 @@ pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

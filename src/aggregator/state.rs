@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use std::time::Duration;
 
-use crate::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, RoutedBlocks, Snapshot};
+use crate::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, RoutedBlocks, Snapshot, unix_micros};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
 
 #[derive(Debug)]
@@ -27,18 +27,14 @@ pub struct AggregatorState {
     dirty: bool,
 }
 
-/// Scrape times travel in microseconds.
-fn micros(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros())
-}
-
 /// Every live picker report summed per endpoint: in-flight load, and sends since a scrape, by the
 /// scrape they refer to. Entries that sum to zero are removed, so it holds at most what the live
 /// reports hold.
 #[derive(Debug, Default)]
 struct SharedTotals {
     inflight: HashMap<EndpointId, Load>,
-    sent: HashMap<EndpointId, HashMap<u128, i64>>,
+    /// Keyed by the scrape time in µs, as the wire carries it.
+    sent: HashMap<EndpointId, HashMap<i64, i64>>,
 }
 
 impl SharedTotals {
@@ -54,7 +50,7 @@ impl SharedTotals {
         }
         for (id, (at, n)) in &loads.sent {
             let by_scrape = self.sent.entry(id.clone()).or_default();
-            let key = micros(*at);
+            let key = unix_micros(*at);
             let t = by_scrape.entry(key).or_default();
             *t += sign * (*n as i64);
             if *t == 0 {
@@ -197,7 +193,7 @@ impl AggregatorState {
                 // Counts against an older scrape are already in the metrics.
                 let sent = metrics
                     .sample()
-                    .and_then(|s| self.totals.sent.get(&e.id)?.get(&micros(s.scraped_at)).copied())
+                    .and_then(|s| self.totals.sent.get(&e.id)?.get(&unix_micros(s.scraped_at)).copied())
                     .unwrap_or(0)
                     .max(0) as u64;
                 EndpointState { endpoint: e.clone(), metrics, shared_load: shared, shared_sent_since_scrape: sent }

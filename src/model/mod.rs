@@ -14,6 +14,16 @@ mod snapshot;
 
 pub use snapshot::{EndpointState, Load, RoutedBlocks, Snapshot};
 
+/// A time as the control plane carries it: microseconds since the Unix epoch (0 before it).
+pub fn unix_micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The inverse of [`unix_micros`] (negative counts as the epoch).
+pub fn from_unix_micros(us: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+}
+
 /// Stable endpoint identity: `<namespace>/<pod>-rank-<i>` for Kubernetes pods, the configured name
 /// for static endpoints.
 /// Ids are cloned from one allocation along the pipeline, and `Arc<str>` equality compares

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::model::{EndpointId, Load, Snapshot};
+use crate::model::{EndpointId, Load, Snapshot, unix_micros};
 use crate::scheduling::LocalLoad;
 
 /// This picker's counters for one endpoint; they survive snapshot changes.
@@ -49,10 +49,6 @@ pub struct PickerView {
     baseline: Vec<u64>,
     /// When those metrics were scraped, in µs since the epoch (0: never).
     scraped_micros: Vec<i64>,
-}
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 impl PickerView {
@@ -135,7 +131,7 @@ impl ViewBuilder {
             }
             counters.push(entry.0.clone());
             baseline.push(entry.2);
-            scraped_micros.push(scraped_at.map_or(0, micros));
+            scraped_micros.push(scraped_at.map_or(0, unix_micros));
         }
         // Forget endpoints that left the pool once nothing is in flight to them.
         self.counters.retain(|_, (c, _, _, listed)| *listed == view || c.inflight_requests.load(Ordering::Relaxed) > 0);
