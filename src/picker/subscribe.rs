@@ -22,18 +22,24 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
-/// Applies `update` to `tx` when newer; returns whether it was applied.
-pub fn apply_if_newer(tx: &watch::Sender<Arc<Snapshot>>, snapshot: Snapshot) -> bool {
-    let newer = {
-        let held = tx.borrow();
-        held.epoch == 0 || snapshot.is_newer_than(&held)
-    };
-    if newer {
-        tx.send_replace(Arc::new(snapshot));
-    } else {
-        tracing::debug!(epoch = snapshot.epoch, seq = snapshot.seq, "ignored a snapshot that is not newer");
+/// Applies `update` on top of what `tx` holds when its `(epoch, seq)` is newer (fencing), after
+/// `on_update` has seen the result; returns whether it was applied. A delta that does not sit on
+/// the snapshot held is an error (the stream must start again with a full snapshot).
+pub fn apply_if_newer(
+    tx: &watch::Sender<Arc<Snapshot>>,
+    update: pb::SnapshotUpdate,
+    on_update: impl Fn(&Snapshot, bool),
+) -> Result<bool, wire::WireError> {
+    let held = tx.borrow().clone();
+    if held.epoch != 0 && (update.epoch, update.seq) <= (held.epoch, held.seq) {
+        tracing::debug!(epoch = update.epoch, seq = update.seq, "ignored a snapshot that is not newer");
+        return Ok(false);
     }
-    newer
+    let full = update.full;
+    let snapshot = wire::apply_update(&held, update)?;
+    on_update(&snapshot, full);
+    tx.send_replace(Arc::new(snapshot));
+    Ok(true)
 }
 
 /// Runs until `stop`. `on_update` sees every snapshot applied (and whether it came whole or as a
@@ -72,21 +78,9 @@ pub async fn follow_leader(
                 loop {
                     match stream.message().await {
                         Ok(Some(update)) => {
-                            let held = tx.borrow().clone();
-                            if held.epoch != 0 && (update.epoch, update.seq) <= (held.epoch, held.seq) {
-                                tracing::debug!(
-                                    epoch = update.epoch,
-                                    seq = update.seq,
-                                    "ignored a snapshot that is not newer"
-                                );
-                                continue;
-                            }
                             // A delta that does not sit on what this picker holds ends the
                             // stream; the next one starts with a full snapshot.
-                            let full = update.full;
-                            let snapshot = wire::apply_update(&held, update).map_err(|e| e.to_string())?;
-                            on_update(&snapshot, full);
-                            apply_if_newer(&tx, snapshot);
+                            apply_if_newer(&tx, update, &on_update).map_err(|e| e.to_string())?;
                         }
                         Ok(None) => return Err::<(), String>("stream ended".to_string()),
                         Err(status) => return Err(status.message().to_string()),
@@ -125,11 +119,17 @@ mod tests {
     #[test]
     fn test_stale_leader_snapshots_are_fenced() {
         let (tx, rx) = watch::channel(Snapshot::empty());
-        assert!(apply_if_newer(&tx, snap(5, 1)));
-        assert!(apply_if_newer(&tx, snap(5, 2)));
-        assert!(!apply_if_newer(&tx, snap(5, 2)), "same (epoch, seq)");
-        assert!(!apply_if_newer(&tx, snap(4, 99)), "older epoch, however high its seq");
-        assert!(apply_if_newer(&tx, snap(9, 1)), "new term");
+        let seen = std::sync::Mutex::new(Vec::new());
+        let apply = |s: Snapshot| {
+            apply_if_newer(&tx, wire::snapshot_to_proto(&s), |s, _| seen.lock().expect("lock").push(s.seq))
+                .expect("full")
+        };
+        assert!(apply(snap(5, 1)));
+        assert!(apply(snap(5, 2)));
+        assert!(!apply(snap(5, 2)), "same (epoch, seq)");
+        assert!(!apply(snap(4, 99)), "older epoch, however high its seq");
+        assert!(apply(snap(9, 1)), "new term");
         assert_eq!((rx.borrow().epoch, rx.borrow().seq), (9, 1));
+        assert_eq!(*seen.lock().expect("lock"), [1, 2, 1], "only applied updates are seen");
     }
 }
