@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use switchyard::sim::{self, Flavor};
+use switchyard::sim;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -129,11 +129,8 @@ fn picker_with(leader: &[String]) -> (Proc, u16, u16, u16) {
 #[actix_rt::test]
 async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     let etcd = Etcd::start().await;
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 3)], ..Default::default() })
-        .await
-        .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file").display().to_string();
+    let (_fleet, file) = fleet_file(dir.path()).await;
     let a = aggregator(&etcd, &file, "it-failover");
     let b = aggregator(&etcd, &file, "it-failover");
     let (_p, grpc, health, metrics) = picker(&etcd, "it-failover");
@@ -233,11 +230,8 @@ impl EpochTrace {
 }
 
 async fn fleet_file(dir: &std::path::Path) -> (Vec<sim::SimHandle>, String) {
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 3)], ..Default::default() })
-        .await
-        .expect("fleet");
-    let file = sim::write_endpoints_file(&fleet, dir).expect("endpoints file").display().to_string();
-    (fleet, file)
+    let (fleet, file) = crate::support::vllm_fleet(3, dir).await;
+    (fleet, file.display().to_string())
 }
 
 fn etcd_settings(etcd: &Etcd, election: &str) -> switchyard::aggregator::election::EtcdSettings {

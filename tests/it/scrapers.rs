@@ -7,17 +7,13 @@ use std::time::{Duration, SystemTime};
 use switchyard::picker::subscribe::LeaderSource;
 use switchyard::roles::{AggregatorOptions, ScraperOptions, start_aggregator, start_scraper};
 use switchyard::scraper::GetState;
-use switchyard::sim::{self, Flavor};
 
-use crate::support::wait_for;
+use crate::support::{vllm_fleet, wait_for};
 
 #[actix_rt::test]
 async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 8)], ..Default::default() })
-        .await
-        .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let (fleet, file) = vllm_fleet(8, dir.path()).await;
     let agg = start_aggregator(AggregatorOptions { remote_scrapers: true, ..AggregatorOptions::local(file) })
         .await
         .expect("aggregator");

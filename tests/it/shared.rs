@@ -3,18 +3,14 @@
 use std::time::Duration;
 
 use switchyard::roles::{AggregatorOptions, PickerOptions, start_aggregator, start_picker};
-use switchyard::sim::{self, Flavor};
 
 use crate::envoy::{HttpRequest, send};
-use crate::support::wait_for;
+use crate::support::{vllm_fleet, wait_for};
 
 #[actix_rt::test]
 async fn a_prefix_routed_by_one_picker_attracts_the_other_and_load_is_shared() {
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 4)], ..Default::default() })
-        .await
-        .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let (_fleet, file) = vllm_fleet(4, dir.path()).await;
     let agg = start_aggregator(AggregatorOptions { remote_scrapers: false, ..AggregatorOptions::local(file) })
         .await
         .expect("aggregator");
@@ -66,11 +62,8 @@ async fn the_snapshot_stream_is_one_full_snapshot_then_deltas_that_rebuild_the_l
     use switchyard_proto::v1 as pb;
     use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 3)], ..Default::default() })
-        .await
-        .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let (_fleet, file) = vllm_fleet(3, dir.path()).await;
     let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
     let mut client = ControlPlaneClient::connect(format!("http://{}", agg.control_addr)).await.expect("connect");
     let request = pb::WatchRequest { version: 1, picker_id: "t".into(), have_epoch: 0, have_seq: 0 };
@@ -133,11 +126,8 @@ async fn every_reported_block_reaches_the_other_pickers_even_when_updates_are_co
     use switchyard_proto::v1 as pb;
     use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 
-    let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 2)], ..Default::default() })
-        .await
-        .expect("fleet");
     let dir = tempfile::tempdir().expect("dir");
-    let file = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
+    let (_fleet, file) = vllm_fleet(2, dir.path()).await;
     let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
     let b = start_picker(PickerOptions::local(agg.control_addr, "b", 2)).await.expect("b");
     let ready = &b;

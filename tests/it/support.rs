@@ -39,3 +39,12 @@ async fn test_accepted_connections_have_nodelay() {
     let accepted = incoming.next().await.expect("a connection").expect("accepted");
     assert!(accepted.nodelay().expect("nodelay"));
 }
+
+/// `n` simulated vLLM V1 servers and an endpoints file listing them, written in `dir`.
+pub async fn vllm_fleet(n: usize, dir: &std::path::Path) -> (Vec<switchyard::sim::SimHandle>, std::path::PathBuf) {
+    use switchyard::sim::{self, Flavor, FleetConfig};
+    let fleet =
+        sim::start_fleet(&FleetConfig { fleet: vec![(Flavor::VllmV1, n)], ..Default::default() }).await.expect("fleet");
+    let file = sim::write_endpoints_file(&fleet, dir).expect("endpoints file");
+    (fleet, file)
+}
