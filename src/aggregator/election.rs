@@ -178,6 +178,37 @@ pub async fn run_etcd(
     }
 }
 
+/// When a lease is renewed and when its holder must step down. One schedule runs from the grant
+/// through the campaign into the term: renewals every TTL/3 after the previous one, and stepping
+/// down TTL/3 before the lease would expire, so a renewal always has TTL/3 to complete first.
+#[derive(Debug, Clone, Copy)]
+struct LeaseClock {
+    renew_every: Duration,
+    next_renewal: Instant,
+    /// When the lease expires unless renewed.
+    expires: Instant,
+}
+
+impl LeaseClock {
+    fn new(ttl: Duration, granted: Instant) -> Self {
+        LeaseClock { renew_every: ttl / 3, next_renewal: granted + ttl / 3, expires: granted + ttl }
+    }
+
+    /// A renewal is starting now.
+    fn renewing(&mut self, now: Instant) {
+        self.next_renewal = now + self.renew_every;
+    }
+
+    /// etcd acknowledged a renewal sent at `sent` with `ttl`.
+    fn renewed(&mut self, sent: Instant, ttl: Duration) {
+        self.expires = sent + ttl;
+    }
+
+    fn step_down_at(&self) -> Instant {
+        self.expires.checked_sub(self.renew_every).unwrap_or(self.expires)
+    }
+}
+
 /// One lease: campaign, lead while renewals succeed, step down. `Ok` only when stopped.
 async fn term(
     s: &EtcdSettings,
@@ -186,10 +217,10 @@ async fn term(
 ) -> Result<(), ElectionError> {
     let mut client = connect(s).await?;
     let ttl_secs = s.ttl.as_secs().max(2) as i64;
+    let granted = Instant::now();
     let lease = client.lease_grant(ttl_secs, None).await?.id();
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
-    let renew_every = s.ttl / 3;
-    let mut deadline = Instant::now() + s.ttl;
+    let mut clock = LeaseClock::new(s.ttl, granted);
 
     // Campaign while keeping the lease alive (a campaign can block for a whole term of another
     // replica).
@@ -205,10 +236,12 @@ async fn term(
                 let resp = r?;
                 break resp.leader().cloned().ok_or_else(|| etcd_client::Error::InvalidArgs("campaign without a leader key".into()))?;
             }
-            _ = tokio::time::sleep(renew_every) => {
+            _ = tokio::time::sleep_until(clock.next_renewal) => {
+                let sent = Instant::now();
+                clock.renewing(sent);
                 keeper.keep_alive().await?;
                 if let Some(ack) = acks.message().await? && ack.ttl() > 0 {
-                    deadline = Instant::now() + Duration::from_secs(ack.ttl() as u64);
+                    clock.renewed(sent, Duration::from_secs(ack.ttl() as u64));
                 }
             }
             _ = stopped(stop.clone()) => {
@@ -222,17 +255,21 @@ async fn term(
     let _ = events.send(LeadershipEvent::Acquired { epoch }).await;
 
     let reason = loop {
-        // Step down before the lease can expire under us.
-        let step_down_at = deadline.checked_sub(renew_every).unwrap_or(deadline);
+        // Step down before the lease can expire under us: that deadline wins over a renewal that
+        // is due, and bounds one in flight. Renewals keep the schedule of the campaign: the first
+        // one in the term is not pushed back by winning.
         tokio::select! {
-            _ = tokio::time::sleep_until(step_down_at) => break "lease not renewed in time".to_string(),
-            _ = tokio::time::sleep(renew_every) => {
+            biased;
+            _ = tokio::time::sleep_until(clock.step_down_at()) => break "lease not renewed in time".to_string(),
+            _ = tokio::time::sleep_until(clock.next_renewal) => {
+                let sent = Instant::now();
+                clock.renewing(sent);
                 let renewed = async {
                     keeper.keep_alive().await?;
                     acks.message().await
                 };
-                match tokio::time::timeout(renew_every, renewed).await {
-                    Ok(Ok(Some(ack))) if ack.ttl() > 0 => deadline = Instant::now() + Duration::from_secs(ack.ttl() as u64),
+                match tokio::time::timeout_at(clock.step_down_at(), renewed).await {
+                    Ok(Ok(Some(ack))) if ack.ttl() > 0 => clock.renewed(sent, Duration::from_secs(ack.ttl() as u64)),
                     Ok(Ok(Some(_))) => break "lease expired".to_string(),
                     Ok(Ok(None)) => break "keep-alive stream closed".to_string(),
                     Ok(Err(e)) => tracing::debug!(error = %e, "lease renewal failed"),
@@ -252,4 +289,33 @@ async fn term(
     tracing::warn!(election = %s.election, epoch, %reason, "leadership lost");
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
     Err(ElectionError::Etcd(etcd_client::Error::InvalidArgs(reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the term restarted the renewal timer when the campaign was won, so a win just
+    /// before a renewal was due pushed the first renewal to within a few ms of the step-down
+    /// deadline, and a replica that had just taken over stepped down under load with a healthy
+    /// lease.
+    #[test]
+    fn winning_keeps_a_full_renewal_interval_before_stepping_down() {
+        let ttl = Duration::from_secs(3);
+        let r = ttl / 3;
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new(ttl, t0);
+        assert_eq!(clock.next_renewal, t0 + r);
+        // Campaigning: a renewal at t0 + r, acknowledged.
+        clock.renewing(t0 + r);
+        clock.renewed(t0 + r, ttl);
+        // Won at any moment before the next renewal: the term keeps this schedule, so its first
+        // renewal still has TTL/3 before the step-down deadline.
+        assert_eq!(clock.next_renewal, t0 + 2 * r);
+        assert!(clock.step_down_at() >= clock.next_renewal + r, "a renewal has TTL/3 to complete");
+        // No acknowledgement: step down TTL/3 before the lease expires, not after.
+        clock.renewing(t0 + 2 * r);
+        assert_eq!(clock.step_down_at(), t0 + r + ttl - r);
+        assert!(clock.step_down_at() < clock.expires);
+    }
 }
