@@ -1,6 +1,7 @@
-//! Wiring of the standalone role: config → engine registry, scheduler, endpoints → scraper
-//! supervisor → aggregator → picker views → ext-proc, health and metrics servers. Shutdown happens
-//! in one place: `StandaloneHandle::shutdown` (readiness false → stop accepting → drain → exit).
+//! Wiring of the standalone role: config → engine registry, scheduler; discovery source →
+//! aggregator (+ scrape supervisor) → picker → ext-proc, health and metrics servers. Only builds
+//! and spawns; shutdown happens in one place: `StandaloneHandle::shutdown` (readiness false →
+//! stop accepting → drain → exit).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,15 +18,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::aggregator::{Aggregator, EndpointsChanged};
+use crate::aggregator::{Aggregator, AggregatorOutputs, Assigner, RemoteScraping};
 use crate::config::{self, MetricFlags};
-use crate::discovery::StaticEndpoints;
+use crate::discovery::{DiscoveryError, DiscoveryMetrics, EndpointSource, PoolSource, Resolver};
+use crate::health::{HealthService, Readiness};
+use crate::metrics::EngineRegistry;
 use crate::model::Snapshot;
-use crate::picker::health::{HealthService, Readiness};
 use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, tls, view};
 use crate::protocol::ScrapeSink;
 use crate::scheduling::{Scheduler, SchedulerConfig};
-use crate::scraper::{AssignEndpoints, FetchSettings, ScrapeSettings, ScrapeSupervisor};
+use crate::scraper::{FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
 
 /// How the ext-proc port is served.
 #[derive(Debug, Clone)]
@@ -49,7 +51,7 @@ pub struct StandaloneOptions {
     pub metrics_port: u16,
     pub config_file: Option<PathBuf>,
     pub config_text: Option<String>,
-    pub endpoints_file: PathBuf,
+    pub pool: PoolSource,
     pub metric_flags: MetricFlags,
     pub refresh_metrics_interval: Duration,
     pub metrics_staleness_threshold: Duration,
@@ -67,7 +69,7 @@ impl Default for StandaloneOptions {
             metrics_port: 9090,
             config_file: None,
             config_text: None,
-            endpoints_file: PathBuf::from("endpoints.yaml"),
+            pool: PoolSource::file("endpoints.yaml"),
             metric_flags: MetricFlags::default(),
             refresh_metrics_interval: Duration::from_millis(50),
             metrics_staleness_threshold: Duration::from_secs(2),
@@ -87,7 +89,7 @@ pub struct StandaloneHandle {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
-    _actors: (Addr<Aggregator>, Addr<ScrapeSupervisor>),
+    control_plane: ControlPlane,
 }
 
 impl StandaloneHandle {
@@ -99,17 +101,67 @@ impl StandaloneHandle {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(?grace, "shutdown grace period over; dropping remaining streams");
         }
-        stop_actors(&self._actors.0, Some(&self._actors.1));
+        self.control_plane.stop();
     }
 }
 
-/// Stops the scrapers and the aggregator: their timers would keep them running (scraping,
-/// publishing) after every handle to them is gone.
-pub(crate) fn stop_actors(aggregator: &Addr<Aggregator>, supervisor: Option<&Addr<ScrapeSupervisor>>) {
-    if let Some(s) = supervisor {
-        s.do_send(crate::protocol::AssignEndpoints(Vec::new()));
+/// The in-process control plane: the discovery source, the aggregator that owns its set, and
+/// the scrape supervisor it hands the set to (unless scraping is remote).
+pub(crate) struct ControlPlane {
+    pub aggregator: Addr<Aggregator>,
+    pub outputs: AggregatorOutputs,
+    pub remote: Option<Arc<RemoteScraping>>,
+    /// Held for the life of the control plane: dropping it stops the source.
+    _source: EndpointSource,
+}
+
+impl ControlPlane {
+    /// Starts them. `epoch`: lead at once (standalone); `None`: wait for the election.
+    pub(crate) async fn start(
+        epoch: Option<u64>,
+        pool: &PoolSource,
+        resolver: Resolver,
+        scrape: &ScrapeSettings,
+        remote_scrapers: bool,
+        metrics_registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
+        // A config error stays one (exit code 2).
+        let source =
+            pool.start(resolver.clone(), DiscoveryMetrics::new(metrics_registry)).await.map_err(|e| match e {
+                DiscoveryError::Config(c) => anyhow::Error::from(c),
+            })?;
+        // The actor's address exists before it runs: the scrapers publish to it, it assigns them.
+        let ctx = Context::<Aggregator>::new();
+        let sink = ScrapeSink { scraped: ctx.address().recipient(), failed: ctx.address().recipient() };
+        let (assigner, remote) = if remote_scrapers {
+            let remote = RemoteScraping::new(sink);
+            (Assigner::Remote(remote.clone()), Some(remote))
+        } else {
+            let scrape_metrics = ScrapeMetrics::new(metrics_registry);
+            let supervisor =
+                ScrapeSupervisor::with_metrics(resolver.registry.clone(), scrape, sink, scrape_metrics)?.start();
+            (Assigner::Local(supervisor.recipient()), None)
+        };
+        let interval = Duration::from_millis(5);
+        let (aggregator, outputs) = match epoch {
+            Some(epoch) => Aggregator::new(epoch, interval, source.updates(), assigner),
+            None => Aggregator::follower(interval, source.updates(), assigner),
+        };
+        let aggregator = ctx.run(aggregator);
+        Ok(ControlPlane { aggregator, outputs, remote, _source: source })
     }
-    aggregator.do_send(crate::aggregator::Stop);
+
+    /// Stops the scrapers and the aggregator: their timers would keep them running (scraping,
+    /// publishing) after every handle to them is gone.
+    pub(crate) fn stop(self) {
+        self.aggregator.do_send(crate::aggregator::Stop);
+    }
+}
+
+/// The engine registry and metrics data source of a config: what resolves endpoints.
+pub(crate) fn resolver(cfg: &config::EndpointPickerConfig, flags: &MetricFlags) -> anyhow::Result<Resolver> {
+    let registry: Arc<EngineRegistry> = Arc::new(cfg.engine_registry(flags)?);
+    Ok(Resolver { registry, source: cfg.metrics_data_source()? })
 }
 
 async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -122,31 +174,26 @@ async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<T
 pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<StandaloneHandle> {
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
-    let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
+    let resolver = resolver(&cfg, &opts.metric_flags)?;
     let scheduler = Scheduler::new(SchedulerConfig::build(&cfg, opts.metrics_staleness_threshold)?);
-    let source = cfg.metrics_data_source()?;
-    let endpoints = StaticEndpoints::load(&opts.endpoints_file)?.resolve(&registry, &source)?;
 
     let mut metrics_registry = Registry::default();
     let picker_metrics = PickerMetrics::new(&mut metrics_registry);
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), picker_metrics));
     let readiness = Arc::new(Readiness::default());
 
-    // Control plane: aggregator + scrapers, in-process.
-    let (aggregator, snapshots) = Aggregator::new(1, Duration::from_millis(5));
-    let aggregator = aggregator.start();
-    let sink = ScrapeSink { scraped: aggregator.clone().recipient(), failed: aggregator.clone().recipient() };
+    // Control plane in-process: discovery → aggregator → scrapers, leading alone.
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
-    let scrape_metrics = crate::scraper::ScrapeMetrics::new(&mut metrics_registry);
-    let supervisor = ScrapeSupervisor::with_metrics(registry.clone(), &settings, sink, scrape_metrics)?.start();
-    aggregator.do_send(EndpointsChanged(endpoints.clone()));
-    supervisor.do_send(AssignEndpoints(endpoints));
+    let control_plane =
+        ControlPlane::start(Some(1), &opts.pool, resolver, &settings, false, &mut metrics_registry).await?;
+    let snapshots = control_plane.outputs.snapshots.clone();
 
-    // Picker: follow snapshots into the view.
-    follow_snapshots(snapshots.clone(), picker.clone(), readiness.clone(), true);
+    // Picker: every in-process snapshot enters it in order; views follow.
+    tokio::spawn(feed_local(snapshots.clone(), picker.clone()));
+    follow_snapshots(picker.clone(), readiness.clone());
 
     let served = serve_picker(
         picker.clone(),
@@ -172,7 +219,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
         snapshots,
         stop,
         servers,
-        _actors: (aggregator, supervisor),
+        control_plane,
     })
 }
 
@@ -195,18 +242,28 @@ pub struct PickerServers {
     pub servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Installs snapshots from `snapshots` into the picker's view and keeps readiness in step.
-/// `learn`: the view follower feeds the prefix index (in-process snapshots); false when the
-/// leader's stream does it for every update.
-pub fn follow_snapshots(
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    picker: Arc<Picker>,
-    readiness: Arc<Readiness>,
-    learn: bool,
-) {
-    let target = picker.view.clone();
+/// Hands every snapshot of the in-process aggregator to the picker until the aggregator stops.
+async fn feed_local(mut snapshots: watch::Receiver<Arc<Snapshot>>, picker: Arc<Picker>) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if snapshot.epoch != 0 {
+            picker.accept(snapshot);
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds the picker's views from the snapshots it accepts and keeps readiness in step. Holds
+/// the picker weakly: it ends when the picker is dropped.
+pub fn follow_snapshots(picker: Arc<Picker>, readiness: Arc<Readiness>) {
+    let (snapshots, target) = (picker.snapshots(), picker.view.clone());
+    let picker = Arc::downgrade(&picker);
     tokio::spawn(view::follow(snapshots, target, move |v| {
-        picker.on_view(v, learn);
+        if let Some(p) = picker.upgrade() {
+            p.on_view(v);
+        }
         readiness.set_ready(v.is_ready());
     }));
 }

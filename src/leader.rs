@@ -1,13 +1,16 @@
-//! The client side of the control plane: finding the aggregator leader and noticing when the one
-//! followed is no longer it. Pickers (snapshot watch, reports) and scrapers use this.
+//! The client side of the control plane: finding the aggregator leader, following it, and
+//! noticing when the one followed is no longer it. Pickers (snapshot watch, reports) and scrapers
+//! run their sessions through [`follow`], the one follow-the-leader loop.
 //!
 //! A leader can vanish without closing its connections (paused process, partition). Two things
 //! catch that: HTTP/2 keep-alive pings on every control-plane channel (a silent peer is dropped
 //! after `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`), and, with etcd, [`LeaderFinder::superseded`],
 //! which resolves as soon as the election names someone else.
 
+use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::aggregator::election::{self, EtcdSettings};
@@ -95,4 +98,62 @@ pub async fn connect(target: &str) -> Result<Channel, String> {
         .connect()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Backoff between rounds of candidates that all failed: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
+
+/// Runs `session` against the current leader until `stop` is set: finds the leader (etcd or the
+/// address list), connects, and runs one session on the channel until it ends (with an error or
+/// not), the election names someone else, or `stop`; then `ended` runs (also when the session was
+/// cut off) and the next leader is looked for, with a growing backoff after rounds where no
+/// session could start.
+pub async fn follow<S, F>(
+    source: LeaderSource,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    mut session: S,
+    mut ended: impl FnMut(),
+) where
+    S: FnMut(Channel, String) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let mut finder = LeaderFinder::new(source);
+    let mut backoff = BACKOFF.0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        for target in finder.candidates().await {
+            let channel = match connect(&target).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(aggregator = %target, error = %e, what, "cannot connect");
+                    continue;
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let outcome = tokio::select! {
+                r = session(channel, target.clone()) => r,
+                _ = finder.superseded(&target) => Ok(()),
+                _ = stop.wait_for(|s| *s) => {
+                    ended();
+                    return;
+                }
+            };
+            ended();
+            if let Err(e) = outcome {
+                tracing::debug!(aggregator = %target, error = %e, what, "session ended");
+            }
+            // A session that lasted reached a leader: look again at once.
+            if started.elapsed() > BACKOFF.1 {
+                backoff = BACKOFF.0;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
 }

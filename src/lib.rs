@@ -18,6 +18,7 @@ pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod gateway;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod model;

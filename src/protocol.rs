@@ -1,14 +1,15 @@
-//! In-process protocol between roles (standalone mode): the messages scrapers publish and the
-//! assignments they receive. The distributed roles carry the same content over gRPC
+//! In-process protocol between roles: the messages scrapers publish, the assignments they
+//! receive and what pickers report to the leader. The distributed roles carry the same content over gRPC
 //! (`switchyard-proto`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use thiserror::Error;
 
-use crate::model::{Endpoint, EndpointId, MetricsSample};
-use crate::scraper::ScrapeError;
+use crate::model::{Endpoint, EndpointId, Load, MetricsSample, RoutedBlocks};
 
 /// A scrape succeeded (some metrics may still be missing: see `sample.errors`).
 #[derive(Debug, Clone, Message)]
@@ -40,3 +41,59 @@ pub struct ScrapeSink {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct AssignEndpoints(pub Vec<Endpoint>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ScrapeError {
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("http status {0}")]
+    Status(u16),
+    #[error("page larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("page is not valid UTF-8")]
+    NotUtf8,
+    #[error("no mapped metric could be read: {0}")]
+    NothingMapped(String),
+}
+
+impl ScrapeError {
+    /// A short stable label for metrics (`switchyard_scrape_errors_total{kind=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScrapeError::Request(_) => "request",
+            ScrapeError::Refused => "refused",
+            ScrapeError::Timeout(_) => "timeout",
+            ScrapeError::Status(_) => "status",
+            ScrapeError::TooLarge(_) => "too_large",
+            ScrapeError::NotUtf8 => "not_utf8",
+            ScrapeError::NothingMapped(_) => "nothing_mapped",
+        }
+    }
+}
+
+/// What one picker reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PickerReport {
+    pub picker: String,
+    pub loads: PickerLoads,
+    pub routed: Vec<RoutedBlocks>,
+}
+
+/// A picker's load per endpoint (absolute values, not deltas).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PickerLoads {
+    /// Requests and tokens in flight.
+    pub inflight: HashMap<EndpointId, Load>,
+    /// Requests sent since the scrape taken at the given time (what the picker's metrics show).
+    pub sent: HashMap<EndpointId, (SystemTime, u64)>,
+}
+
+impl PickerLoads {
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.sent.is_empty()
+    }
+}

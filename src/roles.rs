@@ -1,12 +1,12 @@
-//! Wiring of the distributed roles.
+//! Wiring of the distributed roles; only builds and spawns.
 //!
-//! - `aggregator`: campaigns through etcd (or leads alone without etcd), scrapes its endpoints
-//!   with its own scraper actors, publishes snapshots stamped with the etcd term, serves them to
-//!   pickers on the control-plane port. Only the leader publishes; readiness = leading with a
-//!   snapshot.
-//! - `picker`: follows the leader's snapshot stream and serves ext-proc from what it holds.
-//!
-//! Not yet: remote scrapers (`ControlPlane.Scrape`) and picker load reports (`Report`).
+//! - `aggregator`: follows its discovery source, campaigns through etcd (or leads alone without
+//!   etcd), scrapes its endpoints with its own scraper actors or hands them to remote scrapers,
+//!   publishes snapshots stamped with the etcd term and serves them to pickers on the
+//!   control-plane port. Only the leader publishes; readiness = leading, synced, published.
+//! - `picker`: follows the leader's snapshot stream, reports its load, serves ext-proc from what
+//!   it holds.
+//! - `scraper`: scrapes what the leader assigns and streams the results back.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,18 +20,17 @@ use switchyard_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 
-use crate::aggregator::election::{self, EtcdSettings, LeadershipEvent};
-use crate::aggregator::serve::{ControlPlaneService, RemoteScraping};
-use crate::aggregator::{Aggregator, EndpointsChanged, LeadershipAcquired, LeadershipLost};
-use crate::app::{self, PickerServers, ServeOptions};
+use crate::aggregator::election::{self, EtcdSettings};
+use crate::aggregator::serve::ControlPlaneService;
+use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
-use crate::discovery::StaticEndpoints;
+use crate::discovery::PoolSource;
+use crate::health::{HealthService, Readiness};
 use crate::model::Snapshot;
-use crate::picker::health::{HealthService, Readiness};
 use crate::picker::subscribe::{self, LeaderSource};
 use crate::picker::{Picker, PickerMetrics, PickerSettings};
-use crate::protocol::ScrapeSink;
 use crate::scheduling::{Scheduler, SchedulerConfig};
+use crate::scraper::remote::{self, ScraperRoleMetrics};
 use crate::scraper::{AssignEndpoints, FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
 
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ pub struct AggregatorOptions {
     pub advertise: Option<String>,
     pub config_file: Option<PathBuf>,
     pub config_text: Option<String>,
-    pub endpoints_file: PathBuf,
+    pub pool: PoolSource,
     pub metric_flags: MetricFlags,
     pub refresh_metrics_interval: Duration,
     pub scrape_timeout: Duration,
@@ -68,7 +67,7 @@ impl AggregatorOptions {
             advertise: None,
             config_file: None,
             config_text: None,
-            endpoints_file,
+            pool: PoolSource::file(endpoints_file),
             metric_flags: MetricFlags::default(),
             refresh_metrics_interval: Duration::from_millis(50),
             scrape_timeout: Duration::from_secs(1),
@@ -86,7 +85,7 @@ pub struct AggregatorHandle {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _actors: (Addr<Aggregator>, Option<Addr<ScrapeSupervisor>>),
+    control_plane: ControlPlane,
 }
 
 impl AggregatorHandle {
@@ -94,16 +93,14 @@ impl AggregatorHandle {
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(grace, futures::future::join_all(self.tasks)).await;
-        crate::app::stop_actors(&self._actors.0, self._actors.1.as_ref());
+        self.control_plane.stop();
     }
 }
 
 pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<AggregatorHandle> {
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
-    let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
-    let source = cfg.metrics_data_source()?;
-    let endpoints = StaticEndpoints::load(&opts.endpoints_file)?.resolve(&registry, &source)?;
+    let resolver = app::resolver(&cfg, &opts.metric_flags)?;
 
     let control = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.control_port))
         .await
@@ -118,29 +115,19 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         (control.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
     let mut metrics_registry = Registry::default();
     let role_metrics = crate::aggregator::metrics::AggregatorMetrics::new(&mut metrics_registry);
-    let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
-
-    let (aggregator, outputs) = Aggregator::follower(Duration::from_millis(5));
-    crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
-    let aggregator = aggregator.start();
-    let sink = ScrapeSink { scraped: aggregator.clone().recipient(), failed: aggregator.clone().recipient() };
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
-    aggregator.do_send(EndpointsChanged(endpoints.clone()));
-    let (supervisor, remote) = if opts.remote_scrapers {
-        (None, Some(RemoteScraping::new(endpoints, sink)))
-    } else {
-        let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, scrape_metrics)?.start();
-        supervisor.do_send(AssignEndpoints(endpoints));
-        (Some(supervisor), None)
-    };
+    let control_plane =
+        ControlPlane::start(None, &opts.pool, resolver, &settings, opts.remote_scrapers, &mut metrics_registry).await?;
+    let outputs = control_plane.outputs.clone();
+    crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Election → aggregator.
-    let (events_tx, mut events) = mpsc::channel(16);
+    let (events_tx, events) = mpsc::channel(16);
     let mut etcd = opts.etcd.clone();
     if let Some(s) = &mut etcd {
         s.value = opts.advertise.clone().unwrap_or_else(|| control_addr.to_string());
@@ -153,51 +140,16 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     } else {
         tasks.push(tokio::spawn(election::run_static(events_tx, stop_rx.clone())));
     }
-    {
-        let (aggregator, remote) = (aggregator.clone(), remote.clone());
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                match e {
-                    LeadershipEvent::Acquired { epoch } => aggregator.do_send(LeadershipAcquired { epoch }),
-                    LeadershipEvent::Lost { .. } => {
-                        aggregator.do_send(LeadershipLost);
-                        if let Some(r) = &remote {
-                            r.disconnect_all();
-                        }
-                    }
-                }
-            }
-        });
-    }
-    // Readiness = leading with a snapshot.
+    tokio::spawn(crate::aggregator::follow_election(events, control_plane.aggregator.clone()));
     let readiness = Arc::new(Readiness::default());
-    {
-        let (mut leading, mut snaps, readiness) =
-            (outputs.leading.clone(), outputs.snapshots.clone(), readiness.clone());
-        tokio::spawn(async move {
-            loop {
-                let is_leading = *leading.borrow_and_update();
-                let ready = {
-                    let snapshot = snaps.borrow_and_update();
-                    role_metrics.set_snapshot(&snapshot);
-                    is_leading && snapshot.epoch > 0
-                };
-                role_metrics.set_leading(is_leading);
-                readiness.set_ready(ready);
-                tokio::select! {
-                    r = leading.changed() => if r.is_err() { return },
-                    r = snaps.changed() => if r.is_err() { return },
-                }
-            }
-        });
-    }
+    tokio::spawn(crate::aggregator::track_readiness(outputs.clone(), readiness.clone(), role_metrics));
     let svc = ControlPlaneService {
         snapshots: outputs.snapshots.clone(),
         routed: outputs.routed.clone(),
         leading: outputs.leading.clone(),
         etcd: etcd.clone(),
-        remote,
-        reports: Some(aggregator.clone().recipient()),
+        remote: control_plane.remote.clone(),
+        reports: Some(control_plane.aggregator.clone().recipient()),
     };
     let signal = {
         let mut rx = stop_rx.clone();
@@ -243,7 +195,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         snapshots: outputs.snapshots,
         stop,
         tasks,
-        _actors: (aggregator, supervisor),
+        control_plane,
     })
 }
 
@@ -301,18 +253,12 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     let mut metrics_registry = Registry::default();
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), PickerMetrics::new(&mut metrics_registry)));
     let readiness = Arc::new(Readiness::default());
-    let (tx, rx) = watch::channel(Snapshot::empty());
-    app::follow_snapshots(rx, picker.clone(), readiness.clone(), false);
+    app::follow_snapshots(picker.clone(), readiness.clone());
     let servers = app::serve_picker(picker.clone(), readiness.clone(), metrics_registry, &opts.serve).await?;
-    let learner = picker.clone();
     tokio::spawn(subscribe::follow_leader(
         opts.leader.clone(),
         opts.picker_id.clone(),
-        tx,
-        move |s: &Snapshot, full: bool| {
-            learner.metrics.record_update(full);
-            learner.learn(s);
-        },
+        picker.clone(),
         servers.stop.subscribe(),
     ));
     tokio::spawn(crate::picker::report::run(
@@ -356,79 +302,8 @@ impl ScraperHandle {
     }
 }
 
-/// The scraper role's own metrics (besides per-endpoint scrape latency and errors).
-#[derive(Clone, Default)]
-struct ScraperRoleMetrics {
-    /// 1 while a leader's assignment stream is open.
-    connected: prometheus_client::metrics::gauge::Gauge,
-    assigned: prometheus_client::metrics::gauge::Gauge,
-    dropped: prometheus_client::metrics::counter::Counter,
-}
-
-impl ScraperRoleMetrics {
-    fn new(registry: &mut Registry) -> Self {
-        let m = ScraperRoleMetrics::default();
-        registry.register("switchyard_scraper_connected", "1 while streaming to the leader", m.connected.clone());
-        registry.register(
-            "switchyard_scraper_assigned_endpoints",
-            "Endpoints assigned by the leader",
-            m.assigned.clone(),
-        );
-        registry.register(
-            "switchyard_scraper_reports_dropped",
-            "Scrape results dropped because the leader stream lagged",
-            m.dropped.clone(),
-        );
-        m
-    }
-}
-
-/// Forwards scrape results into the leader stream; drops (and counts) when the stream lags.
-struct StreamSink {
-    scraper_id: String,
-    tx: mpsc::Sender<switchyard_proto::v1::MetricsReport>,
-    dropped: u64,
-    metrics: ScraperRoleMetrics,
-}
-
-impl Actor for StreamSink {
-    type Context = Context<Self>;
-}
-
-impl StreamSink {
-    fn push(&mut self, report: switchyard_proto::v1::MetricsReport) {
-        if self.tx.try_send(report).is_err() {
-            self.dropped += 1;
-            self.metrics.dropped.inc();
-            if self.dropped.is_power_of_two() {
-                tracing::warn!(dropped = self.dropped, "scrape reports dropped: the leader stream lags");
-            }
-        }
-    }
-}
-
-impl Handler<crate::protocol::MetricsScraped> for StreamSink {
-    type Result = ();
-
-    fn handle(&mut self, m: crate::protocol::MetricsScraped, _: &mut Context<Self>) {
-        let r = crate::wire::report_from_event(&self.scraper_id, Ok(&m));
-        self.push(r);
-    }
-}
-
-impl Handler<crate::protocol::ScrapeFailed> for StreamSink {
-    type Result = ();
-
-    fn handle(&mut self, f: crate::protocol::ScrapeFailed, _: &mut Context<Self>) {
-        let r = crate::wire::report_from_event(&self.scraper_id, Err(&f));
-        self.push(r);
-    }
-}
-
 /// The scraper role: connects to the leader, scrapes what it is assigned, streams the results.
 pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle> {
-    use switchyard_proto::v1 as pb;
-    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
@@ -439,21 +314,13 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
         .await
         .with_context(|| format!("cannot bind the metrics address {}", opts.metrics_addr))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let (out_tx, out_rx) = mpsc::channel::<pb::MetricsReport>(4096);
-    let sink_actor = StreamSink {
-        scraper_id: opts.scraper_id.clone(),
-        tx: out_tx.clone(),
-        dropped: 0,
-        metrics: role_metrics.clone(),
-    }
-    .start();
-    let sink = ScrapeSink { scraped: sink_actor.clone().recipient(), failed: sink_actor.recipient() };
+    let (sink, reports) = remote::sink(&opts.scraper_id, &role_metrics);
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
         fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
     };
     let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, scrape_metrics)?.start();
-    let (stop, mut stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let metrics_server = {
         let mut rx = stop_rx.clone();
         let signal = async move {
@@ -461,71 +328,14 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
         };
         app::serve_metrics(metrics_listener, Arc::new(metrics_registry), signal)
     };
-    let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
-    let sup = supervisor.clone();
-    let task = tokio::spawn(async move {
-        let mut finder = crate::leader::LeaderFinder::new(opts.leader.clone());
-        loop {
-            if *stop_rx.borrow() {
-                return;
-            }
-            for target in finder.candidates().await {
-                let Ok(channel) = crate::leader::connect(&target).await else { continue };
-                let mut client = ControlPlaneClient::new(channel);
-                // Outbound: the hello, then whatever the scraper actors produce.
-                let (tx, rx) = mpsc::channel::<pb::MetricsReport>(1024);
-                let hello = pb::MetricsReport {
-                    version: crate::wire::PROTOCOL_VERSION,
-                    scraper_id: opts.scraper_id.clone(),
-                    ..Default::default()
-                };
-                let _ = tx.send(hello).await;
-                let pump = {
-                    let out_rx = out_rx.clone();
-                    tokio::spawn(async move {
-                        let mut out_rx = out_rx.lock().await;
-                        while let Some(r) = out_rx.recv().await {
-                            if tx.send(r).await.is_err() {
-                                return;
-                            }
-                        }
-                    })
-                };
-                let Ok(resp) = client.scrape(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
-                    pump.abort();
-                    continue;
-                };
-                let mut inbound = resp.into_inner();
-                tracing::info!(leader = %target, "scraping for the aggregator leader");
-                role_metrics.connected.set(1);
-                let superseded = finder.superseded(&target);
-                tokio::pin!(superseded);
-                loop {
-                    tokio::select! {
-                        _ = &mut superseded => break,
-                        m = inbound.message() => match m {
-                            Ok(Some(a)) => {
-                                role_metrics.assigned.set(a.endpoints.len() as i64);
-                                let eps = a.endpoints.into_iter().map(crate::wire::endpoint_from_proto).collect();
-                                sup.do_send(AssignEndpoints(eps));
-                            }
-                            _ => break,
-                        },
-                        _ = stop_rx.changed() => break,
-                    }
-                }
-                pump.abort();
-                // The leader is gone: stop scraping until a leader assigns again.
-                sup.do_send(AssignEndpoints(Vec::new()));
-                role_metrics.connected.set(0);
-                role_metrics.assigned.set(0);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = stop_rx.changed() => {}
-            }
-        }
-    });
+    let task = tokio::spawn(remote::run(
+        opts.leader.clone(),
+        opts.scraper_id.clone(),
+        reports,
+        supervisor.clone(),
+        role_metrics,
+        stop_rx,
+    ));
     tracing::info!(%metrics_addr, "scraper serving metrics");
     Ok(ScraperHandle { stop, task, metrics_server, metrics_addr, supervisor })
 }

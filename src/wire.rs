@@ -296,7 +296,7 @@ pub fn event_from_report(
         }
         pb::metrics_report::Result::Error(e) => Some(Err(crate::protocol::ScrapeFailed {
             endpoint,
-            error: crate::scraper::ScrapeError::Request(e),
+            error: crate::protocol::ScrapeError::Request(e),
             at,
             latency: Duration::ZERO,
         })),
@@ -304,11 +304,11 @@ pub fn event_from_report(
 }
 
 /// A picker's report as the aggregator folds it in.
-pub fn report_from_proto(r: pb::PickerReport) -> crate::aggregator::PickerReport {
-    crate::aggregator::PickerReport {
+pub fn report_from_proto(r: pb::PickerReport) -> crate::protocol::PickerReport {
+    crate::protocol::PickerReport {
         picker: r.picker_id,
         loads: {
-            let mut loads = crate::aggregator::PickerLoads::default();
+            let mut loads = crate::protocol::PickerLoads::default();
             for l in r.loads {
                 let id = EndpointId::new(&l.endpoint_id);
                 if l.requests != 0 || l.tokens != 0 {

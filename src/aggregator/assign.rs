@@ -1,12 +1,150 @@
-//! Which scraper scrapes which endpoint: rendezvous (highest-random-weight) hashing, so a scraper
-//! joining or leaving moves only the endpoints it gains or loses.
+//! Who scrapes which endpoint. The aggregator owns the endpoint set and hands every new set to
+//! one [`Assigner`]: the local scrape supervisor (this process scrapes everything) or the
+//! connected `switchyard scraper` processes, over which it is spread by rendezvous
+//! (highest-random-weight) hashing, so a scraper joining or leaving moves only the endpoints it
+//! gains or loses. Both are re-assigned on every change of the set.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher as _;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use actix::Recipient;
+use switchyard_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::Status;
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::model::Endpoint;
+use crate::protocol::{AssignEndpoints, ScrapeSink};
+use crate::wire;
+
+/// Where the endpoint set goes.
+#[derive(Clone)]
+pub enum Assigner {
+    /// This process scrapes every endpoint (its scrape supervisor).
+    Local(Recipient<AssignEndpoints>),
+    /// Remote scraper processes share them.
+    Remote(Arc<RemoteScraping>),
+}
+
+impl Assigner {
+    /// Hands over a new endpoint set.
+    pub fn assign(&self, endpoints: &[Endpoint]) {
+        match self {
+            Assigner::Local(supervisor) => supervisor.do_send(AssignEndpoints(endpoints.to_vec())),
+            Assigner::Remote(remote) => remote.set_endpoints(endpoints),
+        }
+    }
+
+    /// This replica leads from `epoch` on (remote scrapers are told the term with their
+    /// assignments).
+    pub fn lead(&self, epoch: u64) {
+        if let Assigner::Remote(remote) = self {
+            remote.set_epoch(epoch);
+        }
+    }
+
+    /// Leadership is lost: remote scrapers must reconnect to the new leader. Local scraping goes
+    /// on (a standby keeps its metrics warm).
+    pub fn step_down(&self) {
+        if let Assigner::Remote(remote) = self {
+            remote.disconnect_all();
+        }
+    }
+
+    /// Stops every local scraper (shutdown).
+    pub fn stop(&self) {
+        if let Assigner::Local(supervisor) = self {
+            supervisor.do_send(AssignEndpoints(Vec::new()));
+        }
+    }
+}
+
+pub(crate) type AssignmentSender = mpsc::Sender<Result<pb::ScrapeAssignment, Status>>;
+
+/// The connected scrapers, the endpoints they share and where their reports go.
+pub struct RemoteScraping {
+    pub sink: ScrapeSink,
+    inner: Mutex<Remote>,
+}
+
+#[derive(Default)]
+struct Remote {
+    endpoints: Vec<Endpoint>,
+    epoch: u64,
+    scrapers: BTreeMap<String, AssignmentSender>,
+}
+
+impl RemoteScraping {
+    pub fn new(sink: ScrapeSink) -> Arc<Self> {
+        Arc::new(RemoteScraping { sink, inner: Mutex::new(Remote::default()) })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Remote> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        let mut inner = self.inner();
+        inner.endpoints = endpoints.to_vec();
+        inner.reassign();
+    }
+
+    fn set_epoch(&self, epoch: u64) {
+        self.inner().epoch = epoch;
+    }
+
+    /// A scraper connected (or reconnected): everyone gets their new share.
+    pub(crate) fn join(&self, id: &str, tx: AssignmentSender) {
+        let mut inner = self.inner();
+        inner.scrapers.insert(id.to_string(), tx);
+        inner.reassign();
+    }
+
+    /// A scraper's stream ended: its endpoints go to the others (unless it already reconnected
+    /// on a new stream).
+    pub(crate) fn leave(&self, id: &str, tx: &AssignmentSender) {
+        let mut inner = self.inner();
+        if inner.scrapers.get(id).is_some_and(|current| current.same_channel(tx)) {
+            inner.scrapers.remove(id);
+            tracing::info!(scraper = %id, "scraper left");
+            inner.reassign();
+        }
+    }
+
+    /// Drops every stream (leadership lost: scrapers reconnect to the new leader).
+    pub fn disconnect_all(&self) {
+        self.inner().scrapers.clear();
+    }
+
+    /// Connected scraper ids.
+    pub fn scrapers(&self) -> Vec<String> {
+        self.inner().scrapers.keys().cloned().collect()
+    }
+}
+
+impl Remote {
+    /// Sends every connected scraper its full assignment.
+    fn reassign(&self) {
+        if self.scrapers.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self.scrapers.keys().cloned().collect();
+        for (id, endpoints) in assign(&self.endpoints, &ids) {
+            let msg = pb::ScrapeAssignment {
+                version: wire::PROTOCOL_VERSION,
+                epoch: self.epoch,
+                endpoints: endpoints.iter().map(|e| wire::endpoint_to_proto(e)).collect(),
+            };
+            if let Some(tx) = self.scrapers.get(&id)
+                && tx.try_send(Ok(msg)).is_err()
+            {
+                tracing::warn!(scraper = %id, "assignment not delivered (stream full or closed)");
+            }
+        }
+        tracing::info!(scrapers = ids.len(), endpoints = self.endpoints.len(), "endpoints assigned");
+    }
+}
 
 fn weight(endpoint: &str, scraper: &str) -> u64 {
     let mut h = Xxh64::new(0x5157_4348);

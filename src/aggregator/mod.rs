@@ -1,14 +1,17 @@
 //! The aggregator: merges the endpoint set (discovery) and scrape results into versioned,
 //! immutable snapshots and publishes them, coalesced to at most one per interval.
 //!
-//! Inputs: `EndpointsChanged` (discovery), `MetricsScraped` / `ScrapeFailed` (scrapers).
+//! Inputs: the endpoint set of a discovery source (a `watch` channel the actor follows for its
+//! whole life: it owns the set and hands every new one to its [`Assigner`]), `MetricsScraped` /
+//! `ScrapeFailed` (scrapers), picker reports, leadership events.
 //! Output: `Arc<Snapshot>` on a `watch` channel, stamped `(epoch, seq)`. In standalone mode the
 //! epoch is fixed (local leadership); the distributed leader takes it from its etcd term.
-//! It does not scrape or schedule.
+//! It does not scrape, discover or schedule.
 
 pub mod assign;
 pub mod election;
 pub mod metrics;
+mod readiness;
 pub mod serve;
 mod state;
 
@@ -18,15 +21,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-pub use state::{AggregatorState, PickerLoads, PickerReport};
+pub use assign::{Assigner, RemoteScraping};
+pub use readiness::track_readiness;
+pub use state::AggregatorState;
 
-use crate::model::{Endpoint, RoutedBlocks, Snapshot};
+pub use crate::protocol::{PickerLoads, PickerReport};
+
+use crate::discovery::EndpointSet;
+use crate::model::{RoutedBlocks, Snapshot};
 use crate::protocol::{MetricsScraped, ScrapeFailed};
-
-/// The endpoint set changed (full set).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct EndpointsChanged(pub Vec<Endpoint>);
 
 /// This replica became the leader (or is alone, in standalone mode).
 #[derive(Debug, Clone, Copy, Message)]
@@ -46,14 +49,20 @@ pub struct Aggregator {
     routed: Arc<RoutedLog>,
     leading: watch::Sender<bool>,
     publish_interval: Duration,
+    /// The discovery source's sets; taken when the actor starts.
+    source: Option<watch::Receiver<Arc<EndpointSet>>>,
+    synced: watch::Sender<bool>,
+    assigner: Assigner,
 }
 
-/// What an aggregator publishes: snapshots, the prefix blocks each carried, and whether it
-/// currently leads.
+/// What an aggregator publishes: snapshots, the prefix blocks each carried, whether it currently
+/// leads, and whether its discovery source has synced.
+#[derive(Clone)]
 pub struct AggregatorOutputs {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub routed: Arc<RoutedLog>,
     pub leading: watch::Receiver<bool>,
+    pub synced: watch::Receiver<bool>,
 }
 
 /// The prefix blocks of the recent snapshots. The `watch` channel keeps only the latest snapshot;
@@ -121,21 +130,49 @@ impl RoutedLog {
 
 impl Aggregator {
     /// Standalone: leader at once with `epoch`.
-    pub fn new(epoch: u64, publish_interval: Duration) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let (agg, out) = Self::follower(publish_interval);
-        let mut agg = agg;
+    pub fn new(
+        epoch: u64,
+        publish_interval: Duration,
+        source: watch::Receiver<Arc<EndpointSet>>,
+        assigner: Assigner,
+    ) -> (Self, AggregatorOutputs) {
+        let (mut agg, out) = Self::follower(publish_interval, source, assigner);
         agg.state.on_new_term(epoch);
+        agg.assigner.lead(epoch);
         agg.leading.send_replace(true);
-        (agg, out.snapshots)
+        (agg, out)
     }
 
-    /// Not leading until told `LeadershipAcquired`.
-    pub fn follower(publish_interval: Duration) -> (Self, AggregatorOutputs) {
+    /// Not leading until told `LeadershipAcquired`. Follows `source` from start to finish and
+    /// hands every set to `assigner`.
+    pub fn follower(
+        publish_interval: Duration,
+        source: watch::Receiver<Arc<EndpointSet>>,
+        assigner: Assigner,
+    ) -> (Self, AggregatorOutputs) {
         let (tx, snapshots) = watch::channel(Snapshot::empty());
         let (leading, leading_rx) = watch::channel(false);
+        let (synced, synced_rx) = watch::channel(false);
         let routed = Arc::new(RoutedLog::default());
-        let agg = Aggregator { state: AggregatorState::new(0), tx, routed: routed.clone(), leading, publish_interval };
-        (agg, AggregatorOutputs { snapshots, routed, leading: leading_rx })
+        let agg = Aggregator {
+            state: AggregatorState::new(0),
+            tx,
+            routed: routed.clone(),
+            leading,
+            publish_interval,
+            source: Some(source),
+            synced,
+            assigner,
+        };
+        (agg, AggregatorOutputs { snapshots, routed, leading: leading_rx, synced: synced_rx })
+    }
+
+    fn on_endpoint_set(&mut self, set: &EndpointSet) {
+        self.state.on_endpoints(set.endpoints.clone());
+        self.assigner.assign(&set.endpoints);
+        self.synced.send_replace(set.synced);
+        // Membership changes are published at once (readiness waits for them).
+        self.publish();
     }
 
     fn publish(&mut self) {
@@ -156,6 +193,7 @@ impl Handler<LeadershipAcquired> for Aggregator {
 
     fn handle(&mut self, msg: LeadershipAcquired, _: &mut Context<Self>) {
         self.state.on_new_term(msg.epoch);
+        self.assigner.lead(msg.epoch);
         self.leading.send_replace(true);
         self.publish();
     }
@@ -171,6 +209,7 @@ impl Handler<Stop> for Aggregator {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         self.leading.send_replace(false);
+        self.assigner.stop();
         ctx.stop();
     }
 }
@@ -193,6 +232,7 @@ impl Handler<LeadershipLost> for Aggregator {
 
     fn handle(&mut self, _: LeadershipLost, _: &mut Context<Self>) {
         self.leading.send_replace(false);
+        self.assigner.step_down();
     }
 }
 
@@ -201,16 +241,21 @@ impl Actor for Aggregator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.publish_interval, |act, _| act.publish());
+        if let Some(source) = self.source.take() {
+            // The set held now first (a watch stream yields the current value), then each change.
+            ctx.add_stream(tokio_stream::wrappers::WatchStream::new(source));
+        }
     }
 }
 
-impl Handler<EndpointsChanged> for Aggregator {
-    type Result = ();
+impl StreamHandler<Arc<EndpointSet>> for Aggregator {
+    fn handle(&mut self, set: Arc<EndpointSet>, _: &mut Context<Self>) {
+        self.on_endpoint_set(&set);
+    }
 
-    fn handle(&mut self, msg: EndpointsChanged, _: &mut Context<Self>) {
-        self.state.on_endpoints(msg.0);
-        // Membership changes are published at once (readiness waits for them).
-        self.publish();
+    /// The source is gone (shutdown): the last set stays; the actor keeps running until `Stop`.
+    fn finished(&mut self, _: &mut Context<Self>) {
+        tracing::debug!("endpoint source closed");
     }
 }
 
@@ -227,6 +272,19 @@ impl Handler<ScrapeFailed> for Aggregator {
 
     fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
         self.state.on_failed(msg);
+    }
+}
+
+/// Forwards the election's events to the aggregator until the election ends.
+pub async fn follow_election(
+    mut events: tokio::sync::mpsc::Receiver<election::LeadershipEvent>,
+    aggregator: Addr<Aggregator>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            election::LeadershipEvent::Acquired { epoch } => aggregator.do_send(LeadershipAcquired { epoch }),
+            election::LeadershipEvent::Lost { .. } => aggregator.do_send(LeadershipLost),
+        }
     }
 }
 

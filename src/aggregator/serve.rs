@@ -14,13 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use super::assign;
+use super::assign::RemoteScraping;
 use super::election::{self, EtcdSettings};
-use crate::model::{Endpoint, Snapshot};
-use crate::protocol::ScrapeSink;
+use crate::model::Snapshot;
 use crate::wire;
 
 #[derive(Clone)]
@@ -35,49 +31,6 @@ pub struct ControlPlaneService {
     pub remote: Option<Arc<RemoteScraping>>,
     /// Where picker reports go (the aggregator actor).
     pub reports: Option<actix::Recipient<super::PickerReported>>,
-}
-
-type AssignmentSender = mpsc::Sender<Result<pb::ScrapeAssignment, Status>>;
-
-/// The connected scrapers and the endpoints they share.
-pub struct RemoteScraping {
-    pub endpoints: Vec<Endpoint>,
-    pub sink: ScrapeSink,
-    scrapers: Mutex<BTreeMap<String, AssignmentSender>>,
-}
-
-impl RemoteScraping {
-    pub fn new(endpoints: Vec<Endpoint>, sink: ScrapeSink) -> Arc<Self> {
-        Arc::new(RemoteScraping { endpoints, sink, scrapers: Mutex::new(BTreeMap::new()) })
-    }
-
-    fn scrapers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AssignmentSender>> {
-        self.scrapers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sends every connected scraper its full assignment.
-    fn reassign(&self, epoch: u64) {
-        let scrapers = self.scrapers();
-        let ids: Vec<String> = scrapers.keys().cloned().collect();
-        for (id, endpoints) in assign::assign(&self.endpoints, &ids) {
-            let msg = pb::ScrapeAssignment {
-                version: wire::PROTOCOL_VERSION,
-                epoch,
-                endpoints: endpoints.iter().map(|e| wire::endpoint_to_proto(e)).collect(),
-            };
-            if let Some(tx) = scrapers.get(&id)
-                && tx.try_send(Ok(msg)).is_err()
-            {
-                tracing::warn!(scraper = %id, "assignment not delivered (stream full or closed)");
-            }
-        }
-        tracing::info!(scrapers = ids.len(), endpoints = self.endpoints.len(), "endpoints assigned");
-    }
-
-    /// Drops every stream (leadership lost: scrapers reconnect to the new leader).
-    pub fn disconnect_all(&self) {
-        self.scrapers().clear();
-    }
 }
 
 impl ControlPlaneService {
@@ -123,10 +76,7 @@ impl ControlPlane for ControlPlaneService {
             return Err(Status::invalid_argument("the first report must carry scraper_id"));
         }
         let (tx, rx) = mpsc::channel(8);
-        let epoch = self.snapshots.borrow().epoch;
-        remote.scrapers().insert(id.clone(), tx.clone());
-        remote.reassign(epoch);
-        let snapshots = self.snapshots.clone();
+        remote.join(&id, tx.clone());
         tokio::spawn(async move {
             while let Ok(Some(report)) = inbound.message().await {
                 match wire::event_from_report(report) {
@@ -135,19 +85,7 @@ impl ControlPlane for ControlPlaneService {
                     None => {}
                 }
             }
-            // Gone: its endpoints go to the others (unless it already reconnected).
-            let removed = {
-                let mut scrapers = remote.scrapers();
-                match scrapers.get(&id) {
-                    Some(current) if current.same_channel(&tx) => scrapers.remove(&id).is_some(),
-                    _ => false,
-                }
-            };
-            if removed {
-                tracing::info!(scraper = %id, "scraper left");
-                let epoch = snapshots.borrow().epoch;
-                remote.reassign(epoch);
-            }
+            remote.leave(&id, &tx);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

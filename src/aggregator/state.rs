@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use std::time::Duration;
 
 use crate::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, RoutedBlocks, Snapshot, unix_micros};
-use crate::protocol::{MetricsScraped, ScrapeFailed};
+use crate::protocol::{MetricsScraped, PickerLoads, PickerReport, ScrapeFailed};
 
 #[derive(Debug)]
 pub struct AggregatorState {
@@ -67,29 +67,6 @@ impl SharedTotals {
 const PICKER_LOAD_TTL: Duration = Duration::from_secs(2);
 /// At most this many routed hashes wait for the next snapshot.
 const MAX_PENDING_HASHES: usize = 200_000;
-
-/// What one picker reported.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PickerReport {
-    pub picker: String,
-    pub loads: PickerLoads,
-    pub routed: Vec<RoutedBlocks>,
-}
-
-/// A picker's load per endpoint (absolute values, not deltas).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PickerLoads {
-    /// Requests and tokens in flight.
-    pub inflight: HashMap<EndpointId, Load>,
-    /// Requests sent since the scrape taken at the given time (what the picker's metrics show).
-    pub sent: HashMap<EndpointId, (SystemTime, u64)>,
-}
-
-impl PickerLoads {
-    fn is_empty(&self) -> bool {
-        self.inflight.is_empty() && self.sent.is_empty()
-    }
-}
 
 impl AggregatorState {
     pub fn new(epoch: u64) -> Self {

@@ -1,46 +1,123 @@
-//! Discovery: where endpoints come from. Today a static endpoints file (YAML); Kubernetes
-//! (InferencePool + Pods) plugs in beside it and produces the same `Vec<Endpoint>`.
+//! Discovery: where the pool comes from. An endpoint source turns the outside world into the
+//! current endpoint set over time and publishes it on a `watch` channel ([`EndpointSource`]);
+//! the aggregator consumes that channel and owns the set from start to finish (it hands it to the
+//! scrapers and puts it in snapshots). No role receives endpoints any other way.
 //!
-//! ```yaml
-//! endpoints:
-//! - name: vllm-0
-//!   address: 10.0.0.5          # IP or host
-//!   port: 8000                 # or ports: [8000, 8001] (one endpoint per port: <name>-rank-<i>)
-//!   labels: {inference.networking.k8s.io/engine-type: vllm}
-//!   metricsPort: 8000          # optional, default: the port
-//!   metricsPath: /metrics      # optional, default: the metrics-data-source path
-//! ```
+//! Sources, one shape:
+//! - [`file`]: the static endpoints file, watched for edits;
+//! - [`fixed`]: a set that never changes (tools and tests).
+//!
+//! A source never decides anything about metrics or scheduling, and never talks to scrapers or
+//! pickers.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+pub mod file;
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-use crate::config::{ConfigError, MetricsDataSourceParams, path_error};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use file::{StaticEndpoint, StaticEndpoints};
+
+use crate::config::MetricsDataSourceParams;
 use crate::metrics::EngineRegistry;
-use crate::model::{Endpoint, EndpointId};
+use crate::model::Endpoint;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StaticEndpoints {
-    pub endpoints: Vec<StaticEndpoint>,
+/// What a source currently sees.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointSet {
+    /// Sorted by id; ids are unique.
+    pub endpoints: Vec<Endpoint>,
+    /// The source has read its world at least once (a Kubernetes pool that does not exist yet is
+    /// not synced; the aggregator is not ready until its source is).
+    pub synced: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StaticEndpoint {
-    pub name: String,
-    pub address: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<u16>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_path: Option<String>,
+impl EndpointSet {
+    /// A synced set (sorted here).
+    pub fn ready(mut endpoints: Vec<Endpoint>) -> Self {
+        endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        EndpointSet { endpoints, synced: true }
+    }
+}
+
+/// A running source: the set it publishes, and the task that follows the outside world (aborted
+/// when the source is dropped; it also ends by itself once nobody listens).
+pub struct EndpointSource {
+    updates: watch::Receiver<Arc<EndpointSet>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EndpointSource {
+    pub fn new(updates: watch::Receiver<Arc<EndpointSet>>, task: tokio::task::JoinHandle<()>) -> Self {
+        EndpointSource { updates, task: Some(task) }
+    }
+
+    /// The set published so far, and every later one.
+    pub fn updates(&self) -> watch::Receiver<Arc<EndpointSet>> {
+        self.updates.clone()
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<EndpointSet> {
+        self.updates.borrow().clone()
+    }
+}
+
+impl Drop for EndpointSource {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Where a role's pool comes from (its discovery flags).
+#[derive(Debug, Clone)]
+pub enum PoolSource {
+    /// A static endpoints file, read every `poll` for edits.
+    File { path: std::path::PathBuf, poll: std::time::Duration },
+}
+
+impl PoolSource {
+    /// The static file, polled at the default interval.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        PoolSource::File { path: path.into(), poll: file::DEFAULT_POLL }
+    }
+
+    /// Starts the source. An input that cannot be used at start-up is an error (exit code 2).
+    pub async fn start(&self, resolver: Resolver, metrics: DiscoveryMetrics) -> Result<EndpointSource, DiscoveryError> {
+        match self {
+            PoolSource::File { path, poll } => Ok(file::watch_file(path.clone(), resolver, *poll, metrics)?),
+        }
+    }
+}
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A source whose set never changes.
+pub fn fixed(endpoints: Vec<Endpoint>) -> EndpointSource {
+    let (tx, rx) = watch::channel(Arc::new(EndpointSet::ready(endpoints)));
+    // Holds the sender until every receiver is gone, so the set stays published.
+    let task = tokio::spawn(async move { tx.closed().await });
+    EndpointSource::new(rx, task)
+}
+
+/// What turns a source's raw entries into endpoints: the engine registry (engine label → engine)
+/// and the metrics data source (scheme, path).
+#[derive(Clone)]
+pub struct Resolver {
+    pub registry: Arc<EngineRegistry>,
+    pub source: MetricsDataSourceParams,
 }
 
 /// `ip:port`, IPv6 bracketed.
@@ -48,92 +125,53 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
-impl StaticEndpoints {
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-        serde_path_to_error::deserialize(value).map_err(|e| path_error("", e))
-    }
-
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
-        Self::from_yaml(&text)
-    }
-
-    /// Resolves ports, engines and metrics URLs.
-    pub fn resolve(
-        &self,
-        registry: &EngineRegistry,
-        source: &MetricsDataSourceParams,
-    ) -> Result<Vec<Endpoint>, ConfigError> {
-        let mut out: Vec<Endpoint> = Vec::new();
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let at = |field: &str| format!("endpoints[{i}].{field}");
-            if e.name.trim().is_empty() {
-                return Err(ConfigError::invalid(at("name"), "must not be empty"));
-            }
-            if e.address.trim().is_empty() {
-                return Err(ConfigError::invalid(at("address"), "must not be empty"));
-            }
-            let ports: Vec<u16> = match (e.port, e.ports.is_empty()) {
-                (Some(p), true) => vec![p],
-                (None, false) => e.ports.clone(),
-                (Some(_), false) => return Err(ConfigError::invalid(at("ports"), "set either port or ports")),
-                (None, true) => return Err(ConfigError::invalid(at("port"), "a port is required")),
-            };
-            if ports.contains(&0) {
-                return Err(ConfigError::invalid(at("port"), "port 0 is not a valid target"));
-            }
-            let engine = registry.resolve(&e.labels).name.clone();
-            for (rank, port) in ports.iter().enumerate() {
-                let id = if ports.len() == 1 { e.name.clone() } else { format!("{}-rank-{rank}", e.name) };
-                if out.iter().any(|o| o.id.as_str() == id) {
-                    return Err(ConfigError::invalid(at("name"), format!("duplicate endpoint {id:?}")));
-                }
-                let metrics_port = e.metrics_port.unwrap_or(*port);
-                let path = e.metrics_path.as_deref().unwrap_or(&source.path);
-                out.push(Endpoint {
-                    id: EndpointId::new(&id),
-                    address: join_host_port(&e.address, *port),
-                    metrics_url: format!("{}://{}{}", source.scheme, join_host_port(&e.address, metrics_port), path),
-                    engine: engine.clone(),
-                    labels: e.labels.clone(),
-                });
-            }
-        }
-        Ok(out)
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Discovery's own metrics (`switchyard_discovery_*`).
+#[derive(Clone, Default)]
+pub struct DiscoveryMetrics {
+    /// Endpoints in the current set, by source.
+    endpoints: Family<SourceLabel, Gauge>,
+    /// Sets published after the first, by source.
+    updates: Family<SourceLabel, Counter>,
+    /// Inputs rejected (the last good set was kept), by source.
+    errors: Family<SourceLabel, Counter>,
+}
 
-    #[test]
-    fn ranks_engines_and_urls() {
-        let yaml = "endpoints:\n- {name: a, address: 10.0.0.1, port: 8000, labels: {inference.networking.k8s.io/engine-type: sglang}}\n- {name: b, address: 'fd00::1', ports: [8000, 8001], metricsPath: /m}\n";
-        let eps = StaticEndpoints::from_yaml(yaml)
-            .expect("valid")
-            .resolve(&EngineRegistry::builtin(), &MetricsDataSourceParams::default())
-            .expect("resolved");
-        assert_eq!(eps.len(), 3);
-        assert_eq!((eps[0].id.as_str(), eps[0].engine.as_str()), ("a", "sglang"));
-        assert_eq!(eps[0].metrics_url, "http://10.0.0.1:8000/metrics");
-        assert_eq!(eps[2].id.as_str(), "b-rank-1");
-        assert_eq!(eps[2].address, "[fd00::1]:8001");
-        assert_eq!(eps[2].metrics_url, "http://[fd00::1]:8001/m");
-        assert_eq!(eps[1].engine, "vllm", "no label: default engine");
+impl DiscoveryMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = DiscoveryMetrics::default();
+        registry.register("switchyard_discovery_endpoints", "Endpoints in the current set", m.endpoints.clone());
+        registry.register("switchyard_discovery_updates", "Endpoint sets published after the first", m.updates.clone());
+        registry.register(
+            "switchyard_discovery_errors",
+            "Source inputs rejected (the last good endpoint set was kept)",
+            m.errors.clone(),
+        );
+        m
     }
 
-    #[test]
-    fn bad_files_name_the_key() {
-        let err = StaticEndpoints::from_yaml("endpoints:\n- {name: a, address: x, port: 1, prot: 2}\n")
-            .expect_err("unknown key");
-        assert!(err.to_string().contains("endpoints[0].prot"), "{err}");
-        let err = StaticEndpoints::from_yaml("endpoints:\n- {name: a, address: x}\n")
-            .expect("parses")
-            .resolve(&EngineRegistry::builtin(), &MetricsDataSourceParams::default())
-            .expect_err("no port");
-        assert!(err.to_string().contains("endpoints[0].port"), "{err}");
+    fn label(source: &str) -> SourceLabel {
+        SourceLabel { source: source.to_string() }
+    }
+
+    pub fn set_endpoints(&self, source: &str, n: usize) {
+        self.endpoints.get_or_create(&Self::label(source)).set(n as i64);
+    }
+
+    pub fn update(&self, source: &str) {
+        self.updates.get_or_create(&Self::label(source)).inc();
+    }
+
+    pub fn error(&self, source: &str) {
+        self.errors.get_or_create(&Self::label(source)).inc();
+    }
+
+    /// Rejected inputs counted so far for `source`.
+    pub fn errors(&self, source: &str) -> u64 {
+        self.errors.get_or_create(&Self::label(source)).get()
     }
 }

@@ -1,13 +1,13 @@
 //! The picker role: Envoy's ext-proc server (port 9002) and gRPC health (9003), answering every
 //! request from the snapshot it holds.
 //!
-//! Inputs: snapshots on a `watch` channel (from the local aggregator in standalone mode). Output:
-//! routing answers to Envoy. The request path reads an `Arc<PickerView>` (`ArcSwap::load_full`)
+//! Inputs: snapshots, each handed to [`Picker::accept`] in order (by the in-process aggregator's
+//! feed in standalone mode, by the leader's stream in [`subscribe`] otherwise). Output: routing
+//! answers to Envoy. The request path reads an `Arc<PickerView>` (`ArcSwap::load_full`)
 //! and never awaits a lock, an actor or the control plane; the prefix index sits behind a short
 //! synchronous mutex. It does not scrape, discover or elect anything.
 
 mod ext_proc;
-pub mod health;
 mod metrics;
 pub mod proto;
 pub mod report;
@@ -102,6 +102,8 @@ pub struct Picker {
     reporting: std::sync::atomic::AtomicBool,
     /// Wakes the reporter: this picker's load or routing changed.
     pub(crate) report_due: tokio::sync::Notify,
+    /// Every snapshot accepted, latest last (views are built from it and may skip some).
+    snapshots: tokio::sync::watch::Sender<Arc<crate::model::Snapshot>>,
 }
 
 /// At most this many routed-block entries wait for the next report.
@@ -119,6 +121,7 @@ impl Picker {
             routed: Mutex::new(Vec::new()),
             reporting: std::sync::atomic::AtomicBool::new(false),
             report_due: tokio::sync::Notify::new(),
+            snapshots: tokio::sync::watch::channel(crate::model::Snapshot::empty()).0,
         }
     }
 
@@ -162,11 +165,27 @@ impl Picker {
         std::mem::take(&mut *self.routed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Learns from a snapshot update: the blocks other pickers routed go into the prefix index,
-    /// and endpoints that left are pruned from it. Must see every update, in order (the leader's
-    /// stream calls it for each one; views may skip updates).
-    pub fn learn(&self, snapshot: &crate::model::Snapshot) {
-        // Built before taking the lock the request path shares; O(endpoints + blocks) per update.
+    /// The one way a snapshot enters the picker; it must see every snapshot, in order. The prefix
+    /// index learns from it (the blocks other pickers routed; endpoints that left are pruned),
+    /// then it is published to the view follower, which may skip some.
+    pub fn accept(&self, snapshot: Arc<crate::model::Snapshot>) {
+        self.learn(&snapshot);
+        self.snapshots.send_replace(snapshot);
+    }
+
+    /// The latest snapshot accepted.
+    pub fn held(&self) -> Arc<crate::model::Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// The snapshots accepted from now on (the current one first).
+    pub fn snapshots(&self) -> tokio::sync::watch::Receiver<Arc<crate::model::Snapshot>> {
+        self.snapshots.subscribe()
+    }
+
+    /// O(endpoints + blocks) per snapshot.
+    fn learn(&self, snapshot: &crate::model::Snapshot) {
+        // Built before taking the lock the request path shares.
         let index: HashMap<&crate::model::EndpointId, usize> =
             snapshot.endpoints.iter().enumerate().map(|(i, e)| (&e.endpoint.id, i)).collect();
         let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,12 +198,8 @@ impl Picker {
         prefix.retain(|id| index.contains_key(id));
     }
 
-    /// Called when a new view is installed: update gauges, and [`learn`](Self::learn) from its
-    /// snapshot when `learn` (in-process snapshots, where nothing else does).
-    pub fn on_view(&self, view: &PickerView, learn: bool) {
-        if learn {
-            self.learn(&view.snapshot);
-        }
+    /// Called when a new view is installed: updates the gauges.
+    pub fn on_view(&self, view: &PickerView) {
         let entries = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).len();
         self.metrics.record_snapshot(view, entries);
     }

@@ -11,7 +11,7 @@ use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::{mpsc, watch};
 
 use super::Picker;
-use crate::leader::{self, LeaderFinder, LeaderSource};
+use crate::leader::LeaderSource;
 use crate::wire;
 
 /// Builds one report and marks its loads as reported.
@@ -44,10 +44,6 @@ pub fn build_report(picker: &Picker, picker_id: &str) -> pb::PickerReport {
     pb::PickerReport { version: wire::PROTOCOL_VERSION, picker_id: picker_id.to_string(), loads, routed }
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
-}
-
 /// When reports go out: soon after this picker's load or routing changes, batched over
 /// `min_interval`, and at least every `heartbeat` (the leader forgets a silent picker's load).
 #[derive(Debug, Clone, Copy)]
@@ -71,38 +67,26 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     picker.enable_reporting();
-    let mut finder = LeaderFinder::new(source);
-    loop {
-        for target in finder.candidates().await {
-            let Ok(channel) = leader::connect(&target).await else { continue };
+    let session = |channel, _target: String| {
+        let (picker, picker_id) = (picker.clone(), picker_id.clone());
+        async move {
             let mut client = ControlPlaneClient::new(channel);
             let (tx, rx) = mpsc::channel(16);
-            let call =
+            let mut call =
                 tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-            let superseded = finder.superseded(&target);
-            tokio::pin!(superseded);
             loop {
                 tokio::select! {
                     _ = picker.report_due.notified() => {}
                     _ = tokio::time::sleep(timing.heartbeat) => {}
-                    _ = &mut superseded => break,
-                    _ = stopped(stop.clone()) => return,
+                    r = &mut call => return Err(format!("report stream ended: {r:?}")),
                 }
-                if call.is_finished() || tx.send(build_report(&picker, &picker_id)).await.is_err() {
-                    break;
+                if tx.send(build_report(&picker, &picker_id)).await.is_err() {
+                    return Err("report stream closed".to_string());
                 }
                 // Changes during this pause go out together in the next report.
-                tokio::select! {
-                    _ = tokio::time::sleep(timing.min_interval) => {}
-                    _ = stopped(stop.clone()) => return,
-                }
+                tokio::time::sleep(timing.min_interval).await;
             }
-            drop(tx);
-            let _ = call.await;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = stopped(stop.clone()) => return,
-        }
-    }
+    };
+    crate::leader::follow(source, stop, "reports", session, || {}).await;
 }

@@ -7,102 +7,60 @@
 //! what it holds.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::watch;
 
+use super::Picker;
 pub use crate::leader::LeaderSource;
-use crate::leader::{self, LeaderFinder};
 use crate::model::Snapshot;
 use crate::wire;
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
-}
-
-/// Applies `update` on top of what `tx` holds when its `(epoch, seq)` is newer (fencing), after
-/// `on_update` has seen the result; returns whether it was applied. A delta that does not sit on
-/// the snapshot held is an error (the stream must start again with a full snapshot).
-pub fn apply_if_newer(
-    tx: &watch::Sender<Arc<Snapshot>>,
-    update: pb::SnapshotUpdate,
-    on_update: impl Fn(&Snapshot, bool),
-) -> Result<bool, wire::WireError> {
-    let held = tx.borrow().clone();
+/// The snapshot `update` makes of `held`, or `None` when its `(epoch, seq)` is not newer
+/// (fencing). A delta that does not sit on `held` is an error (the stream must start again with
+/// a full snapshot).
+pub fn apply_if_newer(held: &Snapshot, update: pb::SnapshotUpdate) -> Result<Option<Snapshot>, wire::WireError> {
     if held.epoch != 0 && (update.epoch, update.seq) <= (held.epoch, held.seq) {
         tracing::debug!(epoch = update.epoch, seq = update.seq, "ignored a snapshot that is not newer");
-        return Ok(false);
+        return Ok(None);
     }
-    let full = update.full;
-    let snapshot = wire::apply_update(&held, update)?;
-    on_update(&snapshot, full);
-    tx.send_replace(Arc::new(snapshot));
-    Ok(true)
+    wire::apply_update(held, update).map(Some)
 }
 
-/// Runs until `stop`. `on_update` sees every snapshot applied (and whether it came whole or as a
-/// delta), in order, before it is published on `tx` (whose readers may skip some): the prefix
-/// blocks each carries are learned there.
-pub async fn follow_leader(
-    source: LeaderSource,
-    picker_id: String,
-    tx: watch::Sender<Arc<Snapshot>>,
-    on_update: impl Fn(&Snapshot, bool) + Send + Sync,
-    stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    let mut finder = LeaderFinder::new(source);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        for target in finder.candidates().await {
-            let attempt = async {
-                let channel = leader::connect(&target).await?;
-                let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
-                let (have_epoch, have_seq) = {
-                    let held = tx.borrow();
-                    (held.epoch, held.seq)
-                };
-                let request = pb::WatchRequest {
-                    version: wire::PROTOCOL_VERSION,
-                    picker_id: picker_id.clone(),
-                    have_epoch,
-                    have_seq,
-                };
-                let mut stream =
-                    client.watch_snapshots(request).await.map_err(|s| s.message().to_string())?.into_inner();
-                tracing::info!(leader = %target, "following the aggregator leader");
-                loop {
-                    match stream.message().await {
-                        Ok(Some(update)) => {
-                            // A delta that does not sit on what this picker holds ends the
-                            // stream; the next one starts with a full snapshot.
-                            apply_if_newer(&tx, update, &on_update).map_err(|e| e.to_string())?;
-                        }
-                        Ok(None) => return Err::<(), String>("stream ended".to_string()),
-                        Err(status) => return Err(status.message().to_string()),
-                    }
-                }
+/// Follows the leader's snapshot stream into `picker` until `stop`.
+pub async fn follow_leader(source: LeaderSource, picker_id: String, picker: Arc<Picker>, stop: watch::Receiver<bool>) {
+    let session = |channel, target: String| {
+        let (picker, picker_id) = (picker.clone(), picker_id.clone());
+        async move {
+            let mut client = ControlPlaneClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+            let held = picker.held();
+            let request = pb::WatchRequest {
+                version: wire::PROTOCOL_VERSION,
+                picker_id,
+                have_epoch: held.epoch,
+                have_seq: held.seq,
             };
-            tokio::select! {
-                r = attempt => {
-                    if let Err(e) = r {
-                        tracing::debug!(aggregator = %target, error = %e, "snapshot stream unavailable");
+            let mut stream = client.watch_snapshots(request).await.map_err(|s| s.message().to_string())?.into_inner();
+            tracing::info!(leader = %target, "following the aggregator leader");
+            loop {
+                match stream.message().await {
+                    Ok(Some(update)) => {
+                        let full = update.full;
+                        // A delta that does not sit on what this picker holds ends the stream;
+                        // the next one starts with a full snapshot.
+                        if let Some(s) = apply_if_newer(&picker.held(), update).map_err(|e| e.to_string())? {
+                            picker.metrics.record_update(full);
+                            picker.accept(Arc::new(s));
+                        }
                     }
+                    Ok(None) => return Err("stream ended".to_string()),
+                    Err(status) => return Err(status.message().to_string()),
                 }
-                _ = finder.superseded(&target) => {}
-                _ = stopped(stop.clone()) => return,
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped(stop.clone()) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
+    };
+    crate::leader::follow(source, stop, "snapshots", session, || {}).await;
 }
 
 #[cfg(test)]
@@ -118,18 +76,22 @@ mod tests {
     /// An old leader that resumes after a pause must not roll pickers back.
     #[test]
     fn test_stale_leader_snapshots_are_fenced() {
-        let (tx, rx) = watch::channel(Snapshot::empty());
-        let seen = std::sync::Mutex::new(Vec::new());
+        let held = std::cell::RefCell::new(Snapshot::empty().as_ref().clone());
+        let seen = std::cell::RefCell::new(Vec::new());
         let apply = |s: Snapshot| {
-            apply_if_newer(&tx, wire::snapshot_to_proto(&s), |s, _| seen.lock().expect("lock").push(s.seq))
-                .expect("full")
+            let next = apply_if_newer(&held.borrow(), wire::snapshot_to_proto(&s)).expect("full");
+            next.map(|n| {
+                seen.borrow_mut().push(n.seq);
+                *held.borrow_mut() = n;
+            })
+            .is_some()
         };
         assert!(apply(snap(5, 1)));
         assert!(apply(snap(5, 2)));
         assert!(!apply(snap(5, 2)), "same (epoch, seq)");
         assert!(!apply(snap(4, 99)), "older epoch, however high its seq");
         assert!(apply(snap(9, 1)), "new term");
-        assert_eq!((rx.borrow().epoch, rx.borrow().seq), (9, 1));
-        assert_eq!(*seen.lock().expect("lock"), [1, 2, 1], "only applied updates are seen");
+        assert_eq!((held.borrow().epoch, held.borrow().seq), (9, 1));
+        assert_eq!(*seen.borrow(), [1, 2, 1], "only applied updates are seen");
     }
 }

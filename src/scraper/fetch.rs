@@ -2,43 +2,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use thiserror::Error;
-
 use crate::metrics::{EngineMapping, Normalized, normalize};
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ScrapeError {
-    #[error("request failed: {0}")]
-    Request(String),
-    #[error("connection refused")]
-    Refused,
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("http status {0}")]
-    Status(u16),
-    #[error("page larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("page is not valid UTF-8")]
-    NotUtf8,
-    #[error("no mapped metric could be read: {0}")]
-    NothingMapped(String),
-}
-
-impl ScrapeError {
-    /// A short stable label for metrics (`switchyard_scrape_errors_total{kind=...}`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ScrapeError::Request(_) => "request",
-            ScrapeError::Refused => "refused",
-            ScrapeError::Timeout(_) => "timeout",
-            ScrapeError::Status(_) => "status",
-            ScrapeError::TooLarge(_) => "too_large",
-            ScrapeError::NotUtf8 => "not_utf8",
-            ScrapeError::NothingMapped(_) => "nothing_mapped",
-        }
-    }
-}
+pub use crate::protocol::ScrapeError;
+use futures::StreamExt;
 
 #[derive(Debug, Clone)]
 pub struct FetchSettings {

@@ -13,6 +13,7 @@
 mod actor;
 mod fetch;
 mod metrics;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -25,6 +25,19 @@ pub struct PropagationArgs {
     pub seconds: u64,
 }
 
+/// A picker with the default config whose snapshots a bench follows.
+fn bench_picker() -> anyhow::Result<Arc<crate::picker::Picker>> {
+    use crate::config::EndpointPickerConfig;
+    use crate::scheduling::{Scheduler, SchedulerConfig};
+    let scheduler =
+        Scheduler::new(SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2))?);
+    Ok(Arc::new(crate::picker::Picker::new(
+        scheduler,
+        crate::picker::PickerSettings::default(),
+        crate::picker::PickerMetrics::detached(),
+    )))
+}
+
 /// Time from a scrape result to its appearance at every subscribed picker: for each snapshot a
 /// subscriber receives, `arrival − newest scrape time in the snapshot`. One aggregator (leading
 /// alone), N picker subscriptions over gRPC on loopback, all in this process.
@@ -44,9 +57,10 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
         let (stop, stop_rx) = watch::channel(false);
         let mut collectors = Vec::new();
         for i in 0..n {
-            let (tx, mut rx) = watch::channel(Snapshot::empty());
+            let picker = bench_picker()?;
+            let mut rx = picker.snapshots();
             let source = LeaderSource::Addresses(vec![agg.control_addr.to_string()]);
-            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), tx, |_, _| {}, stop_rx.clone()));
+            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), picker, stop_rx.clone()));
             let mut stop_rx = stop_rx.clone();
             collectors.push(tokio::spawn(async move {
                 let mut delays = Vec::new();

@@ -249,7 +249,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         grpc_port: 0,
         grpc_health_port: 0,
         metrics_port: 0,
-        endpoints_file: endpoints_file.clone(),
+        pool: crate::discovery::PoolSource::file(endpoints_file.clone()),
         tls: Tls::Plaintext,
         picker: PickerSettings { seed: args.seed, ..PickerSettings::default() },
         ..StandaloneOptions::default()

@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::EndpointPickerConfig;
 use crate::model::{Endpoint, EndpointId, EndpointMetrics, EndpointState, MetricsSample, MetricsState, Snapshot};
-use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, proto, view};
+use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, proto};
 use crate::scheduling::{Scheduler, SchedulerConfig};
 use crate::tools::bench::percentile;
 
@@ -392,9 +392,8 @@ pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
         PickerSettings { max_body_bytes: 64 * 1024 * 1024, ..Default::default() },
         PickerMetrics::detached(),
     ));
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(synthetic_snapshot(args.endpoints)));
-    let p2 = picker.clone();
-    tokio::spawn(view::follow(rx, picker.view.clone(), move |v| p2.on_view(v, true)));
+    picker.accept(Arc::new(synthetic_snapshot(args.endpoints)));
+    crate::app::follow_snapshots(picker.clone(), Arc::new(crate::health::Readiness::default()));
     let (sy_addr, _sy) =
         serve(ExternalProcessorServer::new(ExtProcService { picker }).max_decoding_message_size(64 * 1024 * 1024))
             .await?;
@@ -472,7 +471,7 @@ pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
         grpc_port: 0,
         grpc_health_port: 0,
         metrics_port: 0,
-        endpoints_file: file,
+        pool: crate::discovery::PoolSource::file(file),
         tls: Tls::Plaintext,
         ..StandaloneOptions::default()
     })

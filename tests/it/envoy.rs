@@ -42,7 +42,7 @@ impl Sandbox {
             grpc_health_port: 0,
             metrics_port: 0,
             config_text: config_text.map(str::to_string),
-            endpoints_file: path,
+            pool: switchyard::discovery::PoolSource::file(path),
             tls: Tls::Plaintext,
             picker: PickerSettings { seed: 42, ..Default::default() },
             ..StandaloneOptions::default()

@@ -3,6 +3,7 @@
 
 mod cli;
 mod deploy;
+mod discovery;
 mod envoy;
 mod etcd;
 mod failover;

@@ -231,7 +231,7 @@ async fn shut_down_roles_stop_scraping() {
         grpc_port: 0,
         grpc_health_port: 0,
         metrics_port: 0,
-        endpoints_file: file,
+        pool: switchyard::discovery::PoolSource::file(file),
         tls: switchyard::app::Tls::Plaintext,
         ..Default::default()
     };

@@ -1,6 +1,8 @@
-//! `grpc.health.v1.Health` for the picker: `liveness` is always serving; `readiness`, `""` and
-//! `envoy.service.ext_proc.v3.ExternalProcessor` are serving once the picker holds a snapshot
-//! with at least one endpoint, and not serving while shutting down.
+//! `grpc.health.v1.Health` for every role: `liveness` is always serving; `readiness`, `""`,
+//! `inference-extension` (what upstream's Helm chart probes) and
+//! `envoy.service.ext_proc.v3.ExternalProcessor` are serving once the role is ready (a picker:
+//! it holds a snapshot with at least one endpoint; an aggregator: it leads, its discovery source
+//! has synced and it has published), and not serving while shutting down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +14,8 @@ use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+/// The service name upstream's `inferencepool` chart probes.
+pub const INFERENCE_EXTENSION_SERVICE: &str = "inference-extension";
 
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -42,7 +46,7 @@ impl HealthService {
     fn status(&self, service: &str) -> Option<ServingStatus> {
         match service {
             "liveness" => Some(ServingStatus::Serving),
-            "" | "readiness" | EXT_PROC_SERVICE => {
+            "" | "readiness" | INFERENCE_EXTENSION_SERVICE | EXT_PROC_SERVICE => {
                 Some(if self.readiness.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing })
             }
             _ => None,
