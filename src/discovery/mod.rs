@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, MetricsDataSourceParams, path_error};
 use crate::metrics::EngineRegistry;
 use crate::model::{Endpoint, EndpointId};
+pub mod kubernetes;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
