@@ -11,6 +11,7 @@
 //! pickers.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::sync::Arc;
 
