@@ -129,6 +129,7 @@ impl ControlPlane {
         let source =
             pool.start(resolver.clone(), DiscoveryMetrics::new(metrics_registry)).await.map_err(|e| match e {
                 DiscoveryError::Config(c) => anyhow::Error::from(c),
+                other => anyhow::Error::from(other),
             })?;
         // The actor's address exists before it runs: the scrapers publish to it, it assigns them.
         let ctx = Context::<Aggregator>::new();
@@ -159,9 +160,9 @@ impl ControlPlane {
 }
 
 /// The engine registry and metrics data source of a config: what resolves endpoints.
-pub(crate) fn resolver(cfg: &config::EndpointPickerConfig, flags: &MetricFlags) -> anyhow::Result<Resolver> {
+pub fn resolver(cfg: &config::EndpointPickerConfig, flags: &MetricFlags) -> anyhow::Result<Resolver> {
     let registry: Arc<EngineRegistry> = Arc::new(cfg.engine_registry(flags)?);
-    Ok(Resolver { registry, source: cfg.metrics_data_source()? })
+    Ok(Resolver { registry, source: cfg.metrics_data_source_with(flags)? })
 }
 
 async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -185,7 +186,11 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     // Control plane in-process: discovery → aggregator → scrapers, leading alone.
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
-        fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
+        fetch: FetchSettings {
+            timeout: opts.scrape_timeout,
+            insecure_skip_verify: resolver.source.insecure_skip_verify,
+            ..FetchSettings::default()
+        },
     };
     let control_plane =
         ControlPlane::start(Some(1), &opts.pool, resolver, &settings, false, &mut metrics_registry).await?;

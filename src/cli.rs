@@ -10,11 +10,41 @@ use switchyard::tools;
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Endpoint Picker for LLM inference, as a distributed control plane")]
 pub(crate) struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `switchyard=debug`.
-    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
-    pub(crate) log: String,
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `switchyard=debug`; wins over --v.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG")]
+    pub(crate) log: Option<String>,
+    /// Log verbosity as upstream (2 default, 3-4 debug, 5 trace; 0-1 warnings only).
+    #[arg(long = "v", global = true, value_name = "LEVEL")]
+    pub(crate) verbosity: Option<i32>,
+    /// Log format: `console` (default) or `json` (upstream's Helm chart passes json).
+    #[arg(long, global = true, value_parser = ["json", "console"])]
+    pub(crate) zap_encoder: Option<String>,
+    /// Upstream's tracing switch; accepted (OpenTelemetry traces are not exported yet).
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) tracing: Option<bool>,
+    /// Upstream's Kubernetes-lease HA; refused: Switchyard's HA is aggregator replicas elected
+    /// through etcd (see docs/distributed.md).
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) ha_enable_leader_election: Option<bool>,
+    /// Load the config and flags, print a summary and exit (0 valid, 2 invalid); binds nothing,
+    /// connects to nothing.
+    #[arg(long, global = true)]
+    pub(crate) check_config: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// The log filter: --log, else from --v, else info.
+    pub(crate) fn log_filter(&self) -> String {
+        match (&self.log, self.verbosity) {
+            (Some(f), _) => f.clone(),
+            (None, Some(v)) if v >= 5 => "trace".into(),
+            (None, Some(v)) if v >= 3 => "info,switchyard=debug".into(),
+            (None, Some(v)) if (0..2).contains(&v) => "warn".into(),
+            _ => "info".into(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,8 +139,8 @@ pub(crate) struct AggregatorArgs {
     /// Address pickers should use for this replica (default: the bound control address).
     #[arg(long)]
     pub(crate) advertise_address: Option<String>,
-    #[arg(long)]
-    pub(crate) endpoints_file: PathBuf,
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
     /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
     #[arg(long)]
     pub(crate) remote_scrapers: bool,
@@ -159,11 +189,112 @@ pub(crate) struct PickerArgs {
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_period_secs: u64,
     #[command(flatten)]
+    pub(crate) scheduling: SchedulingArgs,
+    #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
+}
+
+/// Scheduling flags of the roles that serve ext-proc (standalone, picker).
+#[derive(Args)]
+pub(crate) struct SchedulingArgs {
+    /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
+    #[arg(long)]
+    pub(crate) disable_endpoint_subset_filter: bool,
+    /// Request bodies above this size get a 413.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_request_body_bytes: usize,
+    /// Seed for scheduling randomness (default: random).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+impl SchedulingArgs {
+    pub(crate) fn settings(&self, objectives: &[String]) -> anyhow::Result<switchyard::picker::PickerSettings> {
+        let mut s = switchyard::picker::PickerSettings {
+            max_body_bytes: self.max_request_body_bytes,
+            disable_subset_filter: self.disable_endpoint_subset_filter,
+            objectives: switchyard::app::parse_objectives(objectives)?,
+            ..Default::default()
+        };
+        if let Some(seed) = self.seed {
+            s.seed = seed;
+        }
+        Ok(s)
+    }
+}
+
+/// Where the pool comes from (standalone, aggregator): exactly one of a static file, an
+/// InferencePool, or a label selector with target ports.
+#[derive(Args)]
+pub(crate) struct DiscoveryArgs {
+    /// Static endpoints file, watched for edits (see docs/standalone.md; `switchyard sim
+    /// --endpoints-out` writes one).
+    #[arg(long, conflicts_with_all = ["pool_name", "endpoint_selector"])]
+    pub(crate) endpoints_file: Option<PathBuf>,
+    /// InferencePool name: pods come from the cluster.
+    #[arg(long, conflicts_with = "endpoint_selector")]
+    pub(crate) pool_name: Option<String>,
+    /// Namespace of the pool and its pods (default: env NAMESPACE, then `default`).
+    #[arg(long)]
+    pub(crate) pool_namespace: Option<String>,
+    /// Group of the InferencePool (`inference.networking.x-k8s.io` selects the v1alpha2 pool).
+    #[arg(long, default_value = "inference.networking.k8s.io")]
+    pub(crate) pool_group: String,
+    /// Pods by label selector instead of a pool: `k=v,k2=v2` (with --endpoint-target-ports).
+    #[arg(long, requires = "endpoint_target_ports")]
+    pub(crate) endpoint_selector: Option<String>,
+    /// Target ports of the selected pods, comma-separated (1 to 8).
+    #[arg(long, value_delimiter = ',', requires = "endpoint_selector")]
+    pub(crate) endpoint_target_ports: Vec<u16>,
+    /// kubeconfig file (default: env KUBECONFIG, then in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Scrape metrics on this port instead of the target port (pools with one target port).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) model_server_metrics_port: u16,
+    /// How often the endpoints file is read for edits.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) endpoints_file_poll: std::time::Duration,
+}
+
+impl DiscoveryArgs {
+    /// The pool source the flags name (exactly one of file, pool, selector).
+    pub(crate) fn pool(&self) -> Result<switchyard::discovery::PoolSource, switchyard::config::ConfigError> {
+        use switchyard::discovery::PoolSource;
+        use switchyard::discovery::kubernetes::{KubernetesOptions, PoolRef};
+        if let Some(path) = &self.endpoints_file {
+            return Ok(PoolSource::File { path: path.clone(), poll: self.endpoints_file_poll });
+        }
+        if self.pool_name.is_none() && self.endpoint_selector.is_none() {
+            return Err(switchyard::config::ConfigError::invalid(
+                "--pool-name",
+                "set one of --pool-name, --endpoint-selector (with --endpoint-target-ports) or --endpoints-file",
+            ));
+        }
+        let namespace = self
+            .pool_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::env::var("NAMESPACE").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| "default".into());
+        let pool = match (&self.pool_name, &self.endpoint_selector) {
+            (Some(name), _) => PoolRef::Pool { name: name.clone(), group: self.pool_group.clone() },
+            (None, selector) => PoolRef::Selector {
+                selector: selector.clone().unwrap_or_default(),
+                target_ports: self.endpoint_target_ports.clone(),
+            },
+        };
+        Ok(PoolSource::Kubernetes(KubernetesOptions {
+            namespace,
+            pool,
+            kubeconfig: self.kubeconfig.clone(),
+            metrics_port: (self.model_server_metrics_port != 0).then_some(self.model_server_metrics_port),
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -190,27 +321,20 @@ pub(crate) struct GatewayArgs {
 /// Flags follow upstream's EPP names where they exist.
 #[derive(Args)]
 pub(crate) struct StandaloneArgs {
-    /// Static endpoints file (see docs/standalone.md; `switchyard sim --endpoints-out` writes one).
-    #[arg(long)]
-    pub(crate) endpoints_file: PathBuf,
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
     /// Metrics older than this are not trusted for load scoring.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub(crate) metrics_staleness_threshold: std::time::Duration,
-    /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
-    #[arg(long)]
-    pub(crate) disable_endpoint_subset_filter: bool,
     /// Accepted for compatibility: health is always served on the ext-proc port too.
     #[arg(long)]
     pub(crate) health_checking: bool,
-    /// Request bodies above this size get a 413.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    pub(crate) max_request_body_bytes: usize,
-    /// InferenceObjective priorities, NAME=PRIORITY (repeatable).
+    /// InferenceObjective priorities, NAME=PRIORITY (repeatable); the cluster's
+    /// InferenceObjectives win for the names they define.
     #[arg(long = "inference-objective")]
     pub(crate) inference_objectives: Vec<String>,
-    /// Seed for scheduling randomness (default: random).
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
+    #[command(flatten)]
+    pub(crate) scheduling: SchedulingArgs,
     /// Seconds to drain in-flight requests on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_period_secs: u64,
@@ -327,6 +451,15 @@ pub(crate) struct MetricFlagArgs {
     pub(crate) lora_info_metric: Option<String>,
     #[arg(long)]
     pub(crate) cache_info_metric: Option<String>,
+    /// Scheme of model-server metrics (http, https) unless the config's metrics-data-source sets it.
+    #[arg(long)]
+    pub(crate) model_server_metrics_scheme: Option<String>,
+    /// Path of model-server metrics unless the config's metrics-data-source sets it.
+    #[arg(long)]
+    pub(crate) model_server_metrics_path: Option<String>,
+    /// Accept self-signed model-server certificates (default true) unless the config sets it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) model_server_metrics_https_insecure_skip_verify: Option<bool>,
 }
 
 impl MetricFlagArgs {
@@ -337,6 +470,9 @@ impl MetricFlagArgs {
             kv_cache_usage_percentage_metric: self.kv_cache_usage_percentage_metric.clone(),
             lora_info_metric: self.lora_info_metric.clone(),
             cache_info_metric: self.cache_info_metric.clone(),
+            metrics_scheme: self.model_server_metrics_scheme.clone(),
+            metrics_path: self.model_server_metrics_path.clone(),
+            metrics_insecure_skip_verify: self.model_server_metrics_https_insecure_skip_verify,
         }
     }
 }

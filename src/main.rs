@@ -11,26 +11,40 @@ use switchyard::sim;
 use switchyard::tools;
 
 /// Exit code for configuration and usage errors (clap uses 2 for usage errors too).
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
+mod check;
 mod cli;
 
 use cli::*;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log_filter(), cli.zap_encoder.as_deref() == Some("json"));
     switchyard::ensure_crypto_provider();
+    if cli.ha_enable_leader_election == Some(true) {
+        eprintln!(
+            "error: --ha-enable-leader-election: Switchyard does not elect through Kubernetes leases; for high \
+             availability run `switchyard aggregator` replicas with --etcd-endpoints (they elect a leader through \
+             etcd) and any number of `switchyard picker` replicas (docs/distributed.md)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let _ = cli.tracing;
+    if cli.check_config {
+        return check::run(&cli.command);
+    }
     match cli.command {
         Command::Metrics(MetricsCommand::Parse(args)) => metrics_parse(&args),
         command => run_async(command),
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { builder.json().init() } else { builder.init() }
 }
 
 fn run_async(command: Command) -> ExitCode {
@@ -57,7 +71,8 @@ fn run_async(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<config::ConfigError>().is_some() {
+            let discovery = e.downcast_ref::<switchyard::discovery::DiscoveryError>();
+            if e.downcast_ref::<config::ConfigError>().is_some() || discovery.is_some_and(|d| d.is_config()) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
@@ -68,15 +83,7 @@ fn run_async(command: Command) -> ExitCode {
 
 async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     use switchyard::app::{self, StandaloneOptions};
-    let mut picker = switchyard::picker::PickerSettings {
-        max_body_bytes: args.max_request_body_bytes,
-        disable_subset_filter: args.disable_endpoint_subset_filter,
-        objectives: app::parse_objectives(&args.inference_objectives)?,
-        ..Default::default()
-    };
-    if let Some(seed) = args.seed {
-        picker.seed = seed;
-    }
+    let picker = args.scheduling.settings(&args.inference_objectives)?;
     let _ = args.health_checking;
     let serve = args.serve.options();
     let opts = StandaloneOptions {
@@ -86,7 +93,7 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         metrics_port: serve.metrics_port,
         config_file: args.config.config_file,
         config_text: args.config.config_text,
-        pool: switchyard::discovery::PoolSource::file(args.endpoints_file),
+        pool: args.discovery.pool()?,
         metric_flags: args.metric_flags.to_flags(),
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         metrics_staleness_threshold: args.metrics_staleness_threshold,
@@ -111,7 +118,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         advertise: args.advertise_address,
         config_file: args.config.config_file,
         config_text: args.config.config_text,
-        pool: switchyard::discovery::PoolSource::file(args.endpoints_file),
+        pool: args.discovery.pool()?,
         metric_flags: args.metric_flags.to_flags(),
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         scrape_timeout: args.scrape.scrape_timeout,
@@ -125,7 +132,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
 }
 
 /// How a picker or scraper finds the aggregator leader: etcd when configured, else the addresses.
-fn leader_source(
+pub(crate) fn leader_source(
     etcd: &EtcdArgs,
     aggregators: &[String],
 ) -> anyhow::Result<switchyard::picker::subscribe::LeaderSource> {
@@ -168,10 +175,7 @@ async fn run_picker(args: PickerArgs) -> anyhow::Result<()> {
         config_text: args.config.config_text,
         metrics_staleness_threshold: args.metrics_staleness_threshold,
         leader,
-        picker: switchyard::picker::PickerSettings {
-            objectives: switchyard::app::parse_objectives(&args.inference_objectives)?,
-            ..Default::default()
-        },
+        picker: args.scheduling.settings(&args.inference_objectives)?,
         picker_id: format!("picker-{}", std::process::id()),
     })
     .await?;

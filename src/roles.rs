@@ -117,7 +117,11 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let role_metrics = crate::aggregator::metrics::AggregatorMetrics::new(&mut metrics_registry);
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
-        fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
+        fetch: FetchSettings {
+            timeout: opts.scrape_timeout,
+            insecure_skip_verify: resolver.source.insecure_skip_verify,
+            ..FetchSettings::default()
+        },
     };
     let control_plane =
         ControlPlane::start(None, &opts.pool, resolver, &settings, opts.remote_scrapers, &mut metrics_registry).await?;
@@ -306,7 +310,7 @@ impl ScraperHandle {
 pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle> {
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
-    let registry = Arc::new(cfg.engine_registry(&opts.metric_flags)?);
+    let resolver = app::resolver(&cfg, &opts.metric_flags)?;
     let mut metrics_registry = Registry::default();
     let role_metrics = ScraperRoleMetrics::new(&mut metrics_registry);
     let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
@@ -317,9 +321,13 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     let (sink, reports) = remote::sink(&opts.scraper_id, &role_metrics);
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
-        fetch: FetchSettings { timeout: opts.scrape_timeout, ..FetchSettings::default() },
+        fetch: FetchSettings {
+            timeout: opts.scrape_timeout,
+            insecure_skip_verify: resolver.source.insecure_skip_verify,
+            ..FetchSettings::default()
+        },
     };
-    let supervisor = ScrapeSupervisor::with_metrics(registry, &settings, sink, scrape_metrics)?.start();
+    let supervisor = ScrapeSupervisor::with_metrics(resolver.registry, &settings, sink, scrape_metrics)?.start();
     let (stop, stop_rx) = watch::channel(false);
     let metrics_server = {
         let mut rx = stop_rx.clone();

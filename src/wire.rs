@@ -129,6 +129,8 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
         removed: Vec::new(),
         prefix_blocks: blocks_to_proto(&s.routed_blocks),
         published_at_unix_micros: unix_micros(s.published_at),
+        objectives: s.objectives.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        objectives_changed: true,
     }
 }
 
@@ -136,6 +138,7 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
 /// or changed, the ids that left, and `routed`, the prefix blocks routed between the two.
 pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks]) -> pb::SnapshotUpdate {
     debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
+    let objectives_changed = !Arc::ptr_eq(&base.objectives, &next.objectives) && base.objectives != next.objectives;
     // Usually the endpoint set did not change: compare position by position (ids share their
     // allocation along the pipeline, so equal ids compare by pointer).
     let aligned = base.endpoints.len() == next.endpoints.len()
@@ -170,6 +173,12 @@ pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[Route
         removed,
         prefix_blocks: blocks_to_proto(routed),
         published_at_unix_micros: unix_micros(next.published_at),
+        objectives: if objectives_changed {
+            next.objectives.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        } else {
+            Default::default()
+        },
+        objectives_changed,
     }
 }
 
@@ -204,6 +213,7 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
         endpoints,
         published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
+        objectives: Arc::new(u.objectives.into_iter().collect()),
     })
 }
 
@@ -252,6 +262,11 @@ pub fn apply_update(held: &Snapshot, u: pb::SnapshotUpdate) -> Result<Snapshot, 
         endpoints,
         published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
+        objectives: if u.objectives_changed {
+            Arc::new(u.objectives.into_iter().collect())
+        } else {
+            held.objectives.clone()
+        },
     })
 }
 
@@ -373,6 +388,7 @@ mod tests {
             ],
             published_at: now,
             routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("b"), hashes: vec![1, 2, 3] }],
+            objectives: Arc::new([("critical".to_string(), 2), ("batch".to_string(), -1)].into_iter().collect()),
         };
         let back = snapshot_from_proto(snapshot_to_proto(&snap)).expect("round trip");
         assert_eq!(back, snap);
@@ -419,7 +435,14 @@ mod tests {
     }
 
     fn snapshot(epoch: u64, seq: u64, endpoints: Vec<EndpointState>) -> Snapshot {
-        Snapshot { epoch, seq, endpoints, published_at: UNIX_EPOCH, routed_blocks: Vec::new() }
+        Snapshot {
+            epoch,
+            seq,
+            endpoints,
+            published_at: UNIX_EPOCH,
+            routed_blocks: Vec::new(),
+            objectives: Default::default(),
+        }
     }
 
     #[test]
@@ -503,11 +526,14 @@ mod tests {
         fn base_plus_delta_is_the_full_snapshot(
             before in proptest::collection::btree_map("[a-f]{1,2}", (proptest::option::of(0u64..3), 0i64..2), 0..12),
             after in proptest::collection::btree_map("[a-f]{1,2}", (proptest::option::of(0u64..3), 0i64..2), 0..12),
+            objectives_before in proptest::collection::btree_map("[xy]", -1i32..2, 0..3),
+            objectives_after in proptest::collection::btree_map("[xy]", -1i32..2, 0..3),
         ) {
-            let build = |m: &std::collections::BTreeMap<String, (Option<u64>, i64)>, seq| {
-                snapshot(3, seq, m.iter().map(|(id, (q, r))| state(id, *q, *r)).collect())
+            let build = |m: &std::collections::BTreeMap<String, (Option<u64>, i64)>, seq, o: &std::collections::BTreeMap<String, i32>| Snapshot {
+                objectives: Arc::new(o.clone()),
+                ..snapshot(3, seq, m.iter().map(|(id, (q, r))| state(id, *q, *r)).collect())
             };
-            let (base, next) = (build(&before, 1), build(&after, 2));
+            let (base, next) = (build(&before, 1, &objectives_before), build(&after, 2, &objectives_after));
             let held = snapshot_from_proto(snapshot_to_proto(&base)).expect("full");
             let applied = apply_update(&held, snapshot_delta_to_proto(&base, &next, &[])).expect("delta");
             proptest::prop_assert_eq!(applied, snapshot_from_proto(snapshot_to_proto(&next)).expect("full"));

@@ -169,6 +169,7 @@ impl Aggregator {
 
     fn on_endpoint_set(&mut self, set: &EndpointSet) {
         self.state.on_endpoints(set.endpoints.clone());
+        self.state.on_objectives(&set.objectives);
         self.assigner.assign(&set.endpoints);
         self.synced.send_replace(set.synced);
         // Membership changes are published at once (readiness waits for them).
@@ -300,6 +301,7 @@ mod tests {
             endpoints: Vec::new(),
             published_at: std::time::SystemTime::UNIX_EPOCH,
             routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![hash] }],
+            objectives: Default::default(),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct AggregatorState {
     /// Hashes dropped because `MAX_PENDING_HASHES` was reached.
     pub dropped_hashes: u64,
     dirty: bool,
+    /// From discovery; shared by every snapshot until it changes.
+    objectives: std::sync::Arc<BTreeMap<String, i32>>,
 }
 
 /// Every live picker report summed per endpoint: in-flight load, and sends since a scrape, by the
@@ -81,6 +83,7 @@ impl AggregatorState {
             pending_hashes: 0,
             dropped_hashes: 0,
             dirty: true,
+            objectives: Default::default(),
         }
     }
 
@@ -97,6 +100,14 @@ impl AggregatorState {
             // Metrics of a changed endpoint (new address or engine) no longer apply.
             self.metrics.retain(|id, _| next.get(id).is_some_and(|e| self.endpoints.get(id) == Some(e)));
             self.endpoints = next;
+            self.dirty = true;
+        }
+    }
+
+    /// InferenceObjective priorities from discovery.
+    pub fn on_objectives(&mut self, objectives: &BTreeMap<String, i32>) {
+        if *self.objectives != *objectives {
+            self.objectives = std::sync::Arc::new(objectives.clone());
             self.dirty = true;
         }
     }
@@ -178,7 +189,14 @@ impl AggregatorState {
             .collect();
         self.pending_hashes = 0;
         let routed_blocks = std::mem::take(&mut self.pending_blocks);
-        Some(Snapshot { epoch: self.epoch, seq: self.seq, endpoints, published_at: now, routed_blocks })
+        Some(Snapshot {
+            epoch: self.epoch,
+            seq: self.seq,
+            endpoints,
+            published_at: now,
+            routed_blocks,
+            objectives: self.objectives.clone(),
+        })
     }
 }
 

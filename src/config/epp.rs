@@ -346,6 +346,13 @@ impl EndpointPickerConfig {
         Ok(p)
     }
 
+    /// The `metrics-data-source` parameters the config sets explicitly.
+    pub(crate) fn metrics_data_source_given(&self) -> Result<Vec<&'static str>, ConfigError> {
+        let params = self.plugins.iter().find(|p| p.type_ == "metrics-data-source").and_then(|p| p.parameters.as_ref());
+        let Some(Value::Object(map)) = params else { return Ok(Vec::new()) };
+        Ok(["scheme", "path", "insecureSkipVerify"].into_iter().filter(|k| map.contains_key(*k)).collect())
+    }
+
     pub fn has_feature_gate(&self, gate: &str) -> bool {
         self.feature_gates.iter().any(|g| g == gate)
     }

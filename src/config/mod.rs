@@ -62,6 +62,12 @@ pub struct MetricFlags {
     pub kv_cache_usage_percentage_metric: Option<String>,
     pub lora_info_metric: Option<String>,
     pub cache_info_metric: Option<String>,
+    /// `--model-server-metrics-scheme`, `-path`, `-https-insecure-skip-verify` (deprecated
+    /// upstream): when given, they replace the built-in defaults; parameters the config's
+    /// `metrics-data-source` plugin sets win over them.
+    pub metrics_scheme: Option<String>,
+    pub metrics_path: Option<String>,
+    pub metrics_insecure_skip_verify: Option<bool>,
 }
 
 impl MetricFlags {
@@ -83,6 +89,43 @@ impl MetricFlags {
 }
 
 impl EndpointPickerConfig {
+    /// The metrics data source, as upstream resolves it: built-in defaults < the deprecated
+    /// `--model-server-metrics-*` flags (when given) < the parameters the `metrics-data-source`
+    /// plugin sets.
+    pub fn metrics_data_source_with(&self, flags: &MetricFlags) -> Result<MetricsDataSourceParams, ConfigError> {
+        let mut p = MetricsDataSourceParams::default();
+        if let Some(scheme) = &flags.metrics_scheme {
+            if scheme != "http" && scheme != "https" {
+                return Err(ConfigError::invalid(
+                    "--model-server-metrics-scheme",
+                    format!("must be http or https, got {scheme:?}"),
+                ));
+            }
+            p.scheme = scheme.clone();
+        }
+        if let Some(path) = &flags.metrics_path {
+            if !path.starts_with('/') {
+                return Err(ConfigError::invalid("--model-server-metrics-path", "must start with '/'"));
+            }
+            p.path = path.clone();
+        }
+        if let Some(skip) = flags.metrics_insecure_skip_verify {
+            p.insecure_skip_verify = skip;
+        }
+        let given = self.metrics_data_source_given()?;
+        let plugin = self.metrics_data_source()?;
+        if given.contains(&"scheme") {
+            p.scheme = plugin.scheme;
+        }
+        if given.contains(&"path") {
+            p.path = plugin.path;
+        }
+        if given.contains(&"insecureSkipVerify") {
+            p.insecure_skip_verify = plugin.insecure_skip_verify;
+        }
+        Ok(p)
+    }
+
     /// The engine registry from the `core-metrics-extractor` plugin (built-ins when absent) with
     /// the metric flags applied to the default engine.
     pub fn engine_registry(&self, flags: &MetricFlags) -> Result<EngineRegistry, ConfigError> {

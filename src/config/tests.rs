@@ -127,6 +127,7 @@ fn metric_flags_override_the_default_engine() {
         kv_cache_usage_percentage_metric: Some("sglang:token_usage".into()),
         lora_info_metric: Some(String::new()),
         cache_info_metric: Some(String::new()),
+        ..MetricFlags::default()
     };
     let reg = EndpointPickerConfig::default_config().engine_registry(&flags).expect("registry");
     let n = normalize(include_str!("../../tests/fixtures/sglang.txt"), reg.default_mapping());
@@ -134,6 +135,33 @@ fn metric_flags_override_the_default_engine() {
     assert_eq!(n.metrics.queued, Some(4));
     assert_eq!(n.metrics.running_lora, None, "empty flag disables LoRA");
     assert_eq!(n.metrics.cache_block_size, None, "empty flag disables cache info");
+}
+
+#[test]
+fn metrics_data_source_flags_apply_where_the_config_does_not_set_the_parameter() {
+    let flags = MetricFlags {
+        metrics_scheme: Some("https".into()),
+        metrics_path: Some("/stats".into()),
+        metrics_insecure_skip_verify: Some(false),
+        ..MetricFlags::default()
+    };
+    let p = EndpointPickerConfig::default_config().metrics_data_source_with(&flags).expect("flags");
+    assert_eq!((p.scheme.as_str(), p.path.as_str(), p.insecure_skip_verify), ("https", "/stats", false));
+    let none = EndpointPickerConfig::default_config().metrics_data_source_with(&MetricFlags::default()).expect("none");
+    assert_eq!((none.scheme.as_str(), none.path.as_str(), none.insecure_skip_verify), ("http", "/metrics", true));
+    let cfg = EndpointPickerConfig::from_yaml(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: metrics-data-source\n  parameters: {path: /m}\n",
+    )
+    .expect("config");
+    let p = cfg.metrics_data_source_with(&flags).expect("plugin");
+    assert_eq!(
+        (p.scheme.as_str(), p.path.as_str()),
+        ("https", "/m"),
+        "the parameters the plugin sets win; the others come from the flags"
+    );
+    let bad = MetricFlags { metrics_scheme: Some("ftp".into()), ..MetricFlags::default() };
+    let err = EndpointPickerConfig::default_config().metrics_data_source_with(&bad).expect_err("bad scheme");
+    assert!(err.to_string().contains("--model-server-metrics-scheme"), "{err}");
 }
 
 #[test]

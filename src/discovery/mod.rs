@@ -5,6 +5,7 @@
 //!
 //! Sources, one shape:
 //! - [`file`]: the static endpoints file, watched for edits;
+//! - [`kubernetes`]: an InferencePool (or a label selector) and its ready pods × active ports;
 //! - [`fixed`]: a set that never changes (tools and tests).
 //!
 //! A source never decides anything about metrics or scheduling, and never talks to scrapers or
@@ -13,6 +14,7 @@
 pub mod file;
 pub mod kubernetes;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,13 +38,15 @@ pub struct EndpointSet {
     /// The source has read its world at least once (a Kubernetes pool that does not exist yet is
     /// not synced; the aggregator is not ready until its source is).
     pub synced: bool,
+    /// InferenceObjective name → priority (Kubernetes: the objectives that reference the pool).
+    pub objectives: BTreeMap<String, i32>,
 }
 
 impl EndpointSet {
     /// A synced set (sorted here).
     pub fn ready(mut endpoints: Vec<Endpoint>) -> Self {
         endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-        EndpointSet { endpoints, synced: true }
+        EndpointSet { endpoints, synced: true, objectives: BTreeMap::new() }
     }
 }
 
@@ -82,6 +86,8 @@ impl Drop for EndpointSource {
 pub enum PoolSource {
     /// A static endpoints file, read every `poll` for edits.
     File { path: std::path::PathBuf, poll: std::time::Duration },
+    /// The cluster: an InferencePool or a label selector, and their pods.
+    Kubernetes(kubernetes::KubernetesOptions),
 }
 
 impl PoolSource {
@@ -90,10 +96,33 @@ impl PoolSource {
         PoolSource::File { path: path.into(), poll: file::DEFAULT_POLL }
     }
 
+    /// Checks the source's settings without connecting to anything (the file is read and
+    /// resolved); a one-line description of the pool.
+    pub fn check(&self, resolver: &Resolver) -> Result<String, DiscoveryError> {
+        match self {
+            PoolSource::File { path, .. } => {
+                let endpoints = StaticEndpoints::load(path)?.resolve(&resolver.registry, &resolver.source)?;
+                Ok(format!("endpoints file {} ({} endpoints)", path.display(), endpoints.len()))
+            }
+            PoolSource::Kubernetes(opts) => {
+                opts.validate()?;
+                Ok(match &opts.pool {
+                    kubernetes::PoolRef::Pool { name, group } => {
+                        format!("InferencePool {}/{name} ({group})", opts.namespace)
+                    }
+                    kubernetes::PoolRef::Selector { selector, target_ports } => {
+                        format!("pods in {} matching {selector} on ports {target_ports:?}", opts.namespace)
+                    }
+                })
+            }
+        }
+    }
+
     /// Starts the source. An input that cannot be used at start-up is an error (exit code 2).
     pub async fn start(&self, resolver: Resolver, metrics: DiscoveryMetrics) -> Result<EndpointSource, DiscoveryError> {
         match self {
             PoolSource::File { path, poll } => Ok(file::watch_file(path.clone(), resolver, *poll, metrics)?),
+            PoolSource::Kubernetes(opts) => Ok(kubernetes::start(opts, resolver, metrics).await?),
         }
     }
 }
@@ -103,6 +132,18 @@ impl PoolSource {
 pub enum DiscoveryError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
+}
+
+impl DiscoveryError {
+    /// The operator's input is wrong (exit code 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            DiscoveryError::Config(_) => true,
+            DiscoveryError::Kubernetes(k) => k.is_config(),
+        }
+    }
 }
 
 /// A source whose set never changes.
@@ -140,6 +181,8 @@ pub struct DiscoveryMetrics {
     updates: Family<SourceLabel, Counter>,
     /// Inputs rejected (the last good set was kept), by source.
     errors: Family<SourceLabel, Counter>,
+    /// Pods whose engine label names no configured engine (counted once per pod).
+    unknown_engine: Counter,
 }
 
 impl DiscoveryMetrics {
@@ -152,7 +195,16 @@ impl DiscoveryMetrics {
             "Source inputs rejected (the last good endpoint set was kept)",
             m.errors.clone(),
         );
+        registry.register(
+            "switchyard_discovery_unknown_engine",
+            "Pods whose engine label names no configured engine (the default engine is used)",
+            m.unknown_engine.clone(),
+        );
         m
+    }
+
+    pub fn unknown_engine(&self) {
+        self.unknown_engine.inc();
     }
 
     fn label(source: &str) -> SourceLabel {

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub published_at: SystemTime,
     /// Prefix blocks the pickers routed since the previous snapshot, for every picker to learn.
     pub routed_blocks: Vec<RoutedBlocks>,
+    /// InferenceObjective name → priority, from discovery (Kubernetes); shared, rarely changes.
+    pub objectives: Arc<std::collections::BTreeMap<String, i32>>,
 }
 
 /// Prefix-block hashes routed to an endpoint.
@@ -50,6 +52,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
+            objectives: Default::default(),
         })
     }
 

@@ -280,8 +280,11 @@ impl StreamState {
         let parsed = parse_body(&body, api).map_err(PickError::BadRequest)?;
         self.incoming_model = parsed.model.clone();
         self.target_model = self.header(MODEL_REWRITE).filter(|m| !m.is_empty()).unwrap_or(&parsed.model).to_string();
-        let priority =
-            self.header(OBJECTIVE).and_then(|o| self.picker.settings.objectives.get(o).copied()).unwrap_or(0);
+        // Objectives from the cluster (in the snapshot) first, then --inference-objective.
+        let priority = self
+            .header(OBJECTIVE)
+            .and_then(|o| view.snapshot.objectives.get(o).or_else(|| self.picker.settings.objectives.get(o)).copied())
+            .unwrap_or(0);
         let candidates = self.candidates(&view)?;
         let estimated_tokens = (body.len() as i64 / 4).max(1) * 5 / 2;
         let features = RequestFeatures {

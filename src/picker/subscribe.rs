@@ -70,7 +70,14 @@ mod tests {
     use super::*;
 
     fn snap(epoch: u64, seq: u64) -> Snapshot {
-        Snapshot { epoch, seq, endpoints: vec![], published_at: SystemTime::UNIX_EPOCH, routed_blocks: Vec::new() }
+        Snapshot {
+            epoch,
+            seq,
+            endpoints: vec![],
+            published_at: SystemTime::UNIX_EPOCH,
+            routed_blocks: Vec::new(),
+            objectives: Default::default(),
+        }
     }
 
     /// An old leader that resumes after a pause must not roll pickers back.

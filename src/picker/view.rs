@@ -189,6 +189,7 @@ mod tests {
             }],
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
+            objectives: Default::default(),
         })
     }
 

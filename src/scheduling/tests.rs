@@ -48,7 +48,14 @@ fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState
 }
 
 fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now(), routed_blocks: Vec::new() }
+    Snapshot {
+        epoch: 1,
+        seq: 1,
+        endpoints,
+        published_at: now(),
+        routed_blocks: Vec::new(),
+        objectives: Default::default(),
+    }
 }
 
 fn default_scheduler() -> Scheduler {

@@ -10,11 +10,14 @@ use futures::StreamExt;
 pub struct FetchSettings {
     pub timeout: Duration,
     pub max_page_bytes: usize,
+    /// Accept any certificate from an HTTPS model server (`metrics-data-source`'s
+    /// `insecureSkipVerify`, upstream's default: model servers usually serve self-signed ones).
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        FetchSettings { timeout: Duration::from_secs(1), max_page_bytes: 4 * 1024 * 1024 }
+        FetchSettings { timeout: Duration::from_secs(1), max_page_bytes: 4 * 1024 * 1024, insecure_skip_verify: false }
     }
 }
 
@@ -34,6 +37,7 @@ impl Fetcher {
             .tcp_nodelay(true)
             .connect_timeout(settings.timeout)
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(settings.insecure_skip_verify)
             .build()?;
         Ok(Fetcher { client, settings })
     }

@@ -84,7 +84,14 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
             shared_sent_since_scrape: 0,
         })
         .collect();
-    Snapshot { epoch: 1, seq: 1, endpoints, published_at: now, routed_blocks: Vec::new() }
+    Snapshot {
+        epoch: 1,
+        seq: 1,
+        endpoints,
+        published_at: now,
+        routed_blocks: Vec::new(),
+        objectives: Default::default(),
+    }
 }
 
 /// An ext-proc server that answers every stream with a fixed destination and the bodies unchanged,

@@ -27,7 +27,7 @@ fn endpoint(id: &str, addr: &str, engine: &str) -> Endpoint {
 fn settings() -> ScrapeSettings {
     ScrapeSettings {
         interval: Duration::from_millis(50),
-        fetch: FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 256 * 1024 },
+        fetch: FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 256 * 1024, ..Default::default() },
     }
 }
 
@@ -141,8 +141,12 @@ async fn hostile_endpoints_only_hurt_themselves() {
 #[actix_rt::test]
 async fn failure_reasons_are_specific() {
     use switchyard::scraper::{Fetcher, ScrapeError};
-    let fetcher = Fetcher::new(FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 64 * 1024 })
-        .expect("fetcher");
+    let fetcher = Fetcher::new(FetchSettings {
+        timeout: Duration::from_millis(300),
+        max_page_bytes: 64 * 1024,
+        ..Default::default()
+    })
+    .expect("fetcher");
     let mapping = EngineRegistry::builtin().default_mapping().clone();
     let url = |a: std::net::SocketAddr| reqwest::Url::parse(&format!("http://{a}/metrics")).expect("url");
     let cases = [
