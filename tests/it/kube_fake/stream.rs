@@ -46,6 +46,9 @@ struct Watch {
     shared: Arc<Shared>,
     filter: Filter,
     rx: mpsc::UnboundedReceiver<WatchMsg>,
+    /// The watch's starting resourceVersion: only later events are sent (a client may ask for a
+    /// version the store has not reached yet).
+    after: u64,
     pending: VecDeque<Out>,
     deadline: Option<Instant>,
     bookmarks: Option<Interval>,
@@ -80,6 +83,7 @@ pub fn watch(
     let filter = Filter { namespace: namespace.map(str::to_string), selectors };
     let key = resource.key();
     let mut pending = VecDeque::new();
+    let mut after = store.rv;
     match params.get("resourceVersion").map(String::as_str).filter(|rv| !rv.is_empty() && *rv != "0") {
         None => {
             let objects = store.objects.get(&key).into_iter().flat_map(|objects| objects.values());
@@ -97,6 +101,7 @@ pub fn watch(
                 let body = futures::stream::iter([Ok(Frame::data(error))]);
                 return server::with_json_type(StatusCode::OK, StreamBody::new(body).boxed_unsync());
             }
+            after = rv;
             let history = store.history.iter().filter(|e| e.rv > rv && e.resource == key);
             pending.extend(history.filter_map(|e| filter.render(e)).map(Out::Line));
         }
@@ -112,6 +117,7 @@ pub fn watch(
         shared: shared.clone(),
         filter,
         rx,
+        after,
         pending,
         deadline: timeout.map(|t| Instant::now() + t),
         bookmarks,
@@ -192,7 +198,10 @@ impl Watch {
 
     fn receive(&mut self, msg: WatchMsg) {
         match msg {
-            WatchMsg::Event(event) => self.pending.extend(self.filter.render(&event).map(Out::Line)),
+            WatchMsg::Event(event) if event.rv > self.after => {
+                self.pending.extend(self.filter.render(&event).map(Out::Line));
+            }
+            WatchMsg::Event(_) => {}
             WatchMsg::Abort => self.pending.push_back(Out::Abort),
         }
     }

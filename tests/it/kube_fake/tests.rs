@@ -270,3 +270,19 @@ async fn test_crd_resource_registered_at_runtime() {
     server.unregister(GROUP, "inferencepools");
     expect_not_found(pools.list(&ListParams::default()).await);
 }
+
+/// `drop_watches` cuts the connection inside the chunked body (what a client sees when an API
+/// server dies), unlike `timeoutSeconds`, which ends the body properly.
+#[tokio::test]
+async fn test_dropped_watch_is_cut_mid_stream() {
+    let server = FakeApiServer::start().await;
+    server.apply(pod("default", "a", json!({})));
+    let url = format!("{}/api/v1/namespaces/default/pods?watch=true&resourceVersion=0", server.url());
+    let mut response = crate::support::client().get(url).send().await.expect("watch");
+    let first = tokio::time::timeout(WAIT, response.chunk()).await.expect("in time").expect("chunk").expect("event");
+    let first: Value = serde_json::from_slice(&first).expect("json line");
+    assert_eq!((first["type"].as_str(), first["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("a")));
+    server.drop_watches();
+    let end = tokio::time::timeout(WAIT, response.chunk()).await.expect("in time");
+    assert!(end.is_err(), "expected a broken body, got {end:?}");
+}
