@@ -9,6 +9,7 @@ mod etcd;
 mod failover;
 mod gateway;
 mod hostile;
+mod kube_fake;
 mod picker;
 mod scrape;
 mod scrapers;
