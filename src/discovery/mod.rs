@@ -207,6 +207,11 @@ impl DiscoveryMetrics {
         self.unknown_engine.inc();
     }
 
+    /// Pods counted with an unknown engine label so far.
+    pub fn unknown_engines(&self) -> u64 {
+        self.unknown_engine.get()
+    }
+
     fn label(source: &str) -> SourceLabel {
         SourceLabel { source: source.to_string() }
     }

@@ -10,6 +10,7 @@ mod failover;
 mod gateway;
 mod hostile;
 mod kube_fake;
+mod kubernetes;
 mod picker;
 mod scrape;
 mod scrapers;
