@@ -1,8 +1,10 @@
-//! Command-line tools beside the product: `metrics parse`, `demo`, `bench`.
+//! Command-line tools beside the product: `metrics parse`, `demo`, `bench`, and the fake
+//! Kubernetes API server the tests and benchmarks run discovery against.
 
 pub mod bench;
 pub mod board;
 pub mod cpbench;
 pub mod demo;
+pub mod kube_fake;
 pub mod loadgen;
 pub mod parse;

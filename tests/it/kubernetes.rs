@@ -11,8 +11,8 @@ use switchyard::discovery::{DiscoveryMetrics, EndpointSet, EndpointSource, PoolS
 use switchyard::metrics::EngineRegistry;
 use tokio::sync::watch;
 
-use crate::kube_fake::FakeApiServer;
 use crate::support::{client, wait_for};
+use switchyard::tools::kube_fake::FakeApiServer;
 
 const GROUP: &str = "inference.networking.k8s.io";
 const X_GROUP: &str = "inference.networking.x-k8s.io";
@@ -285,7 +285,8 @@ async fn a_label_selector_pool_needs_no_crd() {
 }
 
 /// The whole path: pods with mixed engine labels in the cluster → a standalone process started
-/// with --kubeconfig scrapes each with its engine's metric names → the picker's snapshot.
+/// with --kubeconfig scrapes each with its engine's metric names → the picker's snapshot; the
+/// pool's InferenceObjectives set request priorities (a sheddable one is shed when saturated).
 #[actix_rt::test]
 async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
     use switchyard::sim::{self, Flavor, FleetConfig};
@@ -309,8 +310,19 @@ async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
             ..Default::default()
         }));
     }
+    fake.register(X_GROUP, "v1alpha2", "inferenceobjectives", "InferenceObjective", true);
+    for (name, priority) in [("batch", -1), ("critical", 5)] {
+        fake.apply(json!({
+            "apiVersion": format!("{X_GROUP}/v1alpha2"), "kind": "InferenceObjective",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"priority": priority, "poolRef": {"name": "pool", "group": GROUP}},
+        }));
+    }
+    // Every endpoint looks saturated (metrics older than 1 ns): only sheddable requests suffer.
+    let saturated = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: queue-scorer\n- type: utilization-detector\n  parameters: {metricsStalenessThreshold: 1ns}\nschedulingProfiles:\n- name: default\n  plugins: [{pluginRef: queue-scorer}]\n";
     let dir = tempfile::tempdir().expect("dir");
     let opts = switchyard::app::StandaloneOptions {
+        config_text: Some(saturated.into()),
         host: [127, 0, 0, 1].into(),
         grpc_port: 0,
         grpc_health_port: 0,
@@ -346,6 +358,20 @@ async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
     let text = http.get(format!("http://{}/metrics", standalone.metrics_addr)).send().await.expect("metrics");
     assert!(text.text().await.expect("text").contains("switchyard_discovery_endpoints{source=\"kubernetes\"} 3"));
     assert!(standalone.readiness.is_ready());
+    assert_eq!(snapshot.objectives.get("batch"), Some(&-1));
+
+    let url = format!("http://{}", standalone.ext_proc_addr);
+    let mut ext_proc =
+        envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(url)
+            .await
+            .expect("ext-proc");
+    let mut req = crate::envoy::HttpRequest::chat("meta-llama/Llama-3.1-8B-Instruct", "hello");
+    req.headers.push(("x-gateway-inference-objective".into(), "batch".into()));
+    let shed = crate::envoy::send(&mut ext_proc, &req).await;
+    assert_eq!(shed.routed.immediate.map(|(status, _)| status), Some(429), "priority -1 from the cluster");
+    req.headers[0].1 = "critical".into();
+    let routed = crate::envoy::send(&mut ext_proc, &req).await;
+    assert!(routed.routed.immediate.is_none(), "priority 5 from the cluster is never shed");
     standalone.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -9,11 +9,16 @@
 //! (`apply`, `delete`, `compact`) and break it (`drop_watches`, `set_down`), then check what the
 //! clients did through `request_log` and `watch_count`.
 //!
+//! A test double beside the product (like the simulator): the integration tests and the
+//! discovery benchmark use it; nothing in the roles does. It panics on misuse, as test code does.
+//!
 //! It does not: authenticate, accept writes over HTTP (create, update, patch and delete are test
 //! controls, and discovery advertises only get/list/watch), validate objects against a schema,
 //! serve the aggregated (v2) discovery format (clients fall back to the legacy documents), or
 //! stream initial events (`sendInitialEvents` is refused with 422, as a server without the
 //! WatchList feature does).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,10 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-mod select;
+pub mod select;
 mod server;
 mod stream;
-mod tests;
 
 /// One registered resource: what a CRD (or a built-in type) makes the server serve.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +209,7 @@ impl FakeApiServer {
 
     /// A `kube::Client` for this server, default namespace "default".
     pub fn client(&self) -> kube::Client {
-        switchyard::ensure_crypto_provider();
+        crate::ensure_crypto_provider();
         let url: hyper::Uri = self.url().parse().expect("fake api server url");
         kube::Client::try_from(kube::Config::new(url)).expect("kube client")
     }

@@ -10,9 +10,9 @@ use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-use super::FakeApiServer;
-use super::select::LabelSelector;
 use crate::support::wait_for;
+use switchyard::tools::kube_fake::FakeApiServer;
+use switchyard::tools::kube_fake::select::LabelSelector;
 
 const WAIT: Duration = Duration::from_secs(20);
 
