@@ -517,6 +517,10 @@ pub(crate) struct SimArgs {
     /// Also write the fleet as a static endpoints file for `switchyard standalone`.
     #[arg(long)]
     pub(crate) endpoints_out: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate generated at start (the picker then needs
+    /// `metrics-data-source` `scheme: https`).
+    #[arg(long)]
+    pub(crate) tls: bool,
 }
 
 impl SimArgs {
@@ -539,6 +543,7 @@ impl SimArgs {
                 decode_per_seq_s: self.decode_per_seq_ms / 1000.0,
                 ..sim::ModelParams::default()
             },
+            tls: self.tls,
         })
     }
 }

@@ -5,12 +5,15 @@
 //! streaming (SSE) or not, with `usage`. Behaviour follows the queueing + KV-cache model in
 //! [`model`]; runs are reproducible for a given seed and request sequence.
 //!
+//! With [`FleetConfig::tls`] they serve HTTPS with a self-signed certificate generated at start.
+//!
 //! It does not model tokenization (4 characters per token), chunked prefill, preemption or
 //! speculative decoding.
 
 pub mod model;
 pub mod render;
 pub mod server;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -34,6 +37,8 @@ pub struct FleetConfig {
     /// LoRA adapters served by every server (only vLLM pages report them).
     pub adapters: Vec<String>,
     pub params: ModelParams,
+    /// Serve HTTPS (self-signed certificate for `localhost`) instead of plain HTTP.
+    pub tls: bool,
 }
 
 impl Default for FleetConfig {
@@ -47,6 +52,7 @@ impl Default for FleetConfig {
             model: "meta-llama/Llama-3.1-8B-Instruct".into(),
             adapters: Vec::new(),
             params: ModelParams::default(),
+            tls: false,
         }
     }
 }
@@ -95,6 +101,7 @@ pub async fn start_fleet(cfg: &FleetConfig) -> std::io::Result<Vec<SimHandle>> {
                 params: cfg.params.clone(),
                 seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(handles.len() as u64),
                 speed: cfg.speed,
+                tls: cfg.tls,
             };
             handles.push(SimServer::spawn(server_cfg, listener)?);
         }
@@ -143,7 +150,12 @@ impl SimHandle {
         }
     }
 
+    /// `https` when the server was started with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.addr)
+        format!("{}://{}/metrics", self.scheme(), self.addr)
     }
 }

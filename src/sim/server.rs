@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
+use axum::serve::{Listener, ListenerExt as _};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -39,6 +39,8 @@ pub struct SimServerConfig {
     pub seed: u64,
     /// Simulated seconds per wall-clock second (2.0 runs twice as fast).
     pub speed: f64,
+    /// Serve HTTPS with a self-signed certificate generated at start.
+    pub tls: bool,
 }
 
 pub struct SimServer {
@@ -61,6 +63,8 @@ pub struct SimHandle {
     pub name: String,
     pub flavor: Flavor,
     pub addr: SocketAddr,
+    /// Serving HTTPS (see [`SimServerConfig::tls`]).
+    pub tls: bool,
     pub server: Arc<SimServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -103,18 +107,22 @@ impl SimServer {
             .route("/v1/chat/completions", post(chat_completions))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(server.clone());
-        let http = tokio::spawn(async move {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "sim http server stopped");
-            }
-        });
+        let http = if server.cfg.tls {
+            // The TLS accept loop sets nodelay itself.
+            tokio::spawn(serve(super::tls::listen(listener)?, app))
+        } else {
+            tokio::spawn(serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            ))
+        };
         Ok(SimHandle {
             name: server.cfg.name.clone(),
             flavor: server.cfg.flavor,
             addr,
+            tls: server.cfg.tls,
             server,
             tasks: vec![engine, http],
         })
@@ -248,6 +256,16 @@ impl Drop for Admitted {
         let mut http = lock(&self.server.http);
         http.0 += 1;
         http.1.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+async fn serve<L>(listener: L, app: Router)
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "sim http server stopped");
     }
 }
 

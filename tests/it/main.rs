@@ -9,6 +9,7 @@ mod etcd;
 mod failover;
 mod gateway;
 mod hostile;
+mod https_scrape;
 mod kube_fake;
 mod kubernetes;
 mod picker;
