@@ -1,13 +1,14 @@
 """Runs `switchyard <role> <rendered args> --check-config` for every rendered container.
 
 Each container gets a sandbox directory standing in for its volumes (ConfigMap files with their
-rendered text, Secret items with placeholder bytes), its file arguments rewritten into it, and
-`$(VAR)` references replaced as the kubelet would (downward-API values by dummies). The binary
-loads config and flags and exits without binding ports or touching the network.
+rendered text, Secret items with a throwaway certificate and key), its file arguments rewritten
+into it, and `$(VAR)` references replaced as the kubelet would (downward-API values by dummies).
+The binary loads config and flags and exits without binding ports or touching the network.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -49,9 +50,35 @@ def _sandbox(rel: Release, workload: dict[str, Any], container: dict[str, Any], 
         elif "secret" in vol:
             for item in vol["secret"].get("items", []):
                 with open(os.path.join(target, item["path"]), "w") as f:
-                    f.write(f"placeholder for Secret key {item['key']}\n")
+                    f.write(_secret_text(item["key"]))
         mapping[m["mountPath"]] = target
     return mapping
+
+
+@functools.cache
+def _pem_pair() -> tuple[str, str] | None:
+    """A throwaway self-signed certificate and key, so a binary that parses the mounted PEM
+    files accepts them (None without openssl: placeholders then)."""
+    with tempfile.TemporaryDirectory(prefix="chart-check-pem-") as d:
+        crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+        try:
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", key, "-out", crt, "-subj", "/CN=chart-check", "-days", "1"],
+                capture_output=True, check=True, timeout=TIMEOUT_S,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return open(crt).read(), open(key).read()
+
+
+def _secret_text(key: str) -> str:
+    pair = _pem_pair()
+    if pair and key in ("tls.crt", "ca.crt"):
+        return pair[0]
+    if pair and key == "tls.key":
+        return pair[1]
+    return f"placeholder for Secret key {key}\n"
 
 
 def _env(rel: Release, container: dict[str, Any]) -> dict[str, str]:
