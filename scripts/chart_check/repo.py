@@ -99,20 +99,68 @@ def etcd_flags(rel: Release) -> list[str]:
 
 
 def crds(rel: Release) -> list[str]:
-    """Whatever crds/ holds is a CRD, and a rendered InferencePool uses a version it serves."""
-    out, served = [], {}
+    """Whatever crds/ holds is a v1 CRD, and each rendered object of a kind it defines uses a
+    served version and fits that version's schema (nothing to check while crds/ is empty)."""
+    out, versions = [], {}
     for crd in rel.crds:
         if crd.get("kind") != "CustomResourceDefinition" or crd.get("apiVersion") != "apiextensions.k8s.io/v1":
             out.append(f"crds/: {crd.get('kind')} {crd.get('metadata', {}).get('name')} is not a v1 CRD")
             continue
         spec = crd["spec"]
         for v in spec.get("versions", []):
-            if v.get("served"):
-                served.setdefault((spec["group"], spec["names"]["kind"]), set()).add(v["name"])
-    for pool in rel.of_kind("InferencePool"):
-        group, version = pool["apiVersion"].split("/")
-        if served and (group, "InferencePool") in served and version not in served[(group, "InferencePool")]:
-            out.append(f"crds/ does not serve {pool['apiVersion']} InferencePool")
+            versions[(f"{spec['group']}/{v['name']}", spec["names"]["kind"])] = v
+    defined = {kind for _, kind in versions}
+    for o in rel.objects:
+        if o["kind"] not in defined or "." not in o["apiVersion"].split("/")[0]:
+            continue
+        v = versions.get((o["apiVersion"], o["kind"]))
+        if v is None or not v.get("served"):
+            out.append(f"crds/ does not serve {o['apiVersion']} {o['kind']}")
+            continue
+        body = {k: val for k, val in o.items() if k not in ("apiVersion", "kind", "metadata", "__template__")}
+        schema = v.get("schema", {}).get("openAPIV3Schema", {})
+        out += [f"{o['kind']} {o['metadata']['name']}: {p}" for p in fits(body, schema, "")]
+    return out
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+
+
+def fits(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """The structural-schema subset a CRD's openAPIV3Schema uses: type, properties (unknown
+    fields are errors, as `kubectl apply` with strict field validation makes them), required,
+    enum, minimum/maximum, minItems/maxItems, items, additionalProperties."""
+    here = path or "<root>"
+    if value is None:
+        return [] if schema.get("nullable") else [f"{here}: null"]
+    t = schema.get("type")
+    if t and (not isinstance(value, _TYPES[t]) or (t in ("integer", "number") and isinstance(value, bool))):
+        if not schema.get("x-kubernetes-int-or-string") or not isinstance(value, (int, str)):
+            return [f"{here}: {type(value).__name__}, want {t}"]
+    out = []
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{here}: {value!r} not in {schema['enum']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            out.append(f"{here}: {value} < {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            out.append(f"{here}: {value} > {schema['maximum']}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
+            out.append(f"{here}: {len(value)} items")
+        for i, item in enumerate(value):
+            out += fits(item, schema.get("items", {}), f"{path}[{i}]")
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        out += [f"{path}.{k}".lstrip(".") + ": required" for k in schema.get("required", []) if k not in value]
+        for k, item in value.items():
+            sub = f"{path}.{k}".lstrip(".")
+            if props is not None and k in props:
+                out += fits(item, props[k], sub)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                out += fits(item, schema["additionalProperties"], sub)
+            elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+                out.append(f"{sub}: unknown field")
     return out
 
 
