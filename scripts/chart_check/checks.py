@@ -271,14 +271,13 @@ def check_services(rel: Release) -> list[str]:
         for p in s["spec"]["ports"]:
             if _target(selected[0], p.get("targetPort", p["port"])) is None:
                 out.append(f"Service {name} port {p['name']}: target {p.get('targetPort')} is no container port")
-    ext = next(iter(rel.of_kind("Service")), None)
-    if rel.values["mode"] == "distributed":
-        picker = rel.component("picker")
-        svc = [s for s in rel.of_kind("Service") if picker and _selected(rel, s["spec"]["selector"]) == [picker]]
-        if not svc or svc[0]["spec"].get("clusterIP") != "None":
-            out.append("the picker Service must be headless so the gateway spreads streams over pickers")
-    elif ext is None:
-        out.append("no Service for the standalone pod")
+    distributed = rel.values["mode"] == "distributed"
+    ext_proc = rel.component("picker" if distributed else "standalone")
+    svc = [s for s in rel.of_kind("Service") if ext_proc and _selected(rel, s["spec"]["selector"]) == [ext_proc]]
+    if not svc:
+        out.append("no Service in front of the ext-proc pods")
+    elif distributed and svc[0]["spec"].get("clusterIP") != "None":
+        out.append("the picker Service must be headless so the gateway spreads streams over pickers")
     return out
 
 

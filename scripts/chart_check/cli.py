@@ -16,7 +16,6 @@ from typing import Any
 from . import binary, checks, render, repo
 
 ENGINES = ("vllm", "sglang", "triton-tensorrt-llm", "trtllm-serve")
-ALLOWED_ENGINES_TEXT = ENGINES
 
 # The list form the Triton and SGLang guides show (an empty value disables that metric), and
 # upstream's newer map form.
@@ -74,7 +73,7 @@ def matrix() -> list[tuple[str, dict[str, Any]]]:
 REFUSED = [
     ("unknown key", {"inferencePool": {"modelServerTyp": "vllm"}}, ["modelServerTyp"]),
     ("unknown top-level key", {"inferenceExtention": {}}, ["inferenceExtention"]),
-    ("bad modelServerType", {"inferencePool": {"modelServerType": "tgi"}}, list(ALLOWED_ENGINES_TEXT)),
+    ("bad modelServerType", {"inferencePool": {"modelServerType": "tgi"}}, list(ENGINES)),
     ("upstream HA flag", {"inferenceExtension": {"flags": {"ha-enable-leader-election": True}}},
      ["ha-enable-leader-election", "mode: distributed"]),
     ("chart-owned flag", {"inferenceExtension": {"flags": [{"name": "grpc-port", "value": 9100}]}},
