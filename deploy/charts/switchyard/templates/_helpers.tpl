@@ -103,7 +103,6 @@ remote-scrapers: scraper.enabled
 scraper-id: scraper (the pod name is used)
 listen-host: nothing (the roles listen on every pod address)
 check-config: nothing (a dry run, not a serving option)
-ha-enable-leader-election: "mode: distributed (aggregators elected through etcd; Switchyard refuses this flag)"
 {{- end -}}
 
 {{/* One flag value as text: numbers without exponent, null as "" (an empty value disables a metric). */}}
@@ -125,8 +124,10 @@ inferenceExtension.flags as a JSON list of {name, value}, from either form (map 
 {{- end -}}
 {{- $owned := include "switchyard.ownedFlags" . | fromYaml -}}
 {{- range $out -}}
-{{- if hasKey $owned .name -}}
-{{- fail (printf "inferenceExtension.flags: --%s is set by the chart; use %s" .name (get $owned .name)) -}}
+{{- if eq .name "ha-enable-leader-election" -}}
+{{- fail "inferenceExtension.flags: Switchyard refuses --ha-enable-leader-election; high availability is mode: distributed (aggregators elected through etcd)" -}}
+{{- else if hasKey $owned .name -}}
+{{- fail (printf "inferenceExtension.flags: the chart sets --%s itself; use %s" .name (get $owned .name)) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
