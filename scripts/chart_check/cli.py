@@ -29,8 +29,13 @@ SGLANG_FLAGS = [
     {"name": "kv-cache-usage-percentage-metric", "value": "sglang:token_usage"},
     {"name": "lora-info-metric", "value": ""},
 ]
-VLLM_FLAGS = {"v": 3, "max-request-body-bytes": 16777216, "metrics-staleness-threshold": "2s",
-              "refresh-metrics-interval": "50ms", "tracing": False}
+# Flags of every routing group (docs/install.md), so a misrouted one fails --check-config.
+VLLM_FLAGS = {"v": 3, "zap-encoder": "console", "tracing": False,
+              "max-request-body-bytes": 16777216, "metrics-staleness-threshold": "2s", "seed": 7,
+              "disable-endpoint-subset-filter": True, "inference-objective": "critical=10",
+              "refresh-metrics-interval": "50ms", "cache-info-metric": "vllm:cache_config_info",
+              "model-server-metrics-scheme": "http", "model-server-metrics-path": "/metrics",
+              "model-server-metrics-port": 8000, "model-server-metrics-https-insecure-skip-verify": True}
 FLAGS = {"vllm": VLLM_FLAGS, "sglang": SGLANG_FLAGS, "triton-tensorrt-llm": TRITON_FLAGS, "trtllm-serve": {}}
 
 EXTERNAL_ETCD = {

@@ -27,7 +27,7 @@ fn chart_renders_lints_and_every_role_accepts_its_args() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(tools_python())
         .arg(format!("{root}/scripts/chart-check.py"))
-        .args(["--repo", root, "--bin", BIN])
+        .args(["--repo", root, "--bin", BIN, "--require-binary"])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run scripts/chart-check.py");
@@ -35,4 +35,5 @@ fn chart_renders_lints_and_every_role_accepts_its_args() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chart-check failed ({}):\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("chart-check: all checks passed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("accepted by --check-config"), "the binary step did not run:\n{stdout}");
 }
