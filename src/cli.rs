@@ -202,7 +202,7 @@ pub(crate) struct PickerArgs {
 #[derive(Args)]
 pub(crate) struct SchedulingArgs {
     /// Ignore the proxy's x-gateway-destination-endpoint-subset hint.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) disable_endpoint_subset_filter: bool,
     /// Request bodies above this size get a 413.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]

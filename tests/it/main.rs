@@ -1,6 +1,7 @@
 //! The single integration-test binary: real sockets on 127.0.0.1, real actors, the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chart;
 mod cli;
 mod deploy;
 mod discovery;
