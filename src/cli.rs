@@ -67,6 +67,9 @@ pub(crate) enum Command {
     /// Tools for metrics pages.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// The InferencePool and InferenceObjective CRDs, generated from the Rust types: printed, or
+    /// written one file per CRD into a directory (the Helm chart's `crds/`).
+    Crds(CrdsArgs),
     /// Benchmarks (results go to docs/benchmarks.md).
     #[command(subcommand)]
     Bench(tools::bench::BenchCommand),
@@ -415,6 +418,14 @@ pub(crate) struct ScrapeArgs {
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     switchyard::scheduling::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 50ms, 2s)"))
+}
+
+#[derive(Args)]
+pub(crate) struct CrdsArgs {
+    /// Write `<group>_<plural>.yaml` files here (e.g. deploy/charts/switchyard/crds) instead of
+    /// printing one multi-document YAML.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -36,8 +36,26 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Metrics(MetricsCommand::Parse(args)) => metrics_parse(&args),
+        Command::Crds(args) => crds(&args),
         command => run_async(command),
     }
+}
+
+fn crds(args: &CrdsArgs) -> ExitCode {
+    use switchyard::discovery::kubernetes::crd;
+    let Some(dir) = &args.out else {
+        print!("{}", crd::crds_yaml());
+        return ExitCode::SUCCESS;
+    };
+    for (name, yaml) in crd::crd_files() {
+        let path = dir.join(&name);
+        if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("{}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -64,7 +82,7 @@ fn run_async(command: Command) -> ExitCode {
             Command::Scraper(args) => run_scraper(*args).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
-            Command::Metrics(_) => unreachable!("handled synchronously"),
+            Command::Metrics(_) | Command::Crds(_) => unreachable!("handled synchronously"),
         }
     });
     match result {

@@ -31,3 +31,24 @@ fn envoy_config_matches_the_epp_protocol() {
         9002
     );
 }
+
+/// The chart's CRDs are what the Rust types generate (`switchyard crds --out ...`): a change to
+/// the types without regenerating them fails here.
+#[test]
+fn chart_crds_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/charts/switchyard/crds");
+    let generated = switchyard::discovery::kubernetes::crd::crd_files();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("crds dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut names: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    let hint = "regenerate with `cargo run -- crds --out deploy/charts/switchyard/crds`";
+    assert_eq!(on_disk, names, "{hint}");
+    for (name, yaml) in generated {
+        let text = std::fs::read_to_string(dir.join(&name)).expect("crd file");
+        assert!(text == yaml, "{name} differs from the Rust types; {hint}");
+    }
+}
