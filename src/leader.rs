@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::aggregator::election::{self, EtcdSettings};
+use crate::etcd::{self as election, EtcdSettings};
 
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);

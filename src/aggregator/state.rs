@@ -207,7 +207,7 @@ mod tests {
 
     use super::*;
     use crate::model::{EndpointMetrics, MetricsSample};
-    use crate::scraper::ScrapeError;
+    use crate::protocol::ScrapeError;
 
     fn ep(id: &str, addr: &str) -> Endpoint {
         Endpoint {

@@ -207,6 +207,7 @@ async fn health_reports_liveness_and_readiness() {
     for (service, want) in [
         ("liveness", ServingStatus::Serving),
         ("readiness", ServingStatus::Serving),
+        ("inference-extension", ServingStatus::Serving),
         ("envoy.service.ext_proc.v3.ExternalProcessor", ServingStatus::Serving),
     ] {
         let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.expect("check");
@@ -217,8 +218,10 @@ async fn health_reports_liveness_and_readiness() {
         tonic::Code::NotFound
     );
     sb.epp().readiness.set_draining();
-    let r = h.check(tonic_health::pb::HealthCheckRequest { service: "readiness".into() }).await.expect("check");
-    assert_eq!(r.into_inner().status, ServingStatus::NotServing as i32, "draining is not ready");
+    for service in ["readiness", "inference-extension"] {
+        let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.expect("check");
+        assert_eq!(r.into_inner().status, ServingStatus::NotServing as i32, "draining is not ready: {service}");
+    }
 }
 
 #[actix_rt::test]
