@@ -81,9 +81,23 @@ impl EtcdTls {
     }
 }
 
-/// A client for `s` (lazy: errors surface at the first RPC).
+/// A client for `s` (lazy: errors surface at the first RPC) whose requests time out after TTL/2.
 pub async fn connect(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
-    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(s.ttl / 2);
+    connect_with(s, Some(s.ttl / 2)).await
+}
+
+/// A client without a request timeout, for calls that block by design: a campaign waits for as
+/// long as another replica leads (a timeout would drop the standby out of the queue and re-create
+/// its key every time).
+pub async fn connect_blocking(s: &EtcdSettings) -> Result<Client, etcd_client::Error> {
+    connect_with(s, None).await
+}
+
+async fn connect_with(s: &EtcdSettings, timeout: Option<Duration>) -> Result<Client, etcd_client::Error> {
+    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    if let Some(t) = timeout {
+        opts = opts.with_timeout(t);
+    }
     if let Some((u, p)) = &s.user {
         opts = opts.with_user(u.clone(), p.clone());
     }

@@ -30,6 +30,9 @@ pub enum ElectionError {
     Etcd(#[from] etcd_client::Error),
     #[error("lease TTL must be at least 2 s, got {0:?}")]
     Ttl(Duration),
+    /// The lease could not be kept: this replica stopped leading and campaigns again.
+    #[error("stepped down: {0}")]
+    SteppedDown(String),
 }
 
 /// Resolves once `stop` turns true (or its sender is gone). Drops the `watch::Ref` at once so
@@ -116,9 +119,10 @@ async fn term(
     let mut clock = LeaseClock::new(s.ttl, granted);
 
     // Campaign while keeping the lease alive (a campaign can block for a whole term of another
-    // replica).
+    // replica: its client has no request timeout).
+    let mut campaigner = crate::etcd::connect_blocking(s).await?;
     let campaign = {
-        let mut c = client.clone();
+        let c = &mut campaigner;
         let (name, value) = (s.election.clone(), s.value.clone());
         async move { c.campaign(name, value, lease).await }
     };
@@ -181,12 +185,21 @@ async fn term(
     let _ = events.send(LeadershipEvent::Lost { reason: reason.clone() }).await;
     tracing::warn!(election = %s.election, epoch, %reason, "leadership lost");
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
-    Err(ElectionError::Etcd(etcd_client::Error::InvalidArgs(reason)))
+    Err(ElectionError::SteppedDown(reason))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: stepping down was reported as `invalid arguments: lease not renewed in time`
+    /// (an etcd-client error kind for bad requests).
+    #[test]
+    fn stepping_down_is_its_own_error_kind() {
+        let e = ElectionError::SteppedDown("lease not renewed in time".into());
+        assert_eq!(e.to_string(), "stepped down: lease not renewed in time");
+        assert!(!matches!(e, ElectionError::Etcd(_)));
+    }
 
     /// Regression: the term restarted the renewal timer when the campaign was won, so a win just
     /// before a renewal was due pushed the first renewal to within a few ms of the step-down

@@ -196,6 +196,24 @@ async fn one_leader_then_failover_with_a_higher_epoch() {
     let _ = c.stop.send(true);
 }
 
+/// Regression: the campaign ran on a client whose requests time out after TTL/2, so a standby was
+/// cut out of the queue every TTL/2 and re-created its key each time (epochs jumped by tens,
+/// failover came up to TTL/4 late). A standby waits quietly: its key is created once, so the next
+/// term's epoch (its key's revision) follows the leader's almost at once.
+#[tokio::test]
+async fn test_a_standby_waits_in_the_queue_without_being_cut_off() {
+    let etcd = Etcd::start().await;
+    let mut a = replica(settings(&etcd, "a:1"));
+    let e1 = epoch(next(&mut a, Duration::from_secs(5)).await);
+    let mut b = replica(settings(&etcd, "b:1"));
+    // Three TTL/2 request timeouts' worth of waiting (TTL 2 s): nothing may happen to b meanwhile.
+    assert_eq!(next(&mut b, Duration::from_secs(3)).await, None, "b waits while a leads");
+    let _ = a.stop.send(true);
+    let e2 = epoch(next(&mut b, Duration::from_secs(3)).await);
+    assert!(e2 > e1 && e2 - e1 <= 2, "b's key was created once, right after a's: epochs {e1} -> {e2}");
+    let _ = b.stop.send(true);
+}
+
 #[tokio::test]
 async fn leader_steps_down_when_etcd_is_unreachable_and_reelection_follows() {
     let etcd = Etcd::start().await;
