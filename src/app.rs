@@ -179,6 +179,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     let scheduler = Scheduler::new(SchedulerConfig::build(&cfg, opts.metrics_staleness_threshold)?);
 
     let mut metrics_registry = Registry::default();
+    crate::telemetry::register_metrics(&mut metrics_registry);
     let picker_metrics = PickerMetrics::new(&mut metrics_registry);
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), picker_metrics));
     let readiness = Arc::new(Readiness::default());
@@ -346,23 +347,33 @@ pub fn serve_metrics(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let r = registry.clone();
-                async move {
-                    let mut out = String::new();
-                    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/debug/log-level",
+                axum::routing::put(|body: String| async move {
+                    match crate::telemetry::set_log_filter(body.trim()) {
+                        Ok(()) => (axum::http::StatusCode::OK, format!("log filter now {:?}\n", body.trim())),
+                        Err(e) => (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let r = registry.clone();
+                    async move {
+                        let mut out = String::new();
+                        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            out,
+                        )
+                    }
+                }),
+            );
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

@@ -29,6 +29,7 @@ pub mod roles;
 pub mod scheduling;
 pub mod scraper;
 pub mod sim;
+pub mod telemetry;
 pub mod tools;
 pub mod wire;
 

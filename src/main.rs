@@ -8,6 +8,7 @@ use clap::Parser;
 
 use switchyard::config;
 use switchyard::sim;
+use switchyard::telemetry;
 use switchyard::tools;
 
 /// Exit code for configuration and usage errors (clap uses 2 for usage errors too).
@@ -20,7 +21,7 @@ use cli::*;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_filter(), cli.zap_encoder.as_deref() == Some("json"));
+    let (filter, json) = (cli.log_filter(), cli.zap_encoder.as_deref() == Some("json"));
     switchyard::ensure_crypto_provider();
     if cli.ha_enable_leader_election == Some(true) {
         eprintln!(
@@ -30,14 +31,45 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let _ = cli.tracing;
     if cli.check_config {
+        telemetry::init(&filter, json, None);
         return check::run(&cli.command);
     }
     match cli.command {
-        Command::Metrics(MetricsCommand::Parse(args)) => metrics_parse(&args),
+        Command::Metrics(MetricsCommand::Parse(args)) => {
+            telemetry::init(&filter, json, None);
+            metrics_parse(&args)
+        }
         Command::Crds(args) => crds(&args),
-        command => run_async(command),
+        command => {
+            // The demo prints a table: role logs below warnings would land in the middle of it.
+            let quiet_demo = matches!(command, Command::Demo(_)) && cli.log.is_none() && cli.verbosity.is_none();
+            let filter = if quiet_demo { "warn".to_string() } else { filter };
+            run_async(command, Logging { filter, json, tracing: cli.tracing })
+        }
+    }
+}
+
+/// How the async roles log and trace.
+struct Logging {
+    filter: String,
+    json: bool,
+    /// `--tracing` as given.
+    tracing: Option<bool>,
+}
+
+/// The role name traces carry (`service.name` = `switchyard-<role>` unless OTEL_SERVICE_NAME).
+fn role_name(command: &Command) -> &'static str {
+    match command {
+        Command::Standalone(_) => "standalone",
+        Command::Aggregator(_) => "aggregator",
+        Command::Picker(_) => "picker",
+        Command::Scraper(_) => "scraper",
+        Command::Gateway(_) => "gateway",
+        Command::Sim(_) => "sim",
+        Command::Demo(_) => "demo",
+        Command::Bench(_) => "bench",
+        Command::Metrics(_) | Command::Crds(_) => "tool",
     }
 }
 
@@ -58,14 +90,7 @@ fn crds(args: &CrdsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging(filter: &str, json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
-}
-
-fn run_async(command: Command) -> ExitCode {
+fn run_async(command: Command, logging: Logging) -> ExitCode {
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -73,7 +98,16 @@ fn run_async(command: Command) -> ExitCode {
             .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
     });
     let result = system.block_on(async move {
-        match command {
+        // Inside the runtime: the OTLP exporter's channel lives on it.
+        let traces = match telemetry::TraceSettings::from_env(logging.tracing, role_name(&command)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("warning: traces are off: {e}");
+                None
+            }
+        };
+        let telemetry = telemetry::init(&logging.filter, logging.json, traces.as_ref());
+        let result = match command {
             Command::Demo(args) => tools::demo::run(args).await,
             Command::Standalone(args) => run_standalone(*args).await,
             Command::Gateway(args) => run_gateway(args).await,
@@ -83,7 +117,9 @@ fn run_async(command: Command) -> ExitCode {
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) | Command::Crds(_) => unreachable!("handled synchronously"),
-        }
+        };
+        telemetry.shutdown();
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,6 +114,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let (control_addr, health_addr, metrics_addr) =
         (control.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
     let mut metrics_registry = Registry::default();
+    crate::telemetry::register_metrics(&mut metrics_registry);
     let role_metrics = crate::aggregator::metrics::AggregatorMetrics::new(&mut metrics_registry);
     let settings = ScrapeSettings {
         interval: opts.refresh_metrics_interval,
@@ -255,6 +256,7 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let scheduler = Scheduler::new(SchedulerConfig::build(&cfg, opts.metrics_staleness_threshold)?);
     let mut metrics_registry = Registry::default();
+    crate::telemetry::register_metrics(&mut metrics_registry);
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), PickerMetrics::new(&mut metrics_registry)));
     let readiness = Arc::new(Readiness::default());
     app::follow_snapshots(picker.clone(), readiness.clone());
@@ -312,6 +314,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let resolver = app::resolver(&cfg, &opts.metric_flags)?;
     let mut metrics_registry = Registry::default();
+    crate::telemetry::register_metrics(&mut metrics_registry);
     let role_metrics = ScraperRoleMetrics::new(&mut metrics_registry);
     let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
     let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_addr)

@@ -8,7 +8,7 @@ use switchyard_proto::v1 as pb;
 
 use crate::model::{
     Endpoint, EndpointId, EndpointMetrics, EndpointState, Load, MetricsSample, MetricsState, RoutedBlocks, Snapshot,
-    from_unix_micros, unix_micros,
+    TraceRef, from_unix_micros, unix_micros,
 };
 
 /// Version of the messages this build speaks.
@@ -131,6 +131,7 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
         published_at_unix_micros: unix_micros(s.published_at),
         objectives: s.objectives.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         objectives_changed: true,
+        publish_span: trace_ref_to_proto(s.publish_span),
     }
 }
 
@@ -179,7 +180,21 @@ pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[Route
             Default::default()
         },
         objectives_changed,
+        publish_span: trace_ref_to_proto(next.publish_span),
     }
+}
+
+fn trace_ref_to_proto(r: Option<TraceRef>) -> Vec<u8> {
+    r.map(|r| [r.trace_id.to_be_bytes().as_slice(), r.span_id.to_be_bytes().as_slice()].concat()).unwrap_or_default()
+}
+
+/// A malformed reference is ignored (it only feeds trace links).
+fn trace_ref_from_proto(b: &[u8]) -> Option<TraceRef> {
+    let (t, s) = (b.get(..16)?, b.get(16..24)?);
+    (b.len() == 24).then(|| TraceRef {
+        trace_id: u128::from_be_bytes(t.try_into().unwrap_or([0; 16])),
+        span_id: u64::from_be_bytes(s.try_into().unwrap_or([0; 8])),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +229,7 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
         published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
         objectives: Arc::new(u.objectives.into_iter().collect()),
+        publish_span: trace_ref_from_proto(&u.publish_span),
     })
 }
 
@@ -267,6 +283,7 @@ pub fn apply_update(held: &Snapshot, u: pb::SnapshotUpdate) -> Result<Snapshot, 
         } else {
             held.objectives.clone()
         },
+        publish_span: trace_ref_from_proto(&u.publish_span),
     })
 }
 
@@ -389,6 +406,7 @@ mod tests {
             published_at: now,
             routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("b"), hashes: vec![1, 2, 3] }],
             objectives: Arc::new([("critical".to_string(), 2), ("batch".to_string(), -1)].into_iter().collect()),
+            publish_span: Some(TraceRef { trace_id: u128::MAX - 7, span_id: 42 }),
         };
         let back = snapshot_from_proto(snapshot_to_proto(&snap)).expect("round trip");
         assert_eq!(back, snap);
@@ -442,6 +460,7 @@ mod tests {
             published_at: UNIX_EPOCH,
             routed_blocks: Vec::new(),
             objectives: Default::default(),
+            publish_span: None,
         }
     }
 

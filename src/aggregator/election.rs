@@ -148,7 +148,9 @@ async fn term(
         }
     };
     let epoch = leader.rev() as u64;
-    tracing::info!(election = %s.election, epoch, "leadership acquired");
+    tracing::info_span!("leadership_acquired", election = %s.election, epoch).in_scope(|| {
+        tracing::info!(election = %s.election, epoch, "leadership acquired");
+    });
     let _ = events.send(LeadershipEvent::Acquired { epoch }).await;
 
     let reason = loop {
@@ -183,7 +185,9 @@ async fn term(
     };
     // Stop publishing first, then log, then clean up what can be.
     let _ = events.send(LeadershipEvent::Lost { reason: reason.clone() }).await;
-    tracing::warn!(election = %s.election, epoch, %reason, "leadership lost");
+    tracing::info_span!("leadership_lost", election = %s.election, epoch, reason = %reason).in_scope(|| {
+        tracing::warn!(election = %s.election, epoch, %reason, "leadership lost");
+    });
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
     Err(ElectionError::SteppedDown(reason))
 }

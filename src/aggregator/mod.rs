@@ -181,7 +181,18 @@ impl Aggregator {
         if !*self.leading.borrow() {
             return;
         }
-        if let Some(snapshot) = self.state.build(std::time::SystemTime::now()) {
+        if let Some(mut snapshot) = self.state.build(std::time::SystemTime::now()) {
+            let span = tracing::info_span!(
+                "publish",
+                epoch = snapshot.epoch,
+                seq = snapshot.seq,
+                endpoints = snapshot.endpoints.len(),
+                routed_blocks = snapshot.routed_blocks.len(),
+                subscribers = self.tx.receiver_count().saturating_sub(1),
+            );
+            let _entered = span.enter();
+            // Pickers link their spans to this one (when it is sampled).
+            snapshot.publish_span = crate::telemetry::propagation::trace_ref(&span);
             self.routed.hashes_dropped.inc_by(std::mem::take(&mut self.state.dropped_hashes));
             self.routed.push(&snapshot);
             self.tx.send_replace(Arc::new(snapshot));
@@ -302,6 +313,7 @@ mod tests {
             published_at: std::time::SystemTime::UNIX_EPOCH,
             routed_blocks: vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![hash] }],
             objectives: Default::default(),
+            publish_span: None,
         }
     }
 

@@ -196,6 +196,7 @@ impl AggregatorState {
             published_at: now,
             routed_blocks,
             objectives: self.objectives.clone(),
+            publish_span: None,
         })
     }
 }

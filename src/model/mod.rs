@@ -116,6 +116,15 @@ impl MetricsState {
     }
 }
 
+/// A reference to a span of some process's trace (W3C ids), carried so that another process's
+/// span can link to it: a picker's "apply update" and "schedule" spans link to the leader's
+/// "publish" span. Plain data; `telemetry` turns it into a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceRef {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
 /// A change of the endpoint set, with before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointChange {

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub routed_blocks: Vec<RoutedBlocks>,
     /// InferenceObjective name → priority, from discovery (Kubernetes); shared, rarely changes.
     pub objectives: Arc<std::collections::BTreeMap<String, i32>>,
+    /// The leader's span that published this snapshot (when traced).
+    pub publish_span: Option<super::TraceRef>,
 }
 
 /// Prefix-block hashes routed to an endpoint.
@@ -53,6 +55,7 @@ impl Snapshot {
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
             objectives: Default::default(),
+            publish_span: None,
         })
     }
 

@@ -47,9 +47,21 @@ pub async fn follow_leader(source: LeaderSource, picker_id: String, picker: Arc<
                 match stream.message().await {
                     Ok(Some(update)) => {
                         let full = update.full;
+                        let span = tracing::info_span!(
+                            "apply_update",
+                            epoch = update.epoch,
+                            seq = update.seq,
+                            full,
+                            changed = update.endpoints.len(),
+                            removed = update.removed.len(),
+                        );
+                        let _entered = span.enter();
                         // A delta that does not sit on what this picker holds ends the stream;
                         // the next one starts with a full snapshot.
                         if let Some(s) = apply_if_newer(&picker.held(), update).map_err(|e| e.to_string())? {
+                            if let Some(publish) = &s.publish_span {
+                                crate::telemetry::propagation::link(&span, publish);
+                            }
                             picker.metrics.record_update(full);
                             picker.accept(Arc::new(s));
                         }
@@ -77,6 +89,7 @@ mod tests {
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
             objectives: Default::default(),
+            publish_span: None,
         }
     }
 

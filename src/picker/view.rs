@@ -190,6 +190,7 @@ mod tests {
             published_at: SystemTime::UNIX_EPOCH,
             routed_blocks: Vec::new(),
             objectives: Default::default(),
+            publish_span: None,
         })
     }
 

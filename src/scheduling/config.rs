@@ -39,6 +39,20 @@ pub enum ScorerKind {
     TokenLoad { threshold_tokens: f64 },
 }
 
+impl ScorerKind {
+    /// The upstream plugin type name.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ScorerKind::Queue => "queue-scorer",
+            ScorerKind::KvCache => "kv-cache-utilization-scorer",
+            ScorerKind::RunningRequests => "running-requests-size-scorer",
+            ScorerKind::LoraAffinity => "lora-affinity-scorer",
+            ScorerKind::PrefixCache => "prefix-cache-scorer",
+            ScorerKind::TokenLoad { .. } => "token-load-scorer",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickerKind {
     MaxScore { n: usize },

@@ -72,6 +72,18 @@ pub struct Decision {
     pub load_agnostic: bool,
 }
 
+/// Why the primary won, for a traced request: each scorer's weighted score for the primary and
+/// the runner-up (the best other candidate), over the candidates left after the filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// Candidates the scorers saw (after the filters).
+    pub considered: usize,
+    /// Snapshot index of the runner-up, when there was one.
+    pub runner_up: Option<usize>,
+    /// (scorer type, weighted score of the primary, of the runner-up).
+    pub scores: Vec<(&'static str, f64, Option<f64>)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ScheduleError {
     #[error("failed to find endpoint candidates for serving the request")]
@@ -123,6 +135,19 @@ impl Scheduler {
         req: &RequestFeatures<'_>,
         rng: &mut SmallRng,
     ) -> Result<Decision, ScheduleError> {
+        self.schedule_explained(view, candidates, req, rng, false).map(|(d, _)| d)
+    }
+
+    /// [`schedule`](Self::schedule), and with `explain` the per-scorer scores of the primary and
+    /// the runner-up (costs one more pass per scorer: only for traced requests).
+    pub fn schedule_explained(
+        &self,
+        view: &View<'_>,
+        candidates: &[usize],
+        req: &RequestFeatures<'_>,
+        rng: &mut SmallRng,
+        explain: bool,
+    ) -> Result<(Decision, Option<Explanation>), ScheduleError> {
         let View { snapshot, local, prefix, now } = *view;
         if candidates.is_empty() {
             return Err(ScheduleError::NoCandidates);
@@ -156,6 +181,7 @@ impl Scheduler {
             }
         }
         let load_agnostic = !cands.iter().any(|c| c.fresh);
+        let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
         for (scorer, weight) in &self.config.profile.scorers {
             if load_agnostic && scorer.is_load() {
@@ -170,8 +196,41 @@ impl Scheduler {
         .then(|| prefix_hashes.first().copied())
         .flatten()
         .map(|h| (h, snapshot));
+        let totals: Option<Vec<(usize, f64)>> = explain.then(|| cands.iter().map(|c| (c.index, c.score)).collect());
         let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
-        Ok(Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic })
+        let explanation = match (unscored, totals, endpoints.first()) {
+            (Some(unscored), Some(totals), Some(&primary)) => {
+                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, prefix_hashes.len()))
+            }
+            _ => None,
+        };
+        Ok((Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic }, explanation))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn explain(
+        &self,
+        unscored: Vec<Candidate>,
+        totals: &[(usize, f64)],
+        primary: usize,
+        load_agnostic: bool,
+        snapshot: &Snapshot,
+        req: &RequestFeatures<'_>,
+        total_blocks: usize,
+    ) -> Explanation {
+        let runner_up =
+            totals.iter().filter(|(i, _)| *i != primary).max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| *i);
+        let mut scores = Vec::new();
+        for (scorer, weight) in &self.config.profile.scorers {
+            if load_agnostic && scorer.is_load() {
+                continue;
+            }
+            let mut one = unscored.clone();
+            score::add_scores(*scorer, *weight, snapshot, &mut one, req, total_blocks);
+            let of = |idx: usize| one.iter().find(|c| c.index == idx).map(|c| c.score);
+            scores.push((scorer.type_name(), of(primary).unwrap_or(0.0), runner_up.and_then(of)));
+        }
+        Explanation { considered: unscored.len(), runner_up, scores }
     }
 
     /// Upstream's auto-tune: the first candidate's cache block size when known.

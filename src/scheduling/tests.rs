@@ -55,6 +55,7 @@ fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
         published_at: now(),
         routed_blocks: Vec::new(),
         objectives: Default::default(),
+        publish_span: None,
     }
 }
 
@@ -353,4 +354,34 @@ fn durations_parse_like_go() {
     assert_eq!(config::parse_duration("1.5s"), Some(Duration::from_millis(1500)));
     assert_eq!(config::parse_duration("5"), None);
     assert_eq!(config::parse_duration("x"), None);
+}
+
+#[test]
+fn an_explanation_names_each_scorer_and_adds_up_to_the_decision() {
+    let s = default_scheduler();
+    let snap = snapshot(vec![
+        state("busy", Some(metrics(9, 0.9)), Duration::ZERO),
+        state("idle", Some(metrics(0, 0.1)), Duration::ZERO),
+        state("mid", Some(metrics(4, 0.5)), Duration::ZERO),
+    ]);
+    let all: Vec<usize> = (0..3).collect();
+    let prefix = PrefixIndex::new();
+    let view = View { snapshot: &snap, local: &[], prefix: &prefix, now: now() };
+    let (decision, explanation) =
+        s.schedule_explained(&view, &all, &req("m"), &mut SmallRng::seed_from_u64(1), true).expect("scheduled");
+    let e = explanation.expect("explained");
+    assert_eq!(decision.endpoints, [1], "idle wins");
+    assert_eq!(e.considered, 3);
+    assert_eq!(e.runner_up, Some(2), "mid is second");
+    let names: Vec<&str> = e.scores.iter().map(|(n, _, _)| *n).collect();
+    assert_eq!(names, ["queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"]);
+    let (primary, runner_up): (f64, f64) =
+        e.scores.iter().fold((0.0, 0.0), |(p, r), (_, a, b)| (p + a, r + b.expect("runner-up scored")));
+    assert!(primary > runner_up, "{primary} vs {runner_up}");
+    // queue 2 × 1 (least queued) + kv 2 × (1 − 0.1) + prefix 3 × 0 for the idle one.
+    assert!((primary - 3.8).abs() < 1e-9, "{primary}");
+    // Without `explain`, the same decision and no explanation.
+    let (plain, none) =
+        s.schedule_explained(&view, &all, &req("m"), &mut SmallRng::seed_from_u64(1), false).expect("scheduled");
+    assert_eq!((plain.endpoints, none), (decision.endpoints, None));
 }

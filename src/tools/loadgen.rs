@@ -91,6 +91,7 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
         published_at: now,
         routed_blocks: Vec::new(),
         objectives: Default::default(),
+        publish_span: None,
     }
 }
 

@@ -255,7 +255,11 @@ async fn run(
             changed |= state.note(t);
         }
         if changed {
+            let span =
+                tracing::info_span!("discovery_update", source = "kubernetes", endpoints = tracing::field::Empty);
+            let _entered = span.enter();
             let set = state.compute();
+            span.record("endpoints", set.endpoints.len());
             if *tx.borrow().as_ref() != set {
                 state.metrics.set_endpoints("kubernetes", set.endpoints.len());
                 state.metrics.update("kubernetes");
