@@ -341,7 +341,10 @@ pub async fn serve_picker(
     servers.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(preface::deadline(crate::nodelay_incoming(health_listener), handshake), signal)
+            .serve_with_incoming_shutdown(
+                preface::deadline(crate::nodelay_incoming(health_listener), handshake),
+                signal,
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "health server failed");

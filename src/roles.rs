@@ -185,7 +185,10 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     tasks.push(tokio::spawn(async move {
         let _ = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(preface::deadline(crate::nodelay_incoming(health_listener), handshake), signal)
+            .serve_with_incoming_shutdown(
+                preface::deadline(crate::nodelay_incoming(health_listener), handshake),
+                signal,
+            )
             .await;
     }));
     let signal = {

@@ -1,24 +1,25 @@
 //! The ext-proc stream: one per HTTP request, driven by Envoy's ext_proc filter in
 //! FULL_DUPLEX_STREAMED mode. Message handling is synchronous: the only awaits are reading the
-//! next message and sending answers.
+//! next message (raced against the request-body deadline) and sending answers. Bounds come from
+//! [`super::limits`].
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse};
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use rand::seq::IndexedRandom;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::{self, HeldHeaders, LimitError};
 use super::proto::{self, CONTROL_HEADERS, DESTINATION, DESTINATION_SERVED, LB_NAMESPACE, MODEL_REWRITE, OBJECTIVE};
 use super::request::{ApiKind, parse_body};
 use super::response::{Usage, rewrite_model_back, usage_from_json, usage_from_sse};
 use super::view::EndpointCounters;
-use super::limits::{self, HeldHeaders, LimitError};
 use super::{PickError, Picker};
 use crate::scheduling::{RequestFeatures, ScheduleError, View};
 

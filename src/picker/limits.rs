@@ -66,9 +66,9 @@ impl LimitError {
     /// picker's load (429, as upstream answers saturation).
     pub fn status(&self) -> (u16, &'static str) {
         match self {
-            LimitError::HeaderTooLarge { .. } | LimitError::TooManyHeaders { .. } | LimitError::HeadersTooLarge { .. } => {
-                (431, "BadRequest")
-            }
+            LimitError::HeaderTooLarge { .. }
+            | LimitError::TooManyHeaders { .. }
+            | LimitError::HeadersTooLarge { .. } => (431, "BadRequest"),
             LimitError::PendingHeadersExhausted { .. } => (429, "ResourceExhausted"),
             LimitError::BodyTimeout(_) => (408, "BadRequest"),
         }
