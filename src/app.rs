@@ -25,6 +25,7 @@ use crate::health::{HealthService, Readiness};
 use crate::metrics::EngineRegistry;
 use crate::model::Snapshot;
 use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, tls, view};
+use crate::preface;
 use crate::protocol::ScrapeSink;
 use crate::scheduling::{Scheduler, SchedulerConfig};
 use crate::scraper::{FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
@@ -57,6 +58,8 @@ pub struct StandaloneOptions {
     pub metrics_staleness_threshold: Duration,
     pub scrape_timeout: Duration,
     pub tls: Tls,
+    /// Connections must send the HTTP/2 preface (after TLS, if any) within this.
+    pub handshake_timeout: Duration,
     pub picker: PickerSettings,
 }
 
@@ -75,6 +78,7 @@ impl Default for StandaloneOptions {
             metrics_staleness_threshold: Duration::from_secs(2),
             scrape_timeout: Duration::from_secs(1),
             tls: Tls::SelfSigned,
+            handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             picker: PickerSettings::default(),
         }
     }
@@ -211,6 +215,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
             grpc_health_port: opts.grpc_health_port,
             metrics_port: opts.metrics_port,
             tls: opts.tls.clone(),
+            handshake_timeout: opts.handshake_timeout,
         },
     )
     .await?;
@@ -237,6 +242,9 @@ pub struct ServeOptions {
     pub grpc_health_port: u16,
     pub metrics_port: u16,
     pub tls: Tls,
+    /// Connections to the ext-proc and health ports must complete the TLS handshake (if any)
+    /// and then send the HTTP/2 preface, each within this (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
 }
 
 /// The picker's servers: ext-proc (+ health) on one port, health, metrics; stopped together.
@@ -314,12 +322,16 @@ pub async fn serve_picker(
             Some(store)
         }
     };
+    let handshake = opts.handshake_timeout;
     servers.push(tokio::spawn(async move {
         let result = match cert {
-            None => router.serve_with_incoming_shutdown(crate::nodelay_incoming(ext_listener), signal).await,
-            Some(store) => {
-                let incoming = tls::incoming(ext_listener, tls::server_config(store), tls_stop);
+            None => {
+                let incoming = preface::deadline(crate::nodelay_incoming(ext_listener), handshake);
                 router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            Some(store) => {
+                let tls = tls::incoming_within(ext_listener, tls::server_config(store), tls_stop, handshake);
+                router.serve_with_incoming_shutdown(preface::deadline(tls, handshake), signal).await
             }
         };
         if let Err(e) = result {
@@ -330,7 +342,10 @@ pub async fn serve_picker(
     servers.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(crate::nodelay_incoming(health_listener), signal)
+            .serve_with_incoming_shutdown(
+                preface::deadline(crate::nodelay_incoming(health_listener), handshake),
+                signal,
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "health server failed");

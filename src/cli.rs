@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use switchyard::config::MetricFlags;
+use switchyard::picker::RequestLimits;
 use switchyard::sim;
 use switchyard::tools;
 
@@ -147,6 +148,10 @@ pub(crate) struct AggregatorArgs {
     /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
     #[arg(long)]
     pub(crate) remote_scrapers: bool,
+    /// Connections to the control and health ports that have not sent the HTTP/2 preface within
+    /// this are closed.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub(crate) handshake_timeout: std::time::Duration,
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
@@ -210,6 +215,21 @@ pub(crate) struct SchedulingArgs {
     /// Request bodies above this size get a 413.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub(crate) max_request_body_bytes: usize,
+    /// One request header (name and value) above this size gets a 431.
+    #[arg(long, default_value_t = RequestLimits::default().max_header_bytes)]
+    pub(crate) max_header_bytes: usize,
+    /// Request headers (names and values) above this total get a 431.
+    #[arg(long, default_value_t = RequestLimits::default().max_request_header_bytes)]
+    pub(crate) max_request_header_bytes: usize,
+    /// More request headers than this get a 431.
+    #[arg(long, default_value_t = RequestLimits::default().max_request_headers)]
+    pub(crate) max_request_headers: usize,
+    /// Header bytes held by all requests not routed yet; a request past it gets a 429.
+    #[arg(long, default_value_t = RequestLimits::default().max_pending_header_bytes)]
+    pub(crate) max_pending_header_bytes: usize,
+    /// A request body not complete this long after its headers gets a 408.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    pub(crate) request_body_timeout: std::time::Duration,
     /// Seed for scheduling randomness (default: random).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
@@ -221,6 +241,13 @@ impl SchedulingArgs {
             max_body_bytes: self.max_request_body_bytes,
             disable_subset_filter: self.disable_endpoint_subset_filter,
             objectives: switchyard::app::parse_objectives(objectives)?,
+            limits: RequestLimits {
+                max_header_bytes: self.max_header_bytes,
+                max_request_header_bytes: self.max_request_header_bytes,
+                max_request_headers: self.max_request_headers,
+                max_pending_header_bytes: self.max_pending_header_bytes,
+                request_body_timeout: self.request_body_timeout,
+            },
             ..Default::default()
         };
         if let Some(seed) = self.seed {
@@ -375,6 +402,10 @@ pub(crate) struct ServeArgs {
     /// Reload the certificate when the files in --cert-path change.
     #[arg(long)]
     pub(crate) enable_cert_reload: bool,
+    /// Connections that have not completed TLS (if any), then sent the HTTP/2 preface, within
+    /// this are closed (ext-proc and health ports).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub(crate) handshake_timeout: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -390,6 +421,7 @@ impl ServeArgs {
                 (true, None) => Tls::SelfSigned,
                 (true, Some(dir)) => Tls::Files { dir: dir.clone(), reload: self.enable_cert_reload },
             },
+            handshake_timeout: self.handshake_timeout,
         }
     }
 }
@@ -418,6 +450,11 @@ pub(crate) struct ScrapeArgs {
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     switchyard::scheduling::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 50ms, 2s)"))
+}
+
+/// A duration that must not be zero (a zero deadline would refuse everything).
+pub(crate) fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration(s).and_then(|d| if d.is_zero() { Err(format!("{s:?} must be more than zero")) } else { Ok(d) })
 }
 
 #[derive(Args)]

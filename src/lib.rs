@@ -24,6 +24,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod picker;
+pub mod preface;
 pub mod protocol;
 pub mod roles;
 pub mod scheduling;

@@ -153,6 +153,7 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         metrics_staleness_threshold: args.metrics_staleness_threshold,
         scrape_timeout: args.scrape.scrape_timeout,
         tls: serve.tls,
+        handshake_timeout: serve.handshake_timeout,
         picker,
     };
     let handle = app::start_standalone(opts).await?;
@@ -178,6 +179,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         scrape_timeout: args.scrape.scrape_timeout,
         etcd: args.etcd.settings()?,
         remote_scrapers: args.remote_scrapers,
+        handshake_timeout: args.handshake_timeout,
     })
     .await?;
     shutdown_signal().await;

@@ -29,6 +29,7 @@ use crate::health::{HealthService, Readiness};
 use crate::model::Snapshot;
 use crate::picker::subscribe::{self, LeaderSource};
 use crate::picker::{Picker, PickerMetrics, PickerSettings};
+use crate::preface;
 use crate::scheduling::{Scheduler, SchedulerConfig};
 use crate::scraper::remote::{self, ScraperRoleMetrics};
 use crate::scraper::{AssignEndpoints, FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
@@ -53,6 +54,8 @@ pub struct AggregatorOptions {
     /// Endpoints are scraped by `switchyard scraper` processes (rendezvous-hashed across them)
     /// instead of by this process.
     pub remote_scrapers: bool,
+    /// Connections to the control and health ports must send the HTTP/2 preface within this.
+    pub handshake_timeout: Duration,
 }
 
 impl AggregatorOptions {
@@ -73,6 +76,7 @@ impl AggregatorOptions {
             scrape_timeout: Duration::from_secs(1),
             etcd: None,
             remote_scrapers: false,
+            handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
 
     let (stop, stop_rx) = watch::channel(false);
+    let handshake = opts.handshake_timeout;
     let mut tasks = Vec::new();
     // Election → aggregator.
     let (events_tx, events) = mpsc::channel(16);
@@ -165,7 +170,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(ControlPlaneServer::new(svc).max_encoding_message_size(256 * 1024 * 1024))
-            .serve_with_incoming_shutdown(crate::nodelay_incoming(control), signal)
+            .serve_with_incoming_shutdown(preface::deadline(crate::nodelay_incoming(control), handshake), signal)
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "control-plane server failed");
@@ -181,7 +186,10 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     tasks.push(tokio::spawn(async move {
         let _ = Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(crate::nodelay_incoming(health_listener), signal)
+            .serve_with_incoming_shutdown(
+                preface::deadline(crate::nodelay_incoming(health_listener), handshake),
+                signal,
+            )
             .await;
     }));
     let signal = {
@@ -226,6 +234,7 @@ impl PickerOptions {
                 grpc_health_port: 0,
                 metrics_port: 0,
                 tls: crate::app::Tls::Plaintext,
+                handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             },
             config_file: None,
             config_text: None,

@@ -32,6 +32,7 @@ SGLANG_FLAGS = [
 # Flags of every routing group (docs/install.md), so a misrouted one fails --check-config.
 VLLM_FLAGS = {"v": 3, "zap-encoder": "console", "tracing": False,
               "max-request-body-bytes": 16777216, "metrics-staleness-threshold": "2s", "seed": 7,
+              "request-body-timeout": "60s", "max-request-header-bytes": 131072, "handshake-timeout": "10s",
               "disable-endpoint-subset-filter": True, "inference-objective": "critical=10",
               "refresh-metrics-interval": "50ms", "cache-info-metric": "vllm:cache_config_info",
               "model-server-metrics-scheme": "http", "model-server-metrics-path": "/metrics",

@@ -1,17 +1,21 @@
 //! The ext-proc stream: one per HTTP request, driven by Envoy's ext_proc filter in
 //! FULL_DUPLEX_STREAMED mode. Message handling is synchronous: the only awaits are reading the
-//! next message and sending answers.
+//! next message (raced against the request-body deadline) and sending answers. Bounds come from
+//! [`super::limits`].
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse};
 use rand::seq::IndexedRandom;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::{self, HeldHeaders, LimitError};
 use super::proto::{self, CONTROL_HEADERS, DESTINATION, DESTINATION_SERVED, LB_NAMESPACE, MODEL_REWRITE, OBJECTIVE};
 use super::request::{ApiKind, parse_body};
 use super::response::{Usage, rewrite_model_back, usage_from_json, usage_from_sse};
@@ -38,7 +42,18 @@ impl ExternalProcessor for ExtProcService {
         tokio::spawn(async move {
             let mut stream = StreamState::new(picker);
             loop {
-                let msg = match inbound.message().await {
+                let next = match stream.deadline {
+                    None => inbound.message().await,
+                    Some(at) => tokio::select! {
+                        biased;
+                        m = inbound.message() => m,
+                        () = tokio::time::sleep_until(at) => {
+                            let _ = tx.send(Ok(stream.on_deadline())).await;
+                            break;
+                        }
+                    },
+                };
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
@@ -107,6 +122,10 @@ struct StreamState {
     response_buffer: Vec<u8>,
     usage: Option<Usage>,
     finished: bool,
+    /// This stream's share of the picker's header budget, held until it is routed.
+    held_headers: Option<HeldHeaders>,
+    /// When the request body must have ended (set while it is being received).
+    deadline: Option<Instant>,
 }
 
 type Answers = Result<Vec<Result<ProcessingResponse, Status>>, Status>;
@@ -129,6 +148,8 @@ impl StreamState {
             response_buffer: Vec::new(),
             usage: None,
             finished: false,
+            held_headers: None,
+            deadline: None,
         }
     }
 
@@ -147,6 +168,7 @@ impl StreamState {
         let Some(request) = msg.request else {
             return Err(Status::invalid_argument("processing request without a message"));
         };
+        self.check_order(&request)?;
         match request {
             Msg::RequestHeaders(h) => self.on_request_headers(h),
             Msg::RequestBody(b) => self.on_request_body(b),
@@ -170,21 +192,59 @@ impl StreamState {
         }
     }
 
+    /// A request starts with its headers, and its response comes after it was routed: anything
+    /// else is a proxy out of step (or not a proxy), refused before it is acted on.
+    fn check_order(&self, request: &Msg) -> Result<(), Status> {
+        let response = matches!(request, Msg::ResponseHeaders(_) | Msg::ResponseBody(_) | Msg::ResponseTrailers(_));
+        match (self.phase, request) {
+            (Phase::RequestHeaders, Msg::RequestHeaders(_)) => Ok(()),
+            (Phase::RequestHeaders, _) => Err(Status::failed_precondition("first message is not request headers")),
+            (Phase::RequestBody, _) if response => {
+                Err(Status::failed_precondition("response phase before the request was routed"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn on_request_headers(&mut self, h: HttpHeaders) -> Answers {
         if self.phase != Phase::RequestHeaders {
             return Err(Status::failed_precondition("request headers received twice"));
         }
-        for hv in h.headers.map(|m| m.headers).unwrap_or_default() {
+        let list = h.headers.map(|m| m.headers).unwrap_or_default();
+        self.request_id = request_id(&list).unwrap_or_else(|| self.picker.next_request_id());
+        // Bounded before anything is copied; the decoded message itself is bounded by the
+        // server's decode limit and dropped with this call.
+        let limits = &self.picker.settings.limits;
+        match limits::header_bytes(&list, limits).and_then(|n| self.picker.header_budget.try_hold(n)) {
+            Ok(held) => self.held_headers = Some(held),
+            Err(e) => {
+                self.finished = true;
+                return Ok(vec![Ok(self.error(e.into()))]);
+            }
+        }
+        for hv in list {
             let value = if hv.raw_value.is_empty() { hv.value.into_bytes() } else { hv.raw_value };
             self.headers.push((hv.key.to_ascii_lowercase(), value));
         }
-        self.request_id =
-            self.header("x-request-id").map(str::to_string).unwrap_or_else(|| self.picker.next_request_id());
         if h.end_of_stream {
             return Ok(self.route_header_only());
         }
         self.phase = Phase::RequestBody;
+        self.deadline = Some(Instant::now() + limits.request_body_timeout);
         Ok(Vec::new())
+    }
+
+    /// The request body did not end in time.
+    fn on_deadline(&mut self) -> ProcessingResponse {
+        self.finished = true;
+        self.error(LimitError::BodyTimeout(self.picker.settings.limits.request_body_timeout).into())
+    }
+
+    /// Routed: the request headers are no longer needed, nor is the deadline.
+    fn release_request(&mut self) {
+        self.headers = Vec::new();
+        self.held_headers = None;
+        self.deadline = None;
     }
 
     fn on_request_body(&mut self, b: HttpBody) -> Answers {
@@ -235,6 +295,7 @@ impl StreamState {
         let view = self.picker.view.load_full();
         let mut rng = self.picker.rng();
         let chosen = self.candidates(&view).ok().and_then(|c| c.choose(&mut rng).copied());
+        self.release_request();
         let Some(i) = chosen else {
             self.finished = true;
             return vec![Ok(self.error(PickError::Internal("no pods available in datastore".into())))];
@@ -248,7 +309,9 @@ impl StreamState {
 
     fn route(&mut self, end_of_stream: bool) -> Answers {
         self.phase = Phase::Routed;
-        match self.schedule() {
+        let scheduled = self.schedule();
+        self.release_request();
+        match scheduled {
             Ok((set, body)) => {
                 let md = proto::destination_metadata(&self.destination);
                 let mut out = vec![proto::request_headers_response(set, remove_list(), Some(md))];
@@ -417,6 +480,13 @@ impl StreamState {
         }
         self.inflight = None;
     }
+}
+
+/// The proxy's `x-request-id` (a short one: it goes into logs), for logs before headers are kept.
+fn request_id(headers: &[HeaderValue]) -> Option<String> {
+    let h = headers.iter().find(|h| h.key.eq_ignore_ascii_case("x-request-id"))?;
+    let value = if h.raw_value.is_empty() { h.value.as_bytes() } else { &h.raw_value };
+    std::str::from_utf8(value).ok().filter(|v| v.len() <= 256).map(str::to_string)
 }
 
 fn remove_list() -> Vec<String> {

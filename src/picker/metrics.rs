@@ -38,6 +38,10 @@ pub struct PickerMetrics {
     routed_dropped: Counter,
     /// Snapshot updates applied from the leader's stream, `kind` = `full` | `delta`.
     updates: Family<Labels, Counter>,
+    /// Requests refused by a bound, `limit` = the flag that sets it.
+    limit_refusals: Family<Labels, Counter>,
+    /// Request-header bytes held by streams waiting to be routed.
+    pending_header_bytes: Gauge,
 }
 
 impl PickerMetrics {
@@ -56,6 +60,8 @@ impl PickerMetrics {
             prefix_entries: Gauge::default(),
             routed_dropped: Counter::default(),
             updates: Family::default(),
+            limit_refusals: Family::default(),
+            pending_header_bytes: Gauge::default(),
         };
         registry.register(
             "inference_extension_scheduler_e2e_duration_seconds",
@@ -114,7 +120,22 @@ impl PickerMetrics {
             "Snapshot updates applied from the leader's stream (kind: full, delta); a full one after the first means a new leader or a resync",
             m.updates.clone(),
         );
+        registry.register(
+            "switchyard_picker_limit_refusals",
+            "Requests refused by a bound (limit: the flag that sets it; see docs/limits.md)",
+            m.limit_refusals.clone(),
+        );
+        registry.register(
+            "switchyard_picker_pending_header_bytes",
+            "Request-header bytes held by streams not routed yet (bounded by --max-pending-header-bytes)",
+            m.pending_header_bytes.clone(),
+        );
         m
+    }
+
+    /// The gauge the picker's header budget keeps in step.
+    pub(super) fn pending_header_bytes(&self) -> Gauge {
+        self.pending_header_bytes.clone()
     }
 
     pub fn record_update(&self, full: bool) {
@@ -141,6 +162,9 @@ impl PickerMetrics {
 
     pub(super) fn record_error(&self, e: &PickError) {
         let (status, code) = e.status();
+        if let PickError::Limit(l) = e {
+            self.limit_refusals.get_or_create(&vec![("limit".into(), l.limit().into())]).inc();
+        }
         self.errors
             .get_or_create(&vec![("error_code".into(), code.to_string()), ("status".into(), status.to_string())])
             .inc();

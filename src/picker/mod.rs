@@ -8,6 +8,7 @@
 //! synchronous mutex. It does not scrape, discover or elect anything.
 
 mod ext_proc;
+pub mod limits;
 mod metrics;
 pub mod proto;
 pub mod report;
@@ -27,6 +28,7 @@ use rand::{RngCore, SeedableRng};
 use thiserror::Error;
 
 pub use ext_proc::ExtProcService;
+pub use limits::{LimitError, RequestLimits};
 pub use metrics::PickerMetrics;
 pub use view::PickerView;
 
@@ -44,6 +46,8 @@ pub struct PickerSettings {
     pub objectives: HashMap<String, i32>,
     /// Seed of the per-stream RNGs (decisions are reproducible for a seed and request order).
     pub seed: u64,
+    /// Header bytes and the request-body deadline.
+    pub limits: RequestLimits,
 }
 
 impl Default for PickerSettings {
@@ -54,6 +58,7 @@ impl Default for PickerSettings {
             disable_subset_filter: false,
             objectives: HashMap::new(),
             seed: SmallRng::from_os_rng().next_u64(),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -73,6 +78,8 @@ pub enum PickError {
     NoCandidates,
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl PickError {
@@ -84,6 +91,7 @@ impl PickError {
             PickError::Shed | PickError::Unschedulable(_) => (429, "ResourceExhausted"),
             PickError::NoCandidates => (503, "ServiceUnavailable"),
             PickError::Internal(_) => (500, "Internal"),
+            PickError::Limit(e) => e.status(),
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct Picker {
     pub prefix: Mutex<PrefixIndex>,
     pub settings: PickerSettings,
     pub metrics: PickerMetrics,
+    /// Header bytes held by the streams not routed yet (`limits.max_pending_header_bytes`).
+    header_budget: Arc<limits::HeaderBudget>,
     streams: AtomicU64,
     /// Prefix blocks routed since the last report to the leader (bounded).
     routed: Mutex<Vec<crate::model::RoutedBlocks>>,
@@ -111,18 +121,26 @@ const MAX_PENDING_ROUTED: usize = 10_000;
 
 impl Picker {
     pub fn new(scheduler: Scheduler, settings: PickerSettings, metrics: PickerMetrics) -> Self {
+        let header_budget =
+            limits::HeaderBudget::new(settings.limits.max_pending_header_bytes, metrics.pending_header_bytes());
         Picker {
             view: Arc::new(ArcSwap::from_pointee(PickerView::empty())),
             scheduler,
             prefix: Mutex::new(PrefixIndex::new()),
             settings,
             metrics,
+            header_budget,
             streams: AtomicU64::new(0),
             routed: Mutex::new(Vec::new()),
             reporting: std::sync::atomic::AtomicBool::new(false),
             report_due: tokio::sync::Notify::new(),
             snapshots: tokio::sync::watch::channel(crate::model::Snapshot::empty()).0,
         }
+    }
+
+    /// Request-header bytes held right now by streams waiting to be routed.
+    pub fn pending_header_bytes(&self) -> usize {
+        self.header_budget.held()
     }
 
     fn rng(&self) -> SmallRng {

@@ -105,11 +105,21 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
     Arc::new(cfg)
 }
 
-/// Accepted, handshaken connections for `serve_with_incoming`.
+/// Accepted, handshaken connections for `serve_with_incoming`; handshakes get 10 s.
 pub fn incoming(
     listener: TcpListener,
     cfg: Arc<ServerConfig>,
+    stop: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    incoming_within(listener, cfg, stop, Duration::from_secs(10))
+}
+
+/// [`incoming`] with handshakes bounded by `handshake_timeout`.
+pub fn incoming_within(
+    listener: TcpListener,
+    cfg: Arc<ServerConfig>,
     mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(cfg);
@@ -124,7 +134,7 @@ pub fn incoming(
             let _ = sock.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(sock)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }

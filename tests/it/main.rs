@@ -10,6 +10,7 @@ mod etcd;
 mod failover;
 mod gateway;
 mod hostile;
+mod hostile_extproc;
 mod https_scrape;
 mod kube_fake;
 mod kubernetes;
