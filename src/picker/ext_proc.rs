@@ -126,6 +126,8 @@ struct StreamState {
     held_headers: Option<HeldHeaders>,
     /// When the request body must have ended (set while it is being received).
     deadline: Option<Instant>,
+    /// `gateway.request`, open for the life of the stream.
+    span: tracing::Span,
 }
 
 type Answers = Result<Vec<Result<ProcessingResponse, Status>>, Status>;
@@ -150,6 +152,7 @@ impl StreamState {
             finished: false,
             held_headers: None,
             deadline: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -226,6 +229,7 @@ impl StreamState {
             let value = if hv.raw_value.is_empty() { hv.value.into_bytes() } else { hv.raw_value };
             self.headers.push((hv.key.to_ascii_lowercase(), value));
         }
+        self.span = super::trace::request_span(&self.headers, &self.request_id);
         if h.end_of_stream {
             return Ok(self.route_header_only());
         }
@@ -320,6 +324,7 @@ impl StreamState {
             }
             Err(e) => {
                 self.finished = true;
+                self.span.record("error", tracing::field::display(&e));
                 Ok(vec![Ok(self.error(e))])
             }
         }
@@ -361,25 +366,28 @@ impl StreamState {
         let local = view.local_loads();
         let now = std::time::SystemTime::now();
         let mut rng = self.picker.rng();
-        let decision = {
+        let span = super::trace::schedule_span(&self.span, &view, candidates.len());
+        let explain = super::trace::is_sampled(&span);
+        let (decision, explanation) = {
             let mut prefix = self.picker.prefix.lock().unwrap_or_else(|p| p.into_inner());
             let v = View { snapshot: &view.snapshot, local: &local, prefix: &prefix, now };
-            let decision = self.picker.scheduler.schedule(&v, &candidates, &features, &mut rng);
-            if let Ok(d) = &decision {
+            let decision = self.picker.scheduler.schedule_explained(&v, &candidates, &features, &mut rng, explain);
+            if let Ok((d, _)) = &decision {
                 let primary = d.endpoints[0];
                 let capacity = self.picker.scheduler.prefix_capacity(&view.snapshot, primary);
                 let id = &view.snapshot.endpoints[primary].endpoint.id;
                 prefix.insert(id, &d.prefix_hashes, capacity);
                 self.picker.note_routed(id, &d.prefix_hashes);
             }
-            decision
-        }
-        .map_err(|e| match e {
+            decision.map(|(d, e)| (Ok(d), e)).unwrap_or_else(|e| (Err(e), None))
+        };
+        let decision = decision.map_err(|e| match e {
             ScheduleError::NoCandidates => PickError::NoCandidates,
             ScheduleError::Saturated => PickError::Shed,
             ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
         })?;
         let primary = decision.endpoints[0];
+        super::trace::record_decision(&span, &view, primary, decision.load_agnostic, explanation.as_ref());
         let addresses: Vec<&str> =
             decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();
         self.destination = addresses.join(",");
@@ -394,10 +402,17 @@ impl StreamState {
             decision.load_agnostic,
         );
         tracing::debug!(request_id = %self.request_id, model = %self.target_model, destination = %self.destination, "routed");
-        let set = vec![
+        self.span.record("model", self.incoming_model.as_str());
+        self.span.record("target_model", self.target_model.as_str());
+        self.span.record("destination", self.destination.as_str());
+        let mut set = vec![
             proto::header(DESTINATION, self.destination.as_bytes()),
             proto::header("content-length", new_body.len().to_string().as_bytes()),
         ];
+        // The model server continues the trace under this request's span.
+        if let Some(tp) = crate::telemetry::propagation::traceparent(&self.span) {
+            set.push(proto::header("traceparent", tp.as_bytes()));
+        }
         Ok((set, new_body))
     }
 

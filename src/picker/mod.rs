@@ -16,6 +16,7 @@ pub mod request;
 pub mod response;
 pub mod subscribe;
 pub mod tls;
+mod trace;
 pub mod view;
 
 use std::collections::HashMap;

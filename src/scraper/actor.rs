@@ -78,10 +78,22 @@ impl ScraperActor {
         self.in_flight = true;
         let (fetcher, mapping) = (self.fetcher.clone(), self.mapping.clone());
         let started = Instant::now();
-        let task = tokio::spawn(async move { fetcher.scrape(&url, &mapping).await });
+        let span = tracing::info_span!(
+            "scrape",
+            otel.kind = "client",
+            endpoint = %self.endpoint.id,
+            engine = %self.endpoint.engine,
+            status = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        );
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move { fetcher.scrape(&url, &mapping).await },
+            span.clone(),
+        ));
         ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |joined, act, _| {
             act.in_flight = false;
             let result = joined.unwrap_or_else(|e| Err(ScrapeError::Request(format!("scrape task failed: {e}"))));
+            span.record("status", result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
             act.on_scraped(result, started.elapsed());
         }));
     }

@@ -84,6 +84,8 @@ impl Fetcher {
     /// Fetches and normalizes; a page from which nothing mapped can be read is an error.
     pub async fn scrape(&self, url: &reqwest::Url, mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
         let page = self.fetch(url).await?;
+        // The caller's `scrape` span, when there is one.
+        tracing::Span::current().record("bytes", page.len());
         let normalized = normalize(&page, mapping);
         if !normalized.any() && !mapping.names().is_empty() {
             return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));

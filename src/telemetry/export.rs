@@ -38,6 +38,8 @@ impl QueueSettings {
 
 enum Msg {
     Span(Box<SpanData>),
+    /// The provider's resource (service name, attributes), for the exporter.
+    Resource(Box<Resource>),
     Flush(SyncSender<()>),
     Shutdown(SyncSender<()>),
 }
@@ -101,7 +103,10 @@ impl SpanProcessor for BoundedBatchProcessor {
         self.ask(Msg::Shutdown, timeout)
     }
 
-    fn set_resource(&mut self, _resource: &Resource) {}
+    fn set_resource(&mut self, resource: &Resource) {
+        // Sent before any span (the provider sets it when it is built).
+        let _ = self.tx.send(Msg::Resource(Box::new(resource.clone())));
+    }
 }
 
 fn export_loop<E: SpanExporter>(mut exporter: E, rx: Receiver<Msg>, s: QueueSettings, counts: Arc<SpanCounts>) {
@@ -114,8 +119,16 @@ fn export_loop<E: SpanExporter>(mut exporter: E, rx: Receiver<Msg>, s: QueueSett
         // The exporter bounds its own calls (the OTLP exporter: OTEL_EXPORTER_OTLP_TIMEOUT).
         let result = futures::executor::block_on(exporter.export(std::mem::take(batch)));
         match result {
-            Ok(()) => counts.exported.inc_by(n),
-            Err(_) => counts.export_errors.inc_by(n),
+            Ok(()) => {
+                counts.exported.inc_by(n);
+            }
+            Err(e) => {
+                // Logged on the first failure and then every 1024th span lost.
+                let before = counts.export_errors.inc_by(n);
+                if before == 0 || before / 1024 != (before + n) / 1024 {
+                    tracing::warn!(error = %e, spans = n, "span export failed");
+                }
+            }
         };
     };
     loop {
@@ -126,6 +139,7 @@ fn export_loop<E: SpanExporter>(mut exporter: E, rx: Receiver<Msg>, s: QueueSett
                     send(&mut batch, &mut exporter);
                 }
             }
+            Ok(Msg::Resource(r)) => exporter.set_resource(&r),
             Ok(Msg::Flush(done)) => {
                 send(&mut batch, &mut exporter);
                 let _ = done.send(());

@@ -133,21 +133,23 @@ pub fn set_log_filter(filter: &str) -> Result<(), String> {
 /// Installs the process's subscriber: logs (filter, format) and, when `traces` exports anywhere,
 /// the OpenTelemetry layer. Must run inside the tokio runtime when traces go over OTLP.
 pub fn init(filter: &str, json: bool, traces: Option<&TraceSettings>) -> Telemetry {
+    // The log filter applies to the log only: spans are exported whatever the log level.
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let _ = LOG_FILTER.set(handle);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let fmt = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
     let (otel, provider) = match traces.map(provider) {
         Some(Ok(Some(provider))) => {
             let tracer = provider.tracer("switchyard");
             opentelemetry::global::set_text_map_propagator(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             );
-            // Spans only: log events stay in the log, not in span events.
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(tracing_subscriber::filter::filter_fn(|m| m.is_span()));
+            // Switchyard's spans only (not its dependencies'); log events stay in the log.
+            let layer =
+                tracing_opentelemetry::layer().with_tracer(tracer).with_filter(tracing_subscriber::filter::filter_fn(
+                    |m| m.is_span() && m.target().starts_with("switchyard") && *m.level() <= tracing::Level::INFO,
+                ));
             (Some(layer), Some(provider))
         }
         Some(Err(e)) => {
@@ -156,7 +158,7 @@ pub fn init(filter: &str, json: bool, traces: Option<&TraceSettings>) -> Telemet
         }
         _ => (None, None),
     };
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     Telemetry { provider }
 }
 

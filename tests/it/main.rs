@@ -20,3 +20,4 @@ mod scrapers;
 mod shared;
 mod sim_api;
 mod support;
+mod traces;

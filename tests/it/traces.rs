@@ -1,0 +1,271 @@
+//! OpenTelemetry traces across processes, received by a real OTLP/gRPC trace service run in the
+//! test: an aggregator process and a picker process export to it; a request routed with a
+//! `traceparent` continues the caller's trace, and the control plane's spans are linked.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use tonic::{Request, Response, Status};
+
+use crate::envoy::{HttpRequest, send};
+use crate::etcd::free_port;
+use crate::support::{vllm_fleet, wait_for};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// One span as received, flattened.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    links: Vec<(Vec<u8>, Vec<u8>)>,
+    attributes: HashMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut out = self.spans.lock().expect("lock");
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(value_string)
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                out.push(Received {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent_span_id: span.parent_span_id,
+                    links: span.links.into_iter().map(|l| (l.trace_id, l.span_id)).collect(),
+                    attributes: span
+                        .attributes
+                        .into_iter()
+                        .filter_map(|kv| Some((kv.key, value_string(kv.value?.value.as_ref()?))))
+                        .collect(),
+                });
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn value_string(v: &AnyValue) -> String {
+    match v {
+        AnyValue::StringValue(s) => s.clone(),
+        AnyValue::IntValue(i) => i.to_string(),
+        AnyValue::DoubleValue(d) => d.to_string(),
+        AnyValue::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Collector {
+    async fn start() -> (Collector, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let collector = Collector::default();
+        let svc = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (collector, port)
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().expect("lock").clone()
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first: the process flushes its queued spans on the way out.
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[String], otlp_port: u16) -> Proc {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"))
+        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "1.0")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env_remove("OTEL_SERVICE_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn switchyard");
+    Proc(child)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[actix_rt::test]
+async fn a_routed_request_and_the_control_plane_arrive_as_linked_spans() {
+    let (collector, otlp) = Collector::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_fleet, file) = vllm_fleet(2, dir.path()).await;
+    let control = free_port();
+    let _aggregator = spawn(
+        &strings(&[
+            "aggregator",
+            "--listen-host",
+            "127.0.0.1",
+            "--control-port",
+            &control.to_string(),
+            "--grpc-health-port",
+            &free_port().to_string(),
+            "--metrics-port",
+            &free_port().to_string(),
+            "--endpoints-file",
+            &file.display().to_string(),
+            "--log",
+            "warn",
+        ]),
+        otlp,
+    );
+    let grpc = free_port();
+    let _picker = spawn(
+        &strings(&[
+            "picker",
+            "--listen-host",
+            "127.0.0.1",
+            "--grpc-port",
+            &grpc.to_string(),
+            "--grpc-health-port",
+            &free_port().to_string(),
+            "--metrics-port",
+            &free_port().to_string(),
+            "--secure-serving=false",
+            "--aggregators",
+            &format!("127.0.0.1:{control}"),
+            "--log",
+            "warn",
+        ]),
+        otlp,
+    );
+    // Both processes export: the aggregator scrapes and publishes, the picker applies updates.
+    wait_for("scrape, publish and apply_update spans", Duration::from_secs(20), || {
+        let spans = collector.spans();
+        let has = |service: &str, name: &str| spans.iter().any(|s| s.service == service && s.name == name);
+        let ok = has("switchyard-aggregator", "scrape")
+            && has("switchyard-aggregator", "publish")
+            && has("switchyard-picker", "apply_update");
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    let url = format!("http://127.0.0.1:{grpc}");
+    let ext_proc = wait_for("the picker serves", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
+                url,
+            )
+            .await
+            .ok()
+        }
+    })
+    .await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let req = HttpRequest {
+        headers: vec![("traceparent".into(), format!("00-{caller_trace}-{caller_span}-01"))],
+        ..HttpRequest::chat("meta-llama/Llama-3.1-8B-Instruct", "hello")
+    };
+    let routed = wait_for("a routed request", Duration::from_secs(20), || {
+        let req = req.clone();
+        let mut c = ext_proc.clone();
+        async move {
+            let ex = send(&mut c, &req).await;
+            ex.routed.set_headers.contains_key("x-gateway-destination-endpoint").then_some(ex)
+        }
+    })
+    .await;
+    drop(ext_proc);
+    // The model server gets the caller's trace, continued by the picker's span.
+    let downstream = routed.routed.set_headers.get("traceparent").expect("traceparent injected").clone();
+    let destination = routed.routed.set_headers.get("x-gateway-destination-endpoint").cloned();
+    // The proxy ends the stream (the request span ends with it).
+    drop(routed);
+    assert!(downstream.starts_with(&format!("00-{caller_trace}-")), "{downstream}");
+    assert!(!downstream.contains(caller_span), "a child of the caller's span, not the caller's span");
+
+    let (request, schedule) = wait_for("the request's spans", Duration::from_secs(20), || {
+        let spans = collector.spans();
+        let request = spans.iter().find(|s| s.name == "gateway.request" && hex(&s.trace_id) == caller_trace).cloned();
+        let schedule = request
+            .as_ref()
+            .and_then(|r| spans.iter().find(|s| s.name == "schedule" && s.parent_span_id == r.span_id).cloned());
+        async move { Some((request?, schedule?)) }
+    })
+    .await;
+    assert_eq!(request.service, "switchyard-picker");
+    assert_eq!(hex(&request.parent_span_id), caller_span, "continues the caller's span");
+    assert!(downstream.contains(&hex(&request.span_id)), "the model server's parent is the request span");
+    let chosen = schedule.attributes.get("chosen").expect("chosen endpoint");
+    assert_eq!(Some(chosen), destination.as_ref(), "the span names the endpoint the request went to");
+    for key in ["candidates", "snapshot_epoch", "snapshot_seq", "metrics_age_ms"] {
+        assert!(schedule.attributes.contains_key(key), "schedule span lacks {key}: {:?}", schedule.attributes);
+    }
+    assert!(
+        schedule.attributes.keys().any(|k| k.starts_with("score.")),
+        "per-scorer scores: {:?}",
+        schedule.attributes
+    );
+    // "Why did it go there" is one click from the publish that delivered the metrics used (it
+    // may still be on its way from the aggregator).
+    let (trace, span) = schedule.links.first().cloned().expect("schedule links to a publish span");
+    let publish = wait_for("the linked publish span", Duration::from_secs(10), || {
+        let found = collector.spans().into_iter().find(|s| s.trace_id == trace && s.span_id == span);
+        async move { found }
+    })
+    .await;
+    assert_eq!((publish.service.as_str(), publish.name.as_str()), ("switchyard-aggregator", "publish"));
+    let spans = collector.spans();
+    let linked_apply = spans.iter().filter(|s| s.name == "apply_update").any(|apply| {
+        apply
+            .links
+            .iter()
+            .any(|(t, sp)| spans.iter().any(|s| &s.trace_id == t && &s.span_id == sp && s.name == "publish"))
+    });
+    assert!(linked_apply, "a picker's apply_update links to the leader's publish span");
+    let scrape = spans.iter().find(|s| s.name == "scrape").expect("scrape span");
+    for key in ["endpoint", "engine", "status"] {
+        assert!(scrape.attributes.contains_key(key), "scrape span lacks {key}: {:?}", scrape.attributes);
+    }
+}
