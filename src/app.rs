@@ -169,7 +169,7 @@ pub fn resolver(cfg: &config::EndpointPickerConfig, flags: &MetricFlags) -> anyh
     Ok(Resolver { registry, source: cfg.metrics_data_source_with(flags)? })
 }
 
-async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(host: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(SocketAddr::new(host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port} ({what})"))

@@ -6,6 +6,7 @@
 //! - [`metrics`]: exposition scanner, metric specs, engine mappings, normalization (pure).
 //! - [`config`]: `EndpointPickerConfig` loading and validation.
 //! - [`scraper`]: scraper actors (one per endpoint) and their supervisor.
+//! - [`metrics_age`]: the per-endpoint metrics-age gauge every role exports.
 //! - [`leader`]: finding and following the aggregator leader (pickers, scrapers).
 //! - [`sim`]: the model-server simulator used by the demo, the tests and the benchmarks.
 //! - [`tools`]: command-line tools beside the product (`metrics parse`, benchmarks).
@@ -22,6 +23,7 @@ pub mod gateway;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod metrics_age;
 pub mod model;
 pub mod picker;
 pub mod preface;

@@ -121,6 +121,14 @@ fn run_async(command: Command, logging: Logging) -> ExitCode {
         telemetry.shutdown();
         result
     });
+    // Actors spawned before a start-up error (the aggregator, the scrapers) have not run yet;
+    // dropping them makes actix start them, and their timers need a runtime. Outside one, a port
+    // already in use printed its error and then panicked "there is no reactor running".
+    let runtime = system.runtime().tokio_runtime().handle().clone();
+    {
+        let _inside = runtime.enter();
+        drop(system);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

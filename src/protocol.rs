@@ -97,3 +97,14 @@ impl PickerLoads {
         self.inflight.is_empty() && self.sent.is_empty()
     }
 }
+
+/// Bounds on what one picker reports for one endpoint, past anything an honest picker sends: the
+/// aggregator refuses a report beyond them (or with a negative count) and clamps to them, so one
+/// reporter's share of a sum is bounded and the sums cannot wrap. 2^20 requests in flight from one
+/// picker to one model server is far past any engine's batch and queue; 2^40 tokens is 2^20 such
+/// requests of 2^20 tokens each; 2^32 sends since one scrape is 50 days at 1,000 requests/s.
+pub const MAX_REPORTED_REQUESTS: i64 = 1 << 20;
+/// See [`MAX_REPORTED_REQUESTS`].
+pub const MAX_REPORTED_TOKENS: i64 = 1 << 40;
+/// See [`MAX_REPORTED_REQUESTS`].
+pub const MAX_REPORTED_SENT: u64 = 1 << 32;

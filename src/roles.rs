@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use switchyard_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, watch};
@@ -106,15 +105,9 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let resolver = app::resolver(&cfg, &opts.metric_flags)?;
 
-    let control = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.control_port))
-        .await
-        .context("cannot bind the control port")?;
-    let health_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.grpc_health_port))
-        .await
-        .context("cannot bind the health port")?;
-    let metrics_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.metrics_port))
-        .await
-        .context("cannot bind the metrics port")?;
+    let control = app::bind(opts.host, opts.control_port, "--control-port").await?;
+    let health_listener = app::bind(opts.host, opts.grpc_health_port, "--grpc-health-port").await?;
+    let metrics_listener = app::bind(opts.host, opts.metrics_port, "--metrics-port").await?;
     let (control_addr, health_addr, metrics_addr) =
         (control.local_addr()?, health_listener.local_addr()?, metrics_listener.local_addr()?);
     let mut metrics_registry = Registry::default();
@@ -132,6 +125,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         ControlPlane::start(None, &opts.pool, resolver, &settings, opts.remote_scrapers, &mut metrics_registry).await?;
     let outputs = control_plane.outputs.clone();
     crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
+    crate::aggregator::metrics::AggregatorMetrics::register_metrics_age(&mut metrics_registry, &outputs);
 
     let (stop, stop_rx) = watch::channel(false);
     let handshake = opts.handshake_timeout;
@@ -326,9 +320,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     crate::telemetry::register_metrics(&mut metrics_registry);
     let role_metrics = ScraperRoleMetrics::new(&mut metrics_registry);
     let scrape_metrics = ScrapeMetrics::new(&mut metrics_registry);
-    let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_addr)
-        .await
-        .with_context(|| format!("cannot bind the metrics address {}", opts.metrics_addr))?;
+    let metrics_listener = app::bind(opts.metrics_addr.ip(), opts.metrics_addr.port(), "--metrics-port").await?;
     let metrics_addr = metrics_listener.local_addr()?;
     let (sink, reports) = remote::sink(&opts.scraper_id, &role_metrics);
     let settings = ScrapeSettings {

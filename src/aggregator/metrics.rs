@@ -53,9 +53,25 @@ impl AggregatorMetrics {
             log.hashes_dropped.clone(),
         );
         registry.register(
+            "switchyard_aggregator_prefix_hashes_over_budget",
+            "Routed prefix-block hashes dropped because one picker sent more than its budget per snapshot",
+            log.hashes_over_budget.clone(),
+        );
+        registry.register(
             "switchyard_aggregator_snapshot_delta_gaps",
             "Deltas sent to a picker without the prefix blocks of snapshots it skipped (no longer remembered)",
             log.gaps.clone(),
+        );
+    }
+
+    /// Registers `switchyard_aggregator_endpoint_metrics_age_seconds` over the snapshots this
+    /// replica publishes: series only while it leads (a follower's last snapshot is not current).
+    pub fn register_metrics_age(registry: &mut Registry, outputs: &super::AggregatorOutputs) {
+        let (snapshots, leading) = (outputs.snapshots.clone(), outputs.leading.clone());
+        crate::metrics_age::MetricsAge::register(
+            registry,
+            "switchyard_aggregator_endpoint_metrics_age_seconds",
+            move || (*leading.borrow()).then(|| snapshots.borrow().clone()),
         );
     }
 

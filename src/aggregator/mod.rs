@@ -73,6 +73,8 @@ pub struct RoutedLog {
     entries: std::sync::Mutex<LogEntries>,
     /// Routed hashes dropped because too many waited for the next snapshot.
     pub hashes_dropped: prometheus_client::metrics::counter::Counter,
+    /// Routed hashes dropped because their reporter had used its budget for the next snapshot.
+    pub hashes_over_budget: prometheus_client::metrics::counter::Counter,
     /// Deltas sent without the blocks of skipped snapshots (no longer remembered).
     pub gaps: prometheus_client::metrics::counter::Counter,
 }
@@ -194,6 +196,7 @@ impl Aggregator {
             // Pickers link their spans to this one (when it is sampled).
             snapshot.publish_span = crate::telemetry::propagation::trace_ref(&span);
             self.routed.hashes_dropped.inc_by(std::mem::take(&mut self.state.dropped_hashes));
+            self.routed.hashes_over_budget.inc_by(std::mem::take(&mut self.state.over_budget_hashes));
             self.routed.push(&snapshot);
             self.tx.send_replace(Arc::new(snapshot));
         }

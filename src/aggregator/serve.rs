@@ -2,7 +2,9 @@
 //! pickers (`WatchSnapshots`: the full snapshot at once, then deltas on top of the last one sent:
 //! the endpoints that changed, the ids that left, and the prefix blocks routed since, including
 //! those of snapshots the stream skipped); a follower answers `FAILED_PRECONDITION` with the
-//! leader's address.
+//! leader's address. Every RPC refuses a protocol version it does not speak
+//! (`INVALID_ARGUMENT` naming the one it does), and `Report` refuses loads no honest picker sends
+//! (`wire::report_from_proto`); what the rest may contribute is bounded in the aggregator state.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +45,17 @@ impl ControlPlaneService {
     }
 }
 
+/// `INVALID_ARGUMENT` for a protocol version this build does not speak, naming the one it does.
+fn check_version(version: u32) -> Result<(), Status> {
+    if version == wire::PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "unsupported protocol version {version}; this aggregator speaks version {}",
+        wire::PROTOCOL_VERSION
+    )))
+}
+
 /// Resolves when leadership is lost (the `watch::Ref` is dropped inside, keeping callers `Send`).
 async fn lost(leading: &mut watch::Receiver<bool>) {
     let _ = leading.wait_for(|l| !*l).await;
@@ -68,9 +81,7 @@ impl ControlPlane for ControlPlaneService {
         };
         let mut inbound = request.into_inner();
         let hello = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty scrape stream"))?;
-        if hello.version != wire::PROTOCOL_VERSION {
-            return Err(Status::invalid_argument(format!("unsupported protocol version {}", hello.version)));
-        }
+        check_version(hello.version)?;
         let id = hello.scraper_id.clone();
         if id.is_empty() {
             return Err(Status::invalid_argument("the first report must carry scraper_id"));
@@ -98,7 +109,9 @@ impl ControlPlane for ControlPlaneService {
         if !is_leader {
             return Err(self.not_leader().await);
         }
-        let picker = request.into_inner().picker_id;
+        let request = request.into_inner();
+        check_version(request.version)?;
+        let picker = request.picker_id;
         let (tx, rx) = mpsc::channel(4);
         let (mut snapshots, mut leading, routed) = (self.snapshots.clone(), self.leading.clone(), self.routed.clone());
         tokio::spawn(async move {
@@ -149,10 +162,13 @@ impl ControlPlane for ControlPlaneService {
         };
         let mut inbound = request.into_inner();
         while let Some(r) = inbound.message().await? {
-            if r.version != wire::PROTOCOL_VERSION {
-                return Err(Status::invalid_argument(format!("unsupported protocol version {}", r.version)));
-            }
-            reports.do_send(super::PickerReported(wire::report_from_proto(r)));
+            check_version(r.version)?;
+            let picker = r.picker_id.clone();
+            let report = wire::report_from_proto(r).map_err(|e| {
+                tracing::warn!(%picker, error = %e, "picker report refused");
+                Status::invalid_argument(e.to_string())
+            })?;
+            reports.do_send(super::PickerReported(report));
             if !*self.leading.borrow() {
                 return Err(Status::unavailable("leadership lost"));
             }

@@ -1,4 +1,10 @@
 //! The aggregator's state as plain data: apply events, build the next snapshot.
+//!
+//! What pickers report is bounded here, whoever sends it: each load is clamped to
+//! [`MAX_REPORTED_REQUESTS`] and its siblings and kept only for endpoints in the set, so one
+//! reporter's share of a sum is bounded and the sums cannot wrap; each reporter may add at most
+//! [`MAX_HASHES_PER_REPORTER`] routed hashes to a snapshot, so a flood from one cannot crowd out
+//! the others (the excess is counted). Refusing reports outright is the wire's job (`wire.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -6,7 +12,10 @@ use std::time::SystemTime;
 use std::time::Duration;
 
 use crate::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, RoutedBlocks, Snapshot, unix_micros};
-use crate::protocol::{MetricsScraped, PickerLoads, PickerReport, ScrapeFailed};
+use crate::protocol::{
+    MAX_REPORTED_REQUESTS, MAX_REPORTED_SENT, MAX_REPORTED_TOKENS, MetricsScraped, PickerLoads, PickerReport,
+    ScrapeFailed,
+};
 
 #[derive(Debug)]
 pub struct AggregatorState {
@@ -22,8 +31,12 @@ pub struct AggregatorState {
     /// Prefix blocks routed since the last snapshot (bounded).
     pending_blocks: Vec<RoutedBlocks>,
     pending_hashes: usize,
+    /// Routed hashes each reporter added to the next snapshot, against its budget.
+    pending_by_reporter: HashMap<String, usize>,
     /// Hashes dropped because `MAX_PENDING_HASHES` was reached.
     pub dropped_hashes: u64,
+    /// Hashes dropped because their reporter had used its budget for the next snapshot.
+    pub over_budget_hashes: u64,
     dirty: bool,
     /// From discovery; shared by every snapshot until it changes.
     objectives: std::sync::Arc<BTreeMap<String, i32>>,
@@ -40,12 +53,13 @@ struct SharedTotals {
 }
 
 impl SharedTotals {
-    /// Adds (`sign` 1) or takes away (`sign` -1) one picker's report.
+    /// Adds (`sign` 1) or takes away (`sign` -1) one picker's report. Reports are bounded on the
+    /// way in (`bounded`), so the sums are exact; saturating is a guard, not a mode.
     fn apply(&mut self, loads: &PickerLoads, sign: i64) {
         for (id, l) in &loads.inflight {
             let t = self.inflight.entry(id.clone()).or_default();
-            t.requests += sign * l.requests;
-            t.tokens += sign * l.tokens;
+            t.requests = t.requests.saturating_add(sign.saturating_mul(l.requests));
+            t.tokens = t.tokens.saturating_add(sign.saturating_mul(l.tokens));
             if *t == Load::default() {
                 self.inflight.remove(id);
             }
@@ -54,7 +68,7 @@ impl SharedTotals {
             let by_scrape = self.sent.entry(id.clone()).or_default();
             let key = unix_micros(*at);
             let t = by_scrape.entry(key).or_default();
-            *t += sign * (*n as i64);
+            *t = t.saturating_add(sign.saturating_mul(i64::try_from(*n).unwrap_or(i64::MAX)));
             if *t == 0 {
                 by_scrape.remove(&key);
                 if by_scrape.is_empty() {
@@ -69,6 +83,9 @@ impl SharedTotals {
 const PICKER_LOAD_TTL: Duration = Duration::from_secs(2);
 /// At most this many routed hashes wait for the next snapshot.
 const MAX_PENDING_HASHES: usize = 200_000;
+/// At most this many of them from one reporter: 64 requests of 256 blocks (the prefix scorer's
+/// default cap) per snapshot, ~6,400 such requests/s per picker at its 10 ms report interval.
+pub const MAX_HASHES_PER_REPORTER: usize = 16_384;
 
 impl AggregatorState {
     pub fn new(epoch: u64) -> Self {
@@ -81,7 +98,9 @@ impl AggregatorState {
             totals: SharedTotals::default(),
             pending_blocks: Vec::new(),
             pending_hashes: 0,
+            pending_by_reporter: HashMap::new(),
             dropped_hashes: 0,
+            over_budget_hashes: 0,
             dirty: true,
             objectives: Default::default(),
         }
@@ -135,26 +154,58 @@ impl AggregatorState {
     }
 
     pub fn on_picker_report(&mut self, r: PickerReport, now: SystemTime) {
-        if !r.loads.is_empty() || self.picker_loads.contains_key(&r.picker) {
-            if let Some((_, old)) = self.picker_loads.remove(&r.picker) {
+        let PickerReport { picker, loads, routed } = r;
+        let loads = self.bounded(loads);
+        if !loads.is_empty() || self.picker_loads.contains_key(&picker) {
+            if let Some((_, old)) = self.picker_loads.remove(&picker) {
                 self.totals.apply(&old, -1);
             }
-            self.totals.apply(&r.loads, 1);
-            self.picker_loads.insert(r.picker, (now, r.loads));
+            self.totals.apply(&loads, 1);
+            self.picker_loads.insert(picker.clone(), (now, loads));
             self.dirty = true;
         }
-        for b in r.routed {
+        let mut used = self.pending_by_reporter.get(&picker).copied().unwrap_or(0);
+        for mut b in routed {
             if !self.endpoints.contains_key(&b.endpoint) || b.hashes.is_empty() {
                 continue;
             }
-            if self.pending_hashes + b.hashes.len() > MAX_PENDING_HASHES {
-                self.dropped_hashes += b.hashes.len() as u64;
-                continue;
+            let (budget, room) = (MAX_HASHES_PER_REPORTER - used, MAX_PENDING_HASHES - self.pending_hashes);
+            if b.hashes.len() > budget.min(room) {
+                // The first hashes are the prompt's first blocks, the ones most shared: keep those.
+                let excess = (b.hashes.len() - budget.min(room)) as u64;
+                if budget <= room {
+                    self.over_budget_hashes += excess;
+                } else {
+                    self.dropped_hashes += excess;
+                }
+                b.hashes.truncate(budget.min(room));
+                if b.hashes.is_empty() {
+                    continue;
+                }
             }
+            used += b.hashes.len();
             self.pending_hashes += b.hashes.len();
             self.pending_blocks.push(b);
             self.dirty = true;
         }
+        if used > 0 {
+            self.pending_by_reporter.insert(picker, used);
+        }
+    }
+
+    /// One reporter's loads as they are folded in: endpoints of the set only, each count clamped
+    /// to what an honest picker could report (at least 0), zeros left out.
+    fn bounded(&self, mut loads: PickerLoads) -> PickerLoads {
+        loads.inflight.retain(|id, l| {
+            l.requests = l.requests.clamp(0, MAX_REPORTED_REQUESTS);
+            l.tokens = l.tokens.clamp(0, MAX_REPORTED_TOKENS);
+            *l != Load::default() && self.endpoints.contains_key(id)
+        });
+        loads.sent.retain(|id, (_, n)| {
+            *n = (*n).min(MAX_REPORTED_SENT);
+            *n > 0 && self.endpoints.contains_key(id)
+        });
+        loads
     }
 
     /// The next snapshot when anything changed since the last one.
@@ -178,6 +229,7 @@ impl AggregatorState {
             .map(|e| {
                 let metrics = self.metrics.get(&e.id).cloned().unwrap_or_default();
                 let shared = self.totals.inflight.get(&e.id).copied().unwrap_or_default();
+                let shared = Load { requests: shared.requests.max(0), tokens: shared.tokens.max(0) };
                 // Counts against an older scrape are already in the metrics.
                 let sent = metrics
                     .sample()
@@ -188,6 +240,7 @@ impl AggregatorState {
             })
             .collect();
         self.pending_hashes = 0;
+        self.pending_by_reporter.clear();
         let routed_blocks = std::mem::take(&mut self.pending_blocks);
         Some(Snapshot {
             epoch: self.epoch,
@@ -202,201 +255,4 @@ impl AggregatorState {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::model::{EndpointMetrics, MetricsSample};
-    use crate::protocol::ScrapeError;
-
-    fn ep(id: &str, addr: &str) -> Endpoint {
-        Endpoint {
-            id: EndpointId::new(id),
-            address: addr.into(),
-            metrics_url: format!("http://{addr}/metrics"),
-            engine: "vllm".into(),
-            labels: Default::default(),
-        }
-    }
-
-    fn scraped(id: &str, queued: u64) -> MetricsScraped {
-        MetricsScraped {
-            endpoint: EndpointId::new(id),
-            sample: Arc::new(MetricsSample {
-                metrics: EndpointMetrics { queued: Some(queued), ..Default::default() },
-                scraped_at: SystemTime::UNIX_EPOCH,
-                errors: vec![],
-            }),
-            latency: Duration::ZERO,
-        }
-    }
-
-    #[test]
-    fn snapshots_are_versioned_and_coalesced() {
-        let mut s = AggregatorState::new(7);
-        s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
-        let first = s.build(SystemTime::UNIX_EPOCH).expect("first");
-        assert_eq!((first.epoch, first.seq, first.endpoints.len()), (7, 1, 2));
-        assert!(first.endpoints.iter().all(|e| e.metrics == MetricsState::Unknown));
-        assert!(s.build(SystemTime::UNIX_EPOCH).is_none(), "nothing changed");
-        s.on_scraped(scraped("a", 3));
-        s.on_scraped(scraped("a", 4));
-        s.on_scraped(scraped("ghost", 1));
-        let second = s.build(SystemTime::UNIX_EPOCH).expect("second");
-        assert_eq!(second.seq, 2);
-        assert!(second.is_newer_than(&first));
-        assert_eq!(second.endpoints[0].metrics.sample().and_then(|x| x.metrics.queued), Some(4));
-    }
-
-    #[test]
-    fn failures_keep_the_last_sample_and_unknown_stays_unknown() {
-        let mut s = AggregatorState::new(1);
-        s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
-        s.on_scraped(scraped("a", 3));
-        let fail = |id: &str| ScrapeFailed {
-            endpoint: EndpointId::new(id),
-            error: ScrapeError::Refused,
-            at: SystemTime::UNIX_EPOCH,
-            latency: Duration::ZERO,
-        };
-        s.on_failed(fail("a"));
-        s.on_failed(fail("b"));
-        let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
-        match &snap.endpoints[0].metrics {
-            MetricsState::Known { sample, last_error } => {
-                assert_eq!(sample.metrics.queued, Some(3));
-                assert_eq!(last_error.as_deref(), Some("connection refused"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(snap.endpoints[1].metrics, MetricsState::Unknown);
-    }
-
-    #[test]
-    fn picker_reports_are_summed_and_blocks_forwarded_once() {
-        let mut s = AggregatorState::new(1);
-        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        let load = |r: i64| PickerLoads {
-            inflight: [(EndpointId::new("a"), Load { requests: r, tokens: 10 * r })].into_iter().collect(),
-            sent: HashMap::new(),
-        };
-        let blocks = vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![1, 2] }];
-        s.on_picker_report(PickerReport { picker: "p1".into(), loads: load(2), routed: blocks.clone() }, t0);
-        s.on_picker_report(PickerReport { picker: "p2".into(), loads: load(3), routed: vec![] }, t0);
-        let snap = s.build(t0).expect("snapshot");
-        assert_eq!(snap.endpoints[0].shared_load, Load { requests: 5, tokens: 50 });
-        assert_eq!(snap.routed_blocks, blocks);
-        s.on_scraped(scraped("a", 1));
-        let next = s.build(t0).expect("snapshot");
-        assert!(next.routed_blocks.is_empty(), "blocks go out once");
-        // A picker that stops reporting is forgotten.
-        s.on_scraped(scraped("a", 2));
-        let later = s.build(t0 + Duration::from_secs(5)).expect("snapshot");
-        assert_eq!(later.endpoints[0].shared_load, Load::default());
-    }
-
-    #[test]
-    fn sends_since_a_scrape_count_only_against_that_scrape() {
-        let mut s = AggregatorState::new(1);
-        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
-        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        let scrape = |ms: u64| MetricsScraped {
-            endpoint: EndpointId::new("a"),
-            sample: Arc::new(MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(ms), errors: vec![] }),
-            latency: Duration::ZERO,
-        };
-        let report = |picker: &str, scrape_ms: u64, n: u64| PickerReport {
-            picker: picker.into(),
-            loads: PickerLoads {
-                inflight: HashMap::new(),
-                sent: [(EndpointId::new("a"), (at(scrape_ms), n))].into_iter().collect(),
-            },
-            routed: vec![],
-        };
-        s.on_scraped(scrape(100));
-        s.on_picker_report(report("p1", 100, 2), at(120));
-        s.on_picker_report(report("p2", 100, 3), at(120));
-        s.on_picker_report(report("p3", 50, 7), at(120));
-        let snap = s.build(at(120)).expect("snapshot");
-        assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 5, "p3's sends are in the 100 ms scrape already");
-        // A new scrape absorbs them all, until the pickers report against it.
-        s.on_scraped(scrape(150));
-        assert_eq!(s.build(at(150)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 0);
-        s.on_picker_report(report("p1", 150, 1), at(160));
-        assert_eq!(s.build(at(160)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 1);
-    }
-
-    proptest::proptest! {
-        /// The running totals always equal a fresh sum over the live reports, whatever the order
-        /// of reports, replacements and expiries.
-        #[test]
-        fn running_totals_equal_a_fresh_sum(
-            steps in proptest::collection::vec(
-                (
-                    0usize..4,
-                    proptest::collection::vec((0usize..3, -2i64..4, 0u64..3, 0u64..3), 0..4),
-                    0u64..1500,
-                    proptest::option::of((0usize..3, 0u64..3)),
-                ),
-                1..40,
-            ),
-        ) {
-            let mut s = AggregatorState::new(1);
-            let ids = ["a", "b", "c"];
-            s.on_endpoints(ids.iter().map(|id| ep(id, "1.1.1.1:80")).collect());
-            let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-            let mut now = 1_000_000;
-            for (picker, entries, advance, scrape) in steps {
-                now += advance;
-                if let Some((e, when)) = scrape {
-                    let sample = MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(when), errors: vec![] };
-                    let endpoint = EndpointId::new(ids[e]);
-                    s.on_scraped(MetricsScraped { endpoint, sample: Arc::new(sample), latency: Duration::ZERO });
-                }
-                let mut loads = PickerLoads::default();
-                for (e, requests, sent, scrape) in entries {
-                    let id = EndpointId::new(ids[e]);
-                    loads.inflight.insert(id.clone(), Load { requests, tokens: 10 * requests });
-                    loads.sent.insert(id, (at(scrape), sent));
-                }
-                s.on_picker_report(PickerReport { picker: format!("p{picker}"), loads, routed: vec![] }, at(now));
-                let Some(snap) = s.build(at(now)) else { continue };
-                for st in &snap.endpoints {
-                    let (mut load, mut sent) = (Load::default(), 0);
-                    let scraped_at = st.metrics.sample().map(|x| x.scraped_at);
-                    for (_, l) in s.picker_loads.values() {
-                        if let Some(x) = l.inflight.get(&st.endpoint.id) {
-                            load.requests += x.requests;
-                            load.tokens += x.tokens;
-                        }
-                        if let Some((when, n)) = l.sent.get(&st.endpoint.id)
-                            && Some(*when) == scraped_at
-                        {
-                            sent += n;
-                        }
-                    }
-                    proptest::prop_assert_eq!(st.shared_load, load);
-                    proptest::prop_assert_eq!(st.shared_sent_since_scrape, sent);
-                }
-                let mut fresh = SharedTotals::default();
-                for (_, l) in s.picker_loads.values() {
-                    fresh.apply(l, 1);
-                }
-                proptest::prop_assert_eq!(&s.totals.inflight, &fresh.inflight);
-                proptest::prop_assert_eq!(&s.totals.sent, &fresh.sent);
-            }
-        }
-    }
-
-    #[test]
-    fn changed_endpoint_forgets_old_metrics() {
-        let mut s = AggregatorState::new(1);
-        s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
-        s.on_scraped(scraped("a", 3));
-        s.on_endpoints(vec![ep("a", "9.9.9.9:80")]);
-        let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
-        assert_eq!(snap.endpoints[0].metrics, MetricsState::Unknown);
-    }
-}
+mod tests;

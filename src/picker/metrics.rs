@@ -1,5 +1,6 @@
 //! The picker's Prometheus metrics, upstream names where upstream has them.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,7 @@ use prometheus_client::registry::Registry;
 use super::PickError;
 use super::response::Usage;
 use super::view::PickerView;
-use crate::model::EndpointId;
+use crate::model::{EndpointId, Snapshot};
 
 type Labels = Vec<(String, String)>;
 
@@ -42,6 +43,9 @@ pub struct PickerMetrics {
     limit_refusals: Family<Labels, Counter>,
     /// Request-header bytes held by streams waiting to be routed.
     pending_header_bytes: Gauge,
+    /// The snapshot of the current view, for `switchyard_picker_endpoint_metrics_age_seconds`
+    /// (computed at each scrape of /metrics).
+    held: Arc<arc_swap::ArcSwap<Snapshot>>,
 }
 
 impl PickerMetrics {
@@ -62,7 +66,14 @@ impl PickerMetrics {
             updates: Family::default(),
             limit_refusals: Family::default(),
             pending_header_bytes: Gauge::default(),
+            held: Arc::new(arc_swap::ArcSwap::new(Snapshot::empty())),
         };
+        let held = m.held.clone();
+        crate::metrics_age::MetricsAge::register(
+            registry,
+            "switchyard_picker_endpoint_metrics_age_seconds",
+            move || Some(held.load_full()),
+        );
         registry.register(
             "inference_extension_scheduler_e2e_duration_seconds",
             "Time to parse and schedule a request",
@@ -184,6 +195,7 @@ impl PickerMetrics {
 
     pub(super) fn record_snapshot(&self, view: &PickerView, prefix_entries: usize) {
         let s = &view.snapshot;
+        self.held.store(s.clone());
         self.snapshot_seq.set(s.seq as i64);
         self.snapshot_epoch.set(s.epoch as i64);
         self.snapshot_endpoints.set(s.endpoints.len() as i64);

@@ -1,10 +1,16 @@
 //! The scraper actor: a thin shell that ticks, runs one fetch + normalize at a time on the tokio
 //! pool, and publishes what happened. Errors are logged on transitions only.
+//!
+//! A failing endpoint is retried with exponential backoff and jitter ([`retry_delay`]): the
+//! interval doubled per consecutive failure, capped at [`backoff_cap`] (20 intervals, at most
+//! 5 s), back to every interval after the first success. Backing off does not change what the
+//! consumer sees: the last good sample keeps ageing, so the endpoint stays out of routing.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 
 use super::fetch::{Fetcher, ScrapeError};
@@ -23,6 +29,12 @@ pub struct ScraperActor {
     in_flight: bool,
     /// Kind of the current failure, for transition logging.
     failing: Option<&'static str>,
+    /// Consecutive failed scrapes.
+    failures: u32,
+    /// While backing off: no attempt before this.
+    retry_at: Option<Instant>,
+    /// Jitter for the backoff.
+    rng: rand::rngs::SmallRng,
     pub(super) stats: ScraperStats,
     metrics: Option<super::ScrapeMetrics>,
 }
@@ -33,6 +45,22 @@ pub struct ScraperStats {
     pub failed: u64,
     /// Ticks skipped because the previous scrape was still running.
     pub skipped: u64,
+    /// Ticks skipped while backing off a failing endpoint.
+    pub backed_off: u64,
+}
+
+/// The longest pause between attempts at a failing endpoint: 20 intervals, at most 5 s (never
+/// less than one interval).
+pub fn backoff_cap(interval: Duration) -> Duration {
+    interval.saturating_mul(20).min(Duration::from_secs(5)).max(interval)
+}
+
+/// The pause before the next attempt after `failures` consecutive failures: the interval doubled
+/// per failure up to [`backoff_cap`], half of it fixed and half scaled by `jitter` (in `[0, 1)`),
+/// so endpoints that failed together do not retry in step.
+pub fn retry_delay(interval: Duration, failures: u32, jitter: f64) -> Duration {
+    let base = interval.saturating_mul(1 << failures.min(20)).min(backoff_cap(interval));
+    base / 2 + (base / 2).mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 impl ScraperActor {
@@ -52,6 +80,9 @@ impl ScraperActor {
             sink,
             in_flight: false,
             failing: None,
+            failures: 0,
+            retry_at: None,
+            rng: rand::rngs::SmallRng::from_os_rng(),
             stats: ScraperStats::default(),
             metrics: None,
         }
@@ -68,6 +99,10 @@ impl ScraperActor {
             if let Some(m) = &self.metrics {
                 m.skipped(self.endpoint.id.as_str());
             }
+            return;
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            self.stats.backed_off += 1;
             return;
         }
         let Some(url) = self.url.clone() else {
@@ -103,6 +138,7 @@ impl ScraperActor {
         match result {
             Ok(normalized) => {
                 self.stats.ok += 1;
+                (self.failures, self.retry_at) = (0, None);
                 if let Some(m) = &self.metrics {
                     m.scraped(endpoint.as_str(), latency);
                 }
@@ -118,6 +154,9 @@ impl ScraperActor {
             }
             Err(error) => {
                 self.stats.failed += 1;
+                self.failures = self.failures.saturating_add(1);
+                let delay = retry_delay(self.interval, self.failures, self.rng.random());
+                self.retry_at = Some(Instant::now() + delay);
                 if let Some(m) = &self.metrics {
                     m.failed(endpoint.as_str(), error.kind());
                 }
@@ -137,5 +176,30 @@ impl Actor for ScraperActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.tick(ctx);
         ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let interval = ms(50);
+        assert_eq!(backoff_cap(interval), Duration::from_secs(1));
+        assert_eq!(backoff_cap(Duration::from_secs(1)), Duration::from_secs(5));
+        assert_eq!(backoff_cap(Duration::from_secs(10)), Duration::from_secs(10), "never below the interval");
+        let bounds = |failures| (retry_delay(interval, failures, 0.0), retry_delay(interval, failures, 0.999_999));
+        assert_eq!(bounds(1).0, ms(50));
+        assert!(bounds(1).1 < ms(100));
+        assert_eq!(bounds(2).0, ms(100));
+        assert_eq!(bounds(4).0, ms(400));
+        for failures in [5, 6, 30, u32::MAX] {
+            let (low, high) = bounds(failures);
+            assert_eq!(low, ms(500), "{failures}");
+            assert!(high < ms(1000), "{failures}: {high:?}");
+        }
+        assert_eq!(retry_delay(interval, 3, 0.5), ms(300), "jitter spreads the second half");
     }
 }

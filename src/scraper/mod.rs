@@ -6,7 +6,9 @@
 //!
 //! Each actor scrapes `metrics_url` every interval (50 ms by default) with a shared keep-alive
 //! client, at most one scrape in flight, bounded by a timeout and a page-size cap. A hostile
-//! endpoint (slow, huge, garbage, 500s, refused) only costs its own actor a failed scrape.
+//! endpoint (slow, huge, garbage, 500s, refused) only costs its own actor a failed scrape, and
+//! while it keeps failing it is retried with exponential backoff and jitter (capped at 20
+//! intervals or 5 s, whichever is less; back to every interval after a success).
 //! Scraping does not decide anything about freshness: samples carry their scrape time and the
 //! consumer judges their age.
 

@@ -1,4 +1,4 @@
-//! The `switchyard` binary: `metrics parse`.
+//! The `switchyard` binary: `metrics parse`, start-up errors.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -116,4 +116,45 @@ fn unreadable_etcd_tls_files_stop_the_role_at_startup() {
     let out = Command::new(BIN).args(["picker", "--etcd-cert-file", "c.pem"]).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--etcd-key-file"), "{err}");
+}
+
+/// Regression (issue 16): with `--grpc-port` already in use, `switchyard standalone` printed the
+/// bind error and then panicked ("there is no reactor running": actors spawned before the error
+/// were started while the runtime was torn down). Every role, every port: one error line naming
+/// the flag, exit code 1, no panic.
+#[test]
+fn a_port_in_use_is_one_error_line_naming_the_flag_in_every_role() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoints = dir.path().join("endpoints.yaml");
+    std::fs::write(&endpoints, "endpoints: []\n").expect("write");
+    let endpoints = endpoints.to_str().expect("utf-8 path");
+    let serve = ["--grpc-port", "--grpc-health-port", "--metrics-port"];
+    let roles: [(&[&str], &[&str]); 4] = [
+        (&["standalone", "--endpoints-file", endpoints, "--secure-serving=false"], &serve),
+        (&["aggregator", "--endpoints-file", endpoints], &["--control-port", "--grpc-health-port", "--metrics-port"]),
+        (&["picker", "--aggregators", "127.0.0.1:1", "--secure-serving=false"], &serve),
+        (&["scraper", "--aggregators", "127.0.0.1:1"], &["--metrics-port"]),
+    ];
+    for (role, ports) in roles {
+        for flag in ports {
+            // The role's other ports: any free one.
+            let others = ports.iter().filter(|f| *f != flag).flat_map(|f| [*f, "0"]);
+            let out = Command::new(BIN)
+                .args(role)
+                .args(["--listen-host", "127.0.0.1", flag, &port])
+                .args(others)
+                .output()
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            let what = format!("{} {flag}: {err}", role[0]);
+            assert!(!err.contains("panicked"), "{what}");
+            assert_eq!(out.status.code(), Some(1), "{what}");
+            let lines: Vec<&str> = err.lines().collect();
+            assert_eq!(lines.len(), 1, "{what}");
+            assert!(lines[0].starts_with("error: ") && lines[0].contains(flag), "{what}");
+            assert!(lines[0].contains(&format!("127.0.0.1:{port}")) && lines[0].contains("in use"), "{what}");
+        }
+    }
 }

@@ -249,3 +249,69 @@ async fn shut_down_roles_stop_scraping() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hits.load(Ordering::Relaxed), after_shutdown, "10 scrape intervals later, nothing scraped it");
 }
+
+/// Regression (issue 16): a failing endpoint was scraped again every interval, 20 times a second
+/// at 50 ms (each attempt reading up to the page cap). It is now retried with exponential backoff
+/// and jitter, and scraped every interval again as soon as a scrape succeeds.
+#[actix_rt::test]
+async fn failing_endpoints_are_retried_with_backoff_and_recover_at_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let (hits, healthy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let app = {
+        let (hits, healthy) = (hits.clone(), healthy.clone());
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let ok = healthy.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        (axum::http::StatusCode::OK, "vllm:num_requests_waiting 2\n")
+                    } else {
+                        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops\n")
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (board, sink) = Board::start_sink();
+    let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
+    sup.do_send(AssignEndpoints(vec![endpoint("flaky", &addr.to_string(), "vllm")]));
+    let first = hits.clone();
+    wait_for("the first attempt", Duration::from_secs(5), || {
+        let n = first.load(Ordering::SeqCst);
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    // Over 3 s at a 50 ms interval: 60 attempts without backoff; with it (doubling from one
+    // interval, capped at 1 s) about 7.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failing = hits.load(Ordering::SeqCst);
+    assert!((3..=15).contains(&failing), "{failing} attempts in 3 s at a failing endpoint");
+    let v = board.send(GetBoard).await.expect("board");
+    assert_eq!(v.states.get(&EndpointId::new("flaky")).cloned().unwrap_or_default(), MetricsState::Unknown);
+
+    // It recovers: scraped within the cap, then every interval again.
+    healthy.store(true, Ordering::SeqCst);
+    let board_ = board.clone();
+    wait_for("a good scrape after the endpoint recovers", Duration::from_secs(3), || {
+        let board = board_.clone();
+        async move {
+            let v = board.send(GetBoard).await.ok()?;
+            v.states.get(&EndpointId::new("flaky"))?.sample().map(|_| ())
+        }
+    })
+    .await;
+    let recovered = hits.load(Ordering::SeqCst);
+    let after = hits.clone();
+    wait_for("scrapes every interval again", Duration::from_secs(2), || {
+        let n = after.load(Ordering::SeqCst);
+        async move { (n >= recovered + 15).then_some(()) }
+    })
+    .await;
+}

@@ -153,3 +153,131 @@ async fn every_reported_block_reaches_the_other_pickers_even_when_updates_are_co
     b.shutdown(Duration::from_secs(1)).await;
     agg.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Regression (issue 16): two `Report` streams each claiming `i64::MAX` requests and tokens in
+/// flight to one endpoint were folded in, and subscribers saw -2 requests in flight. Loads no
+/// picker could send are refused with `INVALID_ARGUMENT` naming the bound; honest ones still sum.
+#[actix_rt::test]
+async fn reports_no_picker_could_send_are_refused_and_the_sums_never_wrap() {
+    use switchyard_proto::v1 as pb;
+    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (_fleet, file) = vllm_fleet(1, dir.path()).await;
+    let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
+    let snapshots = agg.snapshots.clone();
+    let id = wait_for("the endpoint in a snapshot", Duration::from_secs(10), || {
+        let s = snapshots.borrow().clone();
+        async move { s.endpoints.first().map(|e| e.endpoint.id.to_string()) }
+    })
+    .await;
+    let report = |picker: &str, requests: i64, tokens: i64| pb::PickerReport {
+        version: 1,
+        picker_id: picker.into(),
+        loads: vec![pb::LoadDelta {
+            endpoint_id: id.clone(),
+            requests,
+            tokens,
+            sent_since_scrape: 0,
+            scraped_at_unix_micros: 0,
+        }],
+        routed: vec![],
+    };
+    let client = ControlPlaneClient::connect(format!("http://{}", agg.control_addr)).await.expect("connect");
+    for (picker, requests, tokens) in
+        [("hostile-1", i64::MAX, i64::MAX), ("hostile-2", i64::MAX, i64::MAX), ("neg", -1, 0)]
+    {
+        let refused =
+            client.clone().report(tokio_stream::iter([report(picker, requests, tokens)])).await.expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{picker}: {refused:?}");
+        assert!(refused.message().contains("requests") && refused.message().contains("1048576"), "{refused:?}");
+    }
+    client.clone().report(tokio_stream::iter([report("honest", 3, 30)])).await.expect("accepted");
+    let snapshots = agg.snapshots.clone();
+    wait_for("the honest load, and only it", Duration::from_secs(5), || {
+        let s = snapshots.borrow().clone();
+        async move {
+            let load = s.endpoints[0].shared_load;
+            assert!(load.requests >= 0 && load.tokens >= 0, "{load:?}");
+            (load == switchyard::model::Load { requests: 3, tokens: 30 }).then_some(())
+        }
+    })
+    .await;
+    agg.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Regression (issue 16): `WatchSnapshots` accepted `version: 99`; it now refuses versions it
+/// does not speak and names the one it does, like `Scrape` and `Report`.
+#[actix_rt::test]
+async fn every_control_plane_rpc_refuses_protocol_versions_it_does_not_speak() {
+    use switchyard_proto::v1 as pb;
+    use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (_fleet, file) = vllm_fleet(1, dir.path()).await;
+    let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
+    let mut client = ControlPlaneClient::connect(format!("http://{}", agg.control_addr)).await.expect("connect");
+    let leading = agg.leading.clone();
+    wait_for("leading", Duration::from_secs(10), || {
+        let l = *leading.borrow();
+        async move { l.then_some(()) }
+    })
+    .await;
+    let watch = pb::WatchRequest { version: 99, picker_id: "t".into(), have_epoch: 0, have_seq: 0 };
+    let refused = client.watch_snapshots(watch).await.expect_err("version 99 refused");
+    let report = pb::PickerReport { version: 99, picker_id: "t".into(), loads: vec![], routed: vec![] };
+    let refused_report = client.report(tokio_stream::iter([report])).await.expect_err("version 99 refused");
+    for status in [refused, refused_report] {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("version 99") && status.message().contains("speaks version 1"), "{status:?}");
+    }
+    agg.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `switchyard_<role>_endpoint_metrics_age_seconds{endpoint}` on the picker's and the leader's
+/// /metrics: one series per scraped endpoint, young while scrapes succeed, gone when it leaves.
+#[actix_rt::test]
+async fn every_endpoint_has_a_metrics_age_series_until_it_leaves() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (fleet, file) = vllm_fleet(2, dir.path()).await;
+    let agg = start_aggregator(AggregatorOptions::local(file)).await.expect("aggregator");
+    let picker = start_picker(PickerOptions::local(agg.control_addr, "p", 1)).await.expect("picker");
+    let mut ids: Vec<String> = fleet.iter().map(|h| h.endpoint().name).collect();
+    ids.sort();
+    let pages = [
+        (format!("http://{}/metrics", picker.servers.metrics_addr), "switchyard_picker_endpoint_metrics_age_seconds"),
+        (format!("http://{}/metrics", agg.metrics_addr), "switchyard_aggregator_endpoint_metrics_age_seconds"),
+    ];
+    let ages = |url: String, name: &'static str| async move {
+        let text = crate::support::client().get(url).send().await.ok()?.text().await.ok()?;
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).ok()?;
+        let ages: std::collections::BTreeMap<String, f64> = parsed
+            .samples
+            .into_iter()
+            .filter(|s| s.metric == name)
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => Some((s.labels.get("endpoint")?.to_string(), v)),
+                _ => None,
+            })
+            .collect();
+        Some(ages)
+    };
+    for (url, name) in &pages {
+        let ages = wait_for("an age per endpoint", Duration::from_secs(10), || async {
+            ages(url.clone(), name).await.filter(|a| a.len() == ids.len())
+        })
+        .await;
+        assert_eq!(ages.keys().cloned().collect::<Vec<_>>(), ids, "{name}");
+        assert!(ages.values().all(|age| (0.0..2.0).contains(age)), "{name}: {ages:?}");
+    }
+    switchyard::sim::write_endpoints_file(&fleet[..1], dir.path()).expect("rewrite");
+    for (url, name) in &pages {
+        wait_for("the series of the endpoint that left to go", Duration::from_secs(10), || async {
+            let kept = &fleet[0].name;
+            ages(url.clone(), name).await.filter(|a| a.keys().eq([kept]))
+        })
+        .await;
+    }
+    picker.shutdown(Duration::from_secs(1)).await;
+    agg.shutdown(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,261 @@
+//! The aggregator state: versioning, report sums and their bounds, routed-block budgets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::model::{EndpointMetrics, MetricsSample};
+use crate::protocol::ScrapeError;
+
+fn ep(id: &str, addr: &str) -> Endpoint {
+    Endpoint {
+        id: EndpointId::new(id),
+        address: addr.into(),
+        metrics_url: format!("http://{addr}/metrics"),
+        engine: "vllm".into(),
+        labels: Default::default(),
+    }
+}
+
+fn scraped(id: &str, queued: u64) -> MetricsScraped {
+    MetricsScraped {
+        endpoint: EndpointId::new(id),
+        sample: Arc::new(MetricsSample {
+            metrics: EndpointMetrics { queued: Some(queued), ..Default::default() },
+            scraped_at: SystemTime::UNIX_EPOCH,
+            errors: vec![],
+        }),
+        latency: Duration::ZERO,
+    }
+}
+
+#[test]
+fn snapshots_are_versioned_and_coalesced() {
+    let mut s = AggregatorState::new(7);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
+    let first = s.build(SystemTime::UNIX_EPOCH).expect("first");
+    assert_eq!((first.epoch, first.seq, first.endpoints.len()), (7, 1, 2));
+    assert!(first.endpoints.iter().all(|e| e.metrics == MetricsState::Unknown));
+    assert!(s.build(SystemTime::UNIX_EPOCH).is_none(), "nothing changed");
+    s.on_scraped(scraped("a", 3));
+    s.on_scraped(scraped("a", 4));
+    s.on_scraped(scraped("ghost", 1));
+    let second = s.build(SystemTime::UNIX_EPOCH).expect("second");
+    assert_eq!(second.seq, 2);
+    assert!(second.is_newer_than(&first));
+    assert_eq!(second.endpoints[0].metrics.sample().and_then(|x| x.metrics.queued), Some(4));
+}
+
+#[test]
+fn failures_keep_the_last_sample_and_unknown_stays_unknown() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
+    s.on_scraped(scraped("a", 3));
+    let fail = |id: &str| ScrapeFailed {
+        endpoint: EndpointId::new(id),
+        error: ScrapeError::Refused,
+        at: SystemTime::UNIX_EPOCH,
+        latency: Duration::ZERO,
+    };
+    s.on_failed(fail("a"));
+    s.on_failed(fail("b"));
+    let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
+    match &snap.endpoints[0].metrics {
+        MetricsState::Known { sample, last_error } => {
+            assert_eq!(sample.metrics.queued, Some(3));
+            assert_eq!(last_error.as_deref(), Some("connection refused"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(snap.endpoints[1].metrics, MetricsState::Unknown);
+}
+
+#[test]
+fn picker_reports_are_summed_and_blocks_forwarded_once() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let load = |r: i64| PickerLoads {
+        inflight: [(EndpointId::new("a"), Load { requests: r, tokens: 10 * r })].into_iter().collect(),
+        sent: HashMap::new(),
+    };
+    let blocks = vec![RoutedBlocks { endpoint: EndpointId::new("a"), hashes: vec![1, 2] }];
+    s.on_picker_report(PickerReport { picker: "p1".into(), loads: load(2), routed: blocks.clone() }, t0);
+    s.on_picker_report(PickerReport { picker: "p2".into(), loads: load(3), routed: vec![] }, t0);
+    let snap = s.build(t0).expect("snapshot");
+    assert_eq!(snap.endpoints[0].shared_load, Load { requests: 5, tokens: 50 });
+    assert_eq!(snap.routed_blocks, blocks);
+    s.on_scraped(scraped("a", 1));
+    let next = s.build(t0).expect("snapshot");
+    assert!(next.routed_blocks.is_empty(), "blocks go out once");
+    // A picker that stops reporting is forgotten.
+    s.on_scraped(scraped("a", 2));
+    let later = s.build(t0 + Duration::from_secs(5)).expect("snapshot");
+    assert_eq!(later.endpoints[0].shared_load, Load::default());
+}
+
+#[test]
+fn sends_since_a_scrape_count_only_against_that_scrape() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let scrape = |ms: u64| MetricsScraped {
+        endpoint: EndpointId::new("a"),
+        sample: Arc::new(MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(ms), errors: vec![] }),
+        latency: Duration::ZERO,
+    };
+    let report = |picker: &str, scrape_ms: u64, n: u64| PickerReport {
+        picker: picker.into(),
+        loads: PickerLoads {
+            inflight: HashMap::new(),
+            sent: [(EndpointId::new("a"), (at(scrape_ms), n))].into_iter().collect(),
+        },
+        routed: vec![],
+    };
+    s.on_scraped(scrape(100));
+    s.on_picker_report(report("p1", 100, 2), at(120));
+    s.on_picker_report(report("p2", 100, 3), at(120));
+    s.on_picker_report(report("p3", 50, 7), at(120));
+    let snap = s.build(at(120)).expect("snapshot");
+    assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 5, "p3's sends are in the 100 ms scrape already");
+    // A new scrape absorbs them all, until the pickers report against it.
+    s.on_scraped(scrape(150));
+    assert_eq!(s.build(at(150)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 0);
+    s.on_picker_report(report("p1", 150, 1), at(160));
+    assert_eq!(s.build(at(160)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 1);
+}
+
+proptest::proptest! {
+    /// The running totals always equal a fresh sum over the live reports, whatever the order
+    /// of reports, replacements and expiries.
+    #[test]
+    fn running_totals_equal_a_fresh_sum(
+        steps in proptest::collection::vec(
+            (
+                0usize..4,
+                proptest::collection::vec((0usize..3, -2i64..4, 0u64..3, 0u64..3), 0..4),
+                0u64..1500,
+                proptest::option::of((0usize..3, 0u64..3)),
+            ),
+            1..40,
+        ),
+    ) {
+        let mut s = AggregatorState::new(1);
+        let ids = ["a", "b", "c"];
+        s.on_endpoints(ids.iter().map(|id| ep(id, "1.1.1.1:80")).collect());
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut now = 1_000_000;
+        for (picker, entries, advance, scrape) in steps {
+            now += advance;
+            if let Some((e, when)) = scrape {
+                let sample = MetricsSample { metrics: EndpointMetrics::default(), scraped_at: at(when), errors: vec![] };
+                let endpoint = EndpointId::new(ids[e]);
+                s.on_scraped(MetricsScraped { endpoint, sample: Arc::new(sample), latency: Duration::ZERO });
+            }
+            let mut loads = PickerLoads::default();
+            for (e, requests, sent, scrape) in entries {
+                let id = EndpointId::new(ids[e]);
+                loads.inflight.insert(id.clone(), Load { requests, tokens: 10 * requests });
+                loads.sent.insert(id, (at(scrape), sent));
+            }
+            s.on_picker_report(PickerReport { picker: format!("p{picker}"), loads, routed: vec![] }, at(now));
+            let Some(snap) = s.build(at(now)) else { continue };
+            for st in &snap.endpoints {
+                let (mut load, mut sent) = (Load::default(), 0);
+                let scraped_at = st.metrics.sample().map(|x| x.scraped_at);
+                for (_, l) in s.picker_loads.values() {
+                    if let Some(x) = l.inflight.get(&st.endpoint.id) {
+                        load.requests += x.requests;
+                        load.tokens += x.tokens;
+                    }
+                    if let Some((when, n)) = l.sent.get(&st.endpoint.id)
+                        && Some(*when) == scraped_at
+                    {
+                        sent += n;
+                    }
+                }
+                proptest::prop_assert_eq!(st.shared_load, load);
+                proptest::prop_assert_eq!(st.shared_sent_since_scrape, sent);
+            }
+            let mut fresh = SharedTotals::default();
+            for (_, l) in s.picker_loads.values() {
+                fresh.apply(l, 1);
+            }
+            proptest::prop_assert_eq!(&s.totals.inflight, &fresh.inflight);
+            proptest::prop_assert_eq!(&s.totals.sent, &fresh.sent);
+        }
+    }
+}
+
+/// Regression (issue 16): two reporters each claiming `i64::MAX` in flight to one endpoint
+/// made the sum wrap (subscribers saw -2 requests in flight).
+#[test]
+fn reported_loads_that_would_wrap_are_clamped_per_reporter() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    s.on_scraped(scraped("a", 0));
+    let a = EndpointId::new("a");
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let report = |picker: &str, id: &EndpointId, requests: i64, sent: u64| PickerReport {
+        picker: picker.into(),
+        loads: PickerLoads {
+            inflight: [(id.clone(), Load { requests, tokens: requests })].into_iter().collect(),
+            sent: [(id.clone(), (SystemTime::UNIX_EPOCH, sent))].into_iter().collect(),
+        },
+        routed: vec![],
+    };
+    for p in ["p1", "p2", "p3"] {
+        s.on_picker_report(report(p, &a, i64::MAX, u64::MAX), t0);
+    }
+    s.on_picker_report(report("negative", &a, i64::MIN, 0), t0);
+    s.on_picker_report(report("ghost", &EndpointId::new("not-in-the-set"), 5, 5), t0);
+    let snap = s.build(t0).expect("snapshot");
+    let want = Load { requests: 3 * MAX_REPORTED_REQUESTS, tokens: 3 * MAX_REPORTED_TOKENS };
+    assert_eq!(snap.endpoints[0].shared_load, want, "each reporter counts up to the bound");
+    assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 3 * MAX_REPORTED_SENT);
+    assert_eq!(s.totals.inflight.len(), 1, "nothing is held for endpoints outside the set");
+    // Replacing a report takes exactly its share away.
+    s.on_picker_report(report("p1", &a, 1, 1), t0);
+    let snap = s.build(t0).expect("snapshot");
+    let want = Load { requests: 2 * MAX_REPORTED_REQUESTS + 1, tokens: 2 * MAX_REPORTED_TOKENS + 1 };
+    assert_eq!(snap.endpoints[0].shared_load, want);
+    assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 2 * MAX_REPORTED_SENT + 1);
+}
+
+/// Regression (issue 16): one reporter flooding routed prefix hashes filled what the next
+/// snapshot takes, and every other reporter's blocks were dropped (and pickers lagged).
+#[test]
+fn one_reporter_flooding_routed_hashes_cannot_crowd_out_the_others() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    let a = EndpointId::new("a");
+    let t0 = SystemTime::UNIX_EPOCH;
+    let routed = |picker: &str, blocks: u64, per_block: usize| PickerReport {
+        picker: picker.into(),
+        loads: PickerLoads::default(),
+        routed: (0..blocks).map(|i| RoutedBlocks { endpoint: a.clone(), hashes: vec![i; per_block] }).collect(),
+    };
+    let sent = 3 * MAX_PENDING_HASHES;
+    s.on_picker_report(routed("flood", (sent / 100) as u64, 100), t0);
+    s.on_picker_report(routed("flood", 1, 1), t0);
+    s.on_picker_report(routed("honest", 2, 16), t0);
+    let snap = s.build(t0).expect("snapshot");
+    let hashes: usize = snap.routed_blocks.iter().map(|b| b.hashes.len()).sum();
+    assert_eq!(hashes, MAX_HASHES_PER_REPORTER + 32, "the flooder's budget, and every honest block");
+    assert_eq!(snap.routed_blocks.last(), routed("honest", 2, 16).routed.last());
+    assert_eq!(s.over_budget_hashes as usize, sent + 1 - MAX_HASHES_PER_REPORTER, "what was dropped is counted");
+    assert_eq!(s.dropped_hashes, 0);
+    // The budget is per snapshot.
+    s.on_picker_report(routed("flood", 1, 8), t0);
+    assert_eq!(s.build(t0).expect("snapshot").routed_blocks, routed("flood", 1, 8).routed);
+}
+
+#[test]
+fn changed_endpoint_forgets_old_metrics() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    s.on_scraped(scraped("a", 3));
+    s.on_endpoints(vec![ep("a", "9.9.9.9:80")]);
+    let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
+    assert_eq!(snap.endpoints[0].metrics, MetricsState::Unknown);
+}
