@@ -185,7 +185,7 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     // Continuous ext-proc traffic through the failover.
     let load = switchyard::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
     let before = picker_picks(metrics).await.expect("picks");
-    picks_reach(metrics, before, 30.0, "traffic before the failover").await;
+    picks_reach(metrics, before, 10.0, "traffic before the failover").await;
     let _ = victim.proc.0.kill(); // SIGKILL: no resignation, the lease has to expire.
     let killed_at = tokio::time::Instant::now();
     let new_epoch = wait_for("a snapshot from the new leader", Duration::from_secs(15), || async move {
@@ -194,7 +194,9 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     .await;
     let failover = killed_at.elapsed();
     let at_failover = picker_picks(metrics).await.expect("picks");
-    picks_reach(metrics, at_failover, 30.0, "traffic on the new leader's snapshot").await;
+    picks_reach(metrics, at_failover, 10.0, "traffic on the new leader's snapshot").await;
+    // Enough traffic in all to judge "no failed picks" by (usually there already).
+    picks_reach(metrics, before, 60.0, "traffic through the failover").await;
     let (ok, failed) = load.stop().await;
     assert!(new_epoch > first_epoch);
     assert!(ok > 50, "traffic flowed: {ok}");
