@@ -46,6 +46,7 @@ fn chart_crds_match_the_rust_types() {
     let mut names: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
     names.sort();
     let hint = "regenerate with `cargo run -- crds --out deploy/charts/switchyard/crds`";
+    assert!(!names.is_empty(), "CRDs are generated");
     assert_eq!(on_disk, names, "{hint}");
     for (name, yaml) in generated {
         let text = std::fs::read_to_string(dir.join(&name)).expect("crd file");

@@ -6,8 +6,17 @@ use std::time::Duration;
 use switchyard::aggregator::election::{self, EtcdSettings, LeadershipEvent};
 use tokio::sync::{mpsc, watch};
 
+/// A port nothing listens on now and not handed out before by this process: the OS can return
+/// the same free port to binds in a row, and two roles given one port fight over it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// An etcd process with a temporary data dir; killed on drop.

@@ -1,7 +1,7 @@
 //! The distributed roles as separate processes with a real etcd: leader killed or paused, etcd
 //! unreachable, a scraper killed, a picker with no leader that refuses to make up endpoints.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -38,16 +38,24 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-async fn ready(health_port: u16) -> bool {
-    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{health_port}"))
+/// The readiness a role's health port reports; `None` when it does not answer.
+async fn readiness(health_port: u16) -> Option<i32> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{health_port}"))
         .expect("uri")
         .connect()
         .await
-    else {
-        return false;
-    };
+        .ok()?;
     let r = HealthClient::new(ch).check(tonic_health::pb::HealthCheckRequest { service: "readiness".into() }).await;
-    r.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    Some(r.ok()?.into_inner().status)
+}
+
+async fn ready(health_port: u16) -> bool {
+    readiness(health_port).await == Some(ServingStatus::Serving as i32)
+}
+
+/// Answers, and says it is not ready (a process that is gone is not "not ready").
+async fn not_ready(health_port: u16) -> bool {
+    readiness(health_port).await == Some(ServingStatus::NotServing as i32)
 }
 
 async fn picker_gauge(metrics_port: u16, name: &str) -> Option<f64> {
@@ -57,6 +65,35 @@ async fn picker_gauge(metrics_port: u16, name: &str) -> Option<f64> {
 
 async fn picker_epoch(metrics_port: u16) -> Option<u64> {
     picker_gauge(metrics_port, "switchyard_picker_snapshot_epoch").await.map(|e| e as u64)
+}
+
+/// Sum of the samples of `family` (all label sets) in the exposition at `url`.
+async fn counter_sum(url: &str, family: &str, matching: &str) -> Option<f64> {
+    let text = client().get(url).send().await.ok()?.text().await.ok()?;
+    let values = text.lines().filter(|l| l.starts_with(family) && l.contains(matching));
+    Some(values.filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok()).fold(0.0, |a, v| a + v))
+}
+
+/// Requests the picker has routed.
+async fn picker_picks(metrics_port: u16) -> Option<f64> {
+    counter_sum(&format!("http://127.0.0.1:{metrics_port}/metrics"), "switchyard_picker_picks_total{", "").await
+}
+
+/// Snapshot updates of `kind` (`full` or `delta`) the picker has applied.
+async fn picker_updates(metrics_port: u16, kind: &str) -> Option<f64> {
+    picker_gauge(metrics_port, &format!("switchyard_picker_snapshot_updates_total{{kind=\"{kind}\"}}")).await
+}
+
+/// Waits until the picker has routed `n` more requests than `from`.
+async fn picks_reach(metrics_port: u16, from: f64, n: f64, what: &str) {
+    wait_for(what, Duration::from_secs(10), || async move {
+        picker_picks(metrics_port).await.filter(|p| *p >= from + n).map(|_| ())
+    })
+    .await;
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
 struct Aggregator {
@@ -147,7 +184,8 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
 
     // Continuous ext-proc traffic through the failover.
     let load = switchyard::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = picker_picks(metrics).await.expect("picks");
+    picks_reach(metrics, before, 10.0, "traffic before the failover").await;
     let _ = victim.proc.0.kill(); // SIGKILL: no resignation, the lease has to expire.
     let killed_at = tokio::time::Instant::now();
     let new_epoch = wait_for("a snapshot from the new leader", Duration::from_secs(15), || async move {
@@ -155,7 +193,10 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     })
     .await;
     let failover = killed_at.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_failover = picker_picks(metrics).await.expect("picks");
+    picks_reach(metrics, at_failover, 10.0, "traffic on the new leader's snapshot").await;
+    // Enough traffic in all to judge "no failed picks" by (usually there already).
+    picks_reach(metrics, before, 60.0, "traffic through the failover").await;
     let (ok, failed) = load.stop().await;
     assert!(new_epoch > first_epoch);
     assert!(ok > 50, "traffic flowed: {ok}");
@@ -164,18 +205,9 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", survivor.control)));
     // One full snapshot per leader, deltas in between.
-    let updates = |kind: &'static str| {
-        picker_gauge(
-            metrics,
-            match kind {
-                "full" => "switchyard_picker_snapshot_updates_total{kind=\"full\"}",
-                _ => "switchyard_picker_snapshot_updates_total{kind=\"delta\"}",
-            },
-        )
-    };
-    let full = updates("full").await.expect("full updates counted");
+    let full = picker_updates(metrics, "full").await.expect("full updates counted");
     assert!(full >= 2.0, "a full snapshot from each leader: {full}");
-    let deltas = updates("delta").await.expect("deltas counted");
+    let deltas = picker_updates(metrics, "delta").await.expect("deltas counted");
     assert!(deltas > full, "then deltas: {deltas} deltas, {full} full");
 }
 
@@ -183,8 +215,17 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
 async fn picker_without_a_leader_is_not_ready_and_makes_nothing_up() {
     let etcd = Etcd::start().await;
     let (_p, grpc, health, _metrics) = picker(&etcd, "it-nobody");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(!ready(health).await, "no snapshot, not ready");
+    // The picker has asked etcd for a leader (and been told there is none) several times.
+    let lookups = format!("{}/metrics", etcd.endpoint);
+    wait_for("the picker's leader lookups at etcd", Duration::from_secs(10), || {
+        let lookups = lookups.clone();
+        async move {
+            let n = counter_sum(&lookups, "grpc_server_handled_total{", "grpc_method=\"Leader\"").await?;
+            (n >= 4.0).then_some(())
+        }
+    })
+    .await;
+    assert!(not_ready(health).await, "no snapshot, not ready");
     let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
         .expect("uri")
         .connect()
@@ -267,6 +308,7 @@ async fn paused_leader_is_replaced_and_cannot_roll_pickers_back() {
     })
     .await;
 
+    let picks_before = [picker_picks(metrics1).await.expect("picks"), picker_picks(metrics2).await.expect("picks")];
     let loads =
         [grpc1, grpc2].map(|p| switchyard::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], p).into(), 2));
     let traces = [metrics1, metrics2].map(EpochTrace::start);
@@ -277,8 +319,24 @@ async fn paused_leader_is_replaced_and_cannot_roll_pickers_back() {
     })
     .await;
     old.proc.signal("-CONT");
-    // The resumed replica finds its lease gone, stops publishing and campaigns as a standby.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The resumed replica finds its lease gone, stops publishing and campaigns as a standby...
+    let old_health = old.health;
+    wait_for("the resumed old leader to step down", Duration::from_secs(10), || async move {
+        not_ready(old_health).await.then_some(())
+    })
+    .await;
+    // ...while both pickers keep applying the new leader's updates (traced throughout).
+    let deltas = [metrics1, metrics2].map(|m| async move { (m, picker_updates(m, "delta").await.unwrap_or(0.0)) });
+    for (m, from) in futures::future::join_all(deltas).await {
+        wait_for("10 more deltas at the picker", Duration::from_secs(10), || async move {
+            picker_updates(m, "delta").await.filter(|d| *d >= from + 10.0).map(|_| ())
+        })
+        .await;
+    }
+    // Enough traffic through each picker to judge "no failed picks" by.
+    for (m, from) in [metrics1, metrics2].into_iter().zip(picks_before) {
+        picks_reach(m, from, 60.0, "traffic through both pickers").await;
+    }
 
     for (i, trace) in traces.into_iter().enumerate() {
         let seen = trace.stop().await;
@@ -292,7 +350,7 @@ async fn paused_leader_is_replaced_and_cannot_roll_pickers_back() {
     }
     let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", new.control)), "the standby still leads: {leader}");
-    assert!(!ready(old.health).await, "the resumed old leader is a standby, not ready");
+    assert!(not_ready(old.health).await, "the resumed old leader is a standby, not ready");
     assert!(ready(new.health).await);
 }
 
@@ -311,17 +369,21 @@ async fn etcd_outage_leader_steps_down_pickers_keep_serving_then_one_leader() {
     let load = switchyard::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 2);
 
     etcd.pause();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let leaders = futures::future::join_all(aggs.iter().map(|a| ready(a.health))).await;
-    assert_eq!(leaders, [false, false], "the leader stepped down within the lease");
+    // The leader steps down within the lease (2 s; 3 s allowed).
+    let healths = aggs.each_ref().map(|a| a.health);
+    wait_for("the leader to step down", Duration::from_secs(3), || async move {
+        let standing = futures::future::join_all(healths.map(not_ready)).await;
+        standing.iter().all(|r| *r).then_some(())
+    })
+    .await;
     assert!(ready(health).await, "the picker still holds a snapshot");
-    // No leader publishes: the snapshot held stops changing and ages.
+    // No leader publishes: the snapshot held stops changing and ages past 1 s.
     let gauge = "switchyard_picker_snapshot_published_timestamp_seconds";
-    let published = picker_gauge(metrics, gauge).await.expect("gauge");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let published = wait_for("the snapshot held to be over 1 s old", Duration::from_secs(5), || async move {
+        picker_gauge(metrics, gauge).await.filter(|p| unix_now() - p > 1.0)
+    })
+    .await;
     assert_eq!(picker_gauge(metrics, gauge).await, Some(published), "nothing new was published");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
-    assert!(now - published > 1.0, "the snapshot held is stale: {:.1} s old", now - published);
     assert_eq!(picker_epoch(metrics).await, Some(first));
 
     etcd.resume();
@@ -359,7 +421,7 @@ fn scraper(etcd: &Etcd, election: &str, id: &str) -> (Proc, u16) {
 }
 
 /// Completed scrapes per endpoint, from a scraper's `/metrics`.
-async fn scrape_counts(metrics_port: u16) -> Option<std::collections::BTreeMap<String, u64>> {
+async fn scrape_counts(metrics_port: u16) -> Option<BTreeMap<String, u64>> {
     let text = client().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.ok()?.text().await.ok()?;
     let counts = text
         .lines()
@@ -372,12 +434,24 @@ async fn scrape_counts(metrics_port: u16) -> Option<std::collections::BTreeMap<S
     Some(counts)
 }
 
-/// The endpoints a scraper process is scraping now (its count grows over 400 ms).
+/// The endpoints a scraper process is scraping now: those whose count grows while its busiest
+/// endpoint completes 8 more scrapes (a window in the scraper's own rounds, so a slow machine
+/// stretches it), or within 1 s when it scrapes nothing.
 async fn scraping_now(metrics_port: u16) -> Option<BTreeSet<String>> {
+    const ROUNDS: u64 = 8;
     let before = scrape_counts(metrics_port).await?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let after = scrape_counts(metrics_port).await?;
-    Some(after.into_iter().filter(|(e, n)| before.get(e).is_none_or(|b| n > b)).map(|(e, _)| e).collect())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = scrape_counts(metrics_port).await?;
+        let grown: BTreeMap<String, u64> = after
+            .into_iter()
+            .map(|(e, n)| (e.clone(), n.saturating_sub(before.get(&e).copied().unwrap_or(0))))
+            .collect();
+        if grown.values().any(|g| *g >= ROUNDS) || tokio::time::Instant::now() > deadline {
+            return Some(grown.into_iter().filter(|(_, g)| *g > 0).map(|(e, _)| e).collect());
+        }
+    }
 }
 
 /// Two scraper processes share the endpoints (disjoint, covering all); one is SIGKILLed and the

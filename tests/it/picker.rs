@@ -1,5 +1,6 @@
 //! The standalone picker driven over gRPC exactly as Envoy drives it, against sim endpoints.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use switchyard::sim::{self, Flavor};
@@ -240,7 +241,14 @@ async fn prefix_affinity_across_requests() {
         };
         let ex = send(&mut c, &req).await;
         dests.push(ex.routed.set_headers["x-gateway-destination-endpoint"].clone());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The stream ends here; the next pick must see no load left by it (affinity, not load).
+        drop(ex);
+        let picker = &sb.epp().picker;
+        crate::support::wait_for("the request no longer in flight", Duration::from_secs(5), || {
+            let idle = picker.view.load().counters.iter().all(|c| c.inflight_requests.load(Ordering::Relaxed) == 0);
+            async move { idle.then_some(()) }
+        })
+        .await;
     }
     assert!(dests.iter().all(|d| *d == dests[0]), "shared system prompt sticks to one endpoint: {dests:?}");
 }
@@ -296,11 +304,18 @@ async fn ext_proc_over_tls_with_a_mounted_certificate() {
         .expect("uri")
         .connect()
         .await;
-    if let Ok(ch) = plain {
-        let mut c =
-            envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(ch);
-        let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        assert!(c.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.is_err());
+    match plain {
+        // Refused at connect (the TLS listener rejects the HTTP/2 preface)...
+        Err(_) => {}
+        // ...or the connection is set up lazily and the first call fails: no stream is served.
+        Ok(ch) => {
+            let mut c =
+                envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::new(
+                    ch,
+                );
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            assert!(c.process(tokio_stream::wrappers::ReceiverStream::new(rx)).await.is_err(), "plaintext served");
+        }
     }
 }
 

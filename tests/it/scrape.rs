@@ -2,12 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use switchyard::metrics::EngineRegistry;
 use switchyard::model::{Endpoint, EndpointId, MetricsState};
-use switchyard::scraper::{AssignEndpoints, FetchSettings, GetState, ScrapeSettings, ScrapeSupervisor};
+use switchyard::scraper::{
+    AssignEndpoints, FetchSettings, GetState, ScrapeFailed, ScrapeSettings, ScrapeSink, ScrapeSupervisor,
+};
 use switchyard::sim::{self, Flavor};
 use switchyard::tools::board::{Board, GetBoard};
 
@@ -24,11 +27,68 @@ fn endpoint(id: &str, addr: &str, engine: &str) -> Endpoint {
     }
 }
 
+const INTERVAL: Duration = Duration::from_millis(50);
+
 fn settings() -> ScrapeSettings {
     ScrapeSettings {
-        interval: Duration::from_millis(50),
+        interval: INTERVAL,
         fetch: FetchSettings { timeout: Duration::from_millis(300), max_page_bytes: 256 * 1024, ..Default::default() },
     }
+}
+
+/// When `id` was last scraped successfully, per the board; `None` before its first success.
+async fn last_scraped(board: &Addr<Board>, id: &EndpointId) -> Option<SystemTime> {
+    board.send(GetBoard).await.ok()?.states.get(id)?.sample().map(|s| s.scraped_at)
+}
+
+/// Every failure published, per endpoint (the board keeps only a count and the last error of
+/// endpoints that were once scraped).
+#[derive(Default)]
+struct FailureLog(BTreeMap<EndpointId, Vec<String>>);
+
+impl Actor for FailureLog {
+    type Context = Context<Self>;
+}
+
+impl Handler<ScrapeFailed> for FailureLog {
+    type Result = ();
+
+    fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
+        self.0.entry(msg.endpoint).or_default().push(msg.error.to_string());
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "BTreeMap<EndpointId, Vec<String>>")]
+struct GetFailures;
+
+impl Handler<GetFailures> for FailureLog {
+    type Result = MessageResult<GetFailures>;
+
+    fn handle(&mut self, _: GetFailures, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.0.clone())
+    }
+}
+
+/// A /metrics server that counts the connections it gets and hangs up.
+async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(sock);
+        }
+    });
+    (addr, hits)
+}
+
+/// Waits until `counter` reaches `n`.
+async fn count_reaches(what: &str, counter: &AtomicUsize, n: usize) {
+    wait_for(what, Duration::from_secs(10), || async move { (counter.load(Ordering::Relaxed) >= n).then_some(()) })
+        .await;
 }
 
 #[actix_rt::test]
@@ -106,9 +166,11 @@ async fn hostile_endpoints_only_hurt_themselves() {
         (Hostile::NotUtf8, "not valid UTF-8"),
         (Hostile::Hangup, "request failed"),
     ];
-    for (kind, _) in kinds {
+    let mut expected: Vec<(String, &str)> = Vec::new();
+    for (kind, reason) in kinds {
         let addr = hostile::spawn(kind).await;
         endpoints.push(endpoint(&format!("{kind:?}"), &addr.to_string(), "vllm"));
+        expected.push((format!("{kind:?}"), reason));
     }
     // A port nothing listens on.
     let closed = {
@@ -116,26 +178,40 @@ async fn hostile_endpoints_only_hurt_themselves() {
         l.local_addr().expect("addr")
     };
     endpoints.push(endpoint("Refused", &closed.to_string(), "vllm"));
+    expected.push(("Refused".into(), "connection refused"));
 
-    let (board, sink) = Board::start_sink();
+    let (board, board_sink) = Board::start_sink();
+    let log = FailureLog::default().start();
+    let sink = ScrapeSink { scraped: board_sink.scraped, failed: log.clone().recipient() };
     let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
     sup.do_send(AssignEndpoints(endpoints));
-    // Let several rounds of timeouts (300 ms) pass; the good endpoint must stay fresh throughout.
-    let mut worst_age = Duration::ZERO;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        let v = board.send(GetBoard).await.expect("board");
-        if let Some(age) = v.states.get(&EndpointId::new("good")).and_then(|s| s.age(SystemTime::now())) {
-            worst_age = worst_age.max(age);
+    let good = EndpointId::new("good");
+    wait_for("the good endpoint scraped", Duration::from_secs(10), || last_scraped(&board, &good)).await;
+    // Until the silent endpoint has timed out (300 ms) three times and every hostile endpoint has
+    // failed, the good endpoint stays fresh at every look.
+    let failures = wait_for("3 timeouts, every hostile endpoint failing", Duration::from_secs(10), || {
+        let (board, log, good, expected) = (&board, &log, &good, &expected);
+        async move {
+            let scraped_at = last_scraped(board, good).await.expect("the good endpoint's sample stays on the board");
+            let age = SystemTime::now().duration_since(scraped_at).unwrap_or_default();
+            assert!(age < Duration::from_millis(1000), "good endpoint went stale: {age:?}");
+            let failures = log.send(GetFailures).await.ok()?;
+            let timeouts = failures.get(&EndpointId::new("Silent")).map_or(0, Vec::len);
+            let all_failed = expected.iter().all(|(id, _)| failures.contains_key(&EndpointId::new(id)));
+            (timeouts >= 3 && all_failed).then_some(failures)
         }
+    })
+    .await;
+    for (id, reason) in &expected {
+        let errors = &failures[&EndpointId::new(id)];
+        assert!(errors.iter().all(|e| e.contains(reason)), "{id} fails with {reason:?}: {errors:?}");
     }
-    assert!(worst_age < Duration::from_millis(1000), "good endpoint went stale: {worst_age:?}");
+    assert!(!failures.contains_key(&good), "the good endpoint never failed: {:?}", failures.get(&good));
     let v = board.send(GetBoard).await.expect("board");
-    for id in ["Silent", "Endless", "Garbage", "ServerError", "NotUtf8", "Hangup", "Refused"] {
+    for (id, _) in &expected {
         let state = v.states.get(&EndpointId::new(id)).cloned().unwrap_or_default();
         assert_eq!(state, MetricsState::Unknown, "{id} must never look scraped");
     }
-    assert!(v.failed >= 7, "failures were published: {}", v.failed);
 }
 
 #[actix_rt::test]
@@ -176,19 +252,23 @@ async fn reassignment_starts_and_stops_actors() {
     let (board, sink) = Board::start_sink();
     let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
     sup.do_send(AssignEndpoints(vec![a.clone()]));
+    wait_for("a scraped", Duration::from_secs(10), || last_scraped(&board, &a.id)).await;
     sup.do_send(AssignEndpoints(vec![b.clone()]));
     let state = sup.send(GetState).await.expect("state");
     assert_eq!(state.scraping.keys().collect::<Vec<_>>(), ["b"]);
     assert_eq!((state.started, state.stopped), (2, 1));
-    // a stops being scraped: its sample (if any) ages while b stays fresh.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let v = board.send(GetBoard).await.expect("board");
-    let now = SystemTime::now();
-    let age_b = v.states.get(&b.id).and_then(|s| s.age(now)).expect("b scraped");
-    assert!(age_b < Duration::from_millis(300), "{age_b:?}");
-    if let Some(age_a) = v.states.get(&a.id).and_then(|s| s.age(now)) {
-        assert!(age_a > Duration::from_millis(250), "a still scraped: {age_a:?}");
-    }
+    // The supervisor has handled the switch: a's actor has been told to stop.
+    let switched = SystemTime::now();
+    // b's scrapes go on well past the switch (8 intervals); a's stopped at it. A tick of a's may
+    // have fired before the stop was handled, so its fetch may land up to 2 intervals later.
+    let b_at = wait_for("b scraped well after the switch", Duration::from_secs(10), || async {
+        last_scraped(&board, &b.id).await.filter(|t| *t > switched + 8 * INTERVAL)
+    })
+    .await;
+    let a_at = last_scraped(&board, &a.id).await.expect("a's sample stays on the board");
+    let late = a_at.duration_since(switched).unwrap_or_default();
+    let b_late = b_at.duration_since(switched).unwrap_or_default();
+    assert!(late <= 2 * INTERVAL, "a still scraped {late:?} after the switch (b: {b_late:?})");
     // Changing the engine of an endpoint restarts its actor with the new mapping.
     let mut b2 = b.clone();
     b2.engine = "sglang".into();
@@ -202,19 +282,13 @@ async fn reassignment_starts_and_stops_actors() {
 /// aggregator's publish timer running in the process, scraping every endpoint forever.
 #[actix_rt::test]
 async fn shut_down_roles_stop_scraping() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    // A /metrics server that counts the connections it gets and hangs up.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::Relaxed);
-            drop(sock);
-        }
-    });
+    let (addr, hits) = counting_server().await;
+    // The reference: a scraper of our own, at the roles' interval, on a second counting server.
+    let (clock_addr, clock) = counting_server().await;
+    let reference = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), Board::start_sink().1)
+        .expect("sup")
+        .start();
+    reference.do_send(AssignEndpoints(vec![endpoint("clock", &clock_addr.to_string(), "vllm")]));
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("endpoints.yaml");
     let yaml = format!("endpoints:\n- name: counted\n  address: 127.0.0.1\n  port: {}\n", addr.port());
@@ -223,11 +297,7 @@ async fn shut_down_roles_stop_scraping() {
     let agg = switchyard::roles::start_aggregator(switchyard::roles::AggregatorOptions::local(file.clone()))
         .await
         .expect("aggregator");
-    let scraped = |n: usize| {
-        let hits = hits.clone();
-        async move { (hits.load(Ordering::Relaxed) >= n).then_some(()) }
-    };
-    wait_for("scrapes", Duration::from_secs(5), || scraped(3)).await;
+    count_reaches("scrapes by the aggregator", &hits, 3).await;
     agg.shutdown(Duration::from_secs(1)).await;
 
     let opts = switchyard::app::StandaloneOptions {
@@ -241,12 +311,19 @@ async fn shut_down_roles_stop_scraping() {
     };
     let standalone = switchyard::app::start_standalone(opts).await.expect("standalone");
     let before = hits.load(Ordering::Relaxed);
-    wait_for("scrapes", Duration::from_secs(5), || scraped(before + 3)).await;
+    count_reaches("scrapes by the standalone", &hits, before + 3).await;
     standalone.shutdown(Duration::from_secs(1)).await;
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after_shutdown = hits.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Shutdown is judged by scrape rounds of a reference scraper with the same interval, so a
+    // slow machine stretches the window instead of hiding stray scrapes.
+    let after_shutdown = {
+        let n = clock.load(Ordering::Relaxed);
+        // A scrape in flight at shutdown may still connect: let two rounds pass first.
+        count_reaches("2 reference scrapes", &clock, n + 2).await;
+        hits.load(Ordering::Relaxed)
+    };
+    let n = clock.load(Ordering::Relaxed);
+    count_reaches("10 reference scrapes", &clock, n + 10).await;
     assert_eq!(hits.load(Ordering::Relaxed), after_shutdown, "10 scrape intervals later, nothing scraped it");
 }
 

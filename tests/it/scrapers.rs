@@ -61,11 +61,14 @@ async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
         let s = snaps.borrow_and_update().clone();
         let owned = owned.clone();
         async move {
-            s.endpoints
+            // Every one of a's endpoints is in the snapshot and was scraped since a left.
+            let fresh = s
+                .endpoints
                 .iter()
                 .filter(|e| owned.contains(e.endpoint.id.as_str()))
-                .all(|e| e.metrics.sample().is_some_and(|x| x.scraped_at > left_at))
-                .then_some(())
+                .filter(|e| e.metrics.sample().is_some_and(|x| x.scraped_at > left_at))
+                .count();
+            (fresh == owned.len()).then_some(())
         }
     })
     .await;
