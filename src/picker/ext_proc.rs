@@ -61,7 +61,9 @@ impl ExternalProcessor for ExtProcService {
                         break;
                     }
                 };
-                let answers = stream.on_message(msg);
+                // Log lines while handling the message carry the request span (its request id).
+                let span = stream.span.clone();
+                let answers = span.in_scope(|| stream.on_message(msg));
                 let failed = answers.is_err();
                 for a in answers.unwrap_or_else(|s| vec![Err(s)]) {
                     if tx.send(a).await.is_err() {

@@ -50,6 +50,10 @@ pub struct ExtProcBenchArgs {
     /// HTTP/2 connections to the server (Envoy shares a few).
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
+    /// Run an OTLP trace sink here that counts the spans it receives (point
+    /// OTEL_EXPORTER_OTLP_ENDPOINT at it to measure the cost of tracing).
+    #[arg(long)]
+    pub otlp_sink: Option<std::net::SocketAddr>,
 }
 
 /// A synthetic pool: `n` endpoints with fresh, varied metrics.
@@ -393,6 +397,10 @@ pub fn chat_body(kib: usize) -> Vec<u8> {
 }
 
 pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
+    let sink = match args.otlp_sink {
+        Some(addr) => Some(crate::tools::otlp_sink::Collector::start_with(addr, false).await?.0),
+        None => None,
+    };
     let scheduler =
         Scheduler::new(SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2))?);
     let picker = Arc::new(Picker::new(
@@ -446,6 +454,11 @@ pub async fn run(args: ExtProcBenchArgs) -> anyhow::Result<()> {
             sy.1 / null.1,
             sy.2 / null.2
         );
+    }
+    if let Some(sink) = sink {
+        // What the export queue still holds arrives within its schedule delay.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("spans received by the OTLP sink: {}", sink.count());
     }
     Ok(())
 }

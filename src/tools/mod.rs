@@ -7,4 +7,5 @@ pub mod cpbench;
 pub mod demo;
 pub mod kube_fake;
 pub mod loadgen;
+pub mod otlp_sink;
 pub mod parse;

@@ -2,104 +2,16 @@
 //! test: an aggregator process and a picker process export to it; a request routed with a
 //! `traceparent` continues the caller's trace, and the control plane's spans are linked.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use tonic::{Request, Response, Status};
+use switchyard::tools::otlp_sink::Collector;
 
 use crate::envoy::{HttpRequest, send};
 use crate::etcd::free_port;
 use crate::support::{vllm_fleet, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// One span as received, flattened.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-    links: Vec<(Vec<u8>, Vec<u8>)>,
-    attributes: HashMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Received>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut out = self.spans.lock().expect("lock");
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                .map(value_string)
-                .unwrap_or_default();
-            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                out.push(Received {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent_span_id: span.parent_span_id,
-                    links: span.links.into_iter().map(|l| (l.trace_id, l.span_id)).collect(),
-                    attributes: span
-                        .attributes
-                        .into_iter()
-                        .filter_map(|kv| Some((kv.key, value_string(kv.value?.value.as_ref()?))))
-                        .collect(),
-                });
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-fn value_string(v: &AnyValue) -> String {
-    match v {
-        AnyValue::StringValue(s) => s.clone(),
-        AnyValue::IntValue(i) => i.to_string(),
-        AnyValue::DoubleValue(d) => d.to_string(),
-        AnyValue::BoolValue(b) => b.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-impl Collector {
-    async fn start() -> (Collector, u16) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let collector = Collector::default();
-        let svc = TraceServiceServer::new(collector.clone());
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
-        (collector, port)
-    }
-
-    fn spans(&self) -> Vec<Received> {
-        self.spans.lock().expect("lock").clone()
-    }
-}
 
 struct Proc(Child);
 
@@ -136,7 +48,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[actix_rt::test]
 async fn a_routed_request_and_the_control_plane_arrive_as_linked_spans() {
-    let (collector, otlp) = Collector::start().await;
+    let (collector, otlp) = Collector::start("127.0.0.1:0".parse().expect("addr")).await.expect("otlp sink");
+    let otlp = otlp.port();
     let dir = tempfile::tempdir().expect("dir");
     let (_fleet, file) = vllm_fleet(2, dir.path()).await;
     let control = free_port();
