@@ -188,6 +188,11 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     let mut metrics_registry = Registry::default();
     crate::telemetry::register_metrics(&mut metrics_registry);
     let picker_metrics = PickerMetrics::new(&mut metrics_registry);
+    if let crate::discovery::PoolSource::Kubernetes(k) = &opts.pool
+        && let crate::discovery::kubernetes::PoolRef::Pool { name, .. } = &k.pool
+    {
+        picker_metrics.set_pool_name(name);
+    }
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), picker_metrics));
     let readiness = Arc::new(Readiness::default());
 
