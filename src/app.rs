@@ -61,6 +61,8 @@ pub struct StandaloneOptions {
     /// Connections must send the HTTP/2 preface (after TLS, if any) within this.
     pub handshake_timeout: Duration,
     pub picker: PickerSettings,
+    /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
+    pub metrics_auth: crate::metrics_auth::MetricsAuth,
 }
 
 impl Default for StandaloneOptions {
@@ -80,6 +82,7 @@ impl Default for StandaloneOptions {
             tls: Tls::SelfSigned,
             handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             picker: PickerSettings::default(),
+            metrics_auth: Default::default(),
         }
     }
 }
@@ -185,6 +188,11 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
     let mut metrics_registry = Registry::default();
     crate::telemetry::register_metrics(&mut metrics_registry);
     let picker_metrics = PickerMetrics::new(&mut metrics_registry);
+    if let crate::discovery::PoolSource::Kubernetes(k) = &opts.pool
+        && let crate::discovery::kubernetes::PoolRef::Pool { name, .. } = &k.pool
+    {
+        picker_metrics.set_pool_name(name);
+    }
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), picker_metrics));
     let readiness = Arc::new(Readiness::default());
 
@@ -216,6 +224,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> anyhow::Result<Standal
             metrics_port: opts.metrics_port,
             tls: opts.tls.clone(),
             handshake_timeout: opts.handshake_timeout,
+            metrics_auth: opts.metrics_auth.clone(),
         },
     )
     .await?;
@@ -245,6 +254,8 @@ pub struct ServeOptions {
     /// Connections to the ext-proc and health ports must complete the TLS handshake (if any)
     /// and then send the HTTP/2 preface, each within this (`--handshake-timeout`).
     pub handshake_timeout: Duration,
+    /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
+    pub metrics_auth: crate::metrics_auth::MetricsAuth,
 }
 
 /// The picker's servers: ext-proc (+ health) on one port, health, metrics; stopped together.
@@ -351,14 +362,16 @@ pub async fn serve_picker(
             tracing::error!(error = %e, "health server failed");
         }
     }));
-    servers.push(serve_metrics(metrics_listener, Arc::new(metrics_registry), stopped()));
+    servers.push(serve_metrics(metrics_listener, Arc::new(metrics_registry), opts.metrics_auth.clone(), stopped()));
     Ok(PickerServers { ext_proc_addr, health_addr, metrics_addr, stop, servers })
 }
 
-/// Serves `registry` as OpenMetrics text on `GET /metrics` until `stop` resolves.
+/// Serves `registry` as OpenMetrics text on `GET /metrics`, and `PUT /debug/log-level`, until
+/// `stop` resolves; both behind `auth` (401 without the bearer token when it is enabled).
 pub fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Arc<prometheus_client::registry::Registry>,
+    auth: crate::metrics_auth::MetricsAuth,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -388,7 +401,20 @@ pub fn serve_metrics(
                         )
                     }
                 }),
-            );
+            )
+            // Every route of this port: /metrics and /debug/*.
+            .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let allowed = auth.check(req.headers());
+                async move {
+                    match allowed {
+                        Ok(()) => next.run(req).await,
+                        Err(status) => {
+                            let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+                            axum::response::IntoResponse::into_response((status, challenge, "unauthorized\n"))
+                        }
+                    }
+                }
+            }));
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

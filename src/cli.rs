@@ -31,6 +31,15 @@ pub(crate) struct Cli {
     /// connects to nothing.
     #[arg(long, global = true)]
     pub(crate) check_config: bool,
+    /// Guard `/metrics` and `/debug/*` on every role's metrics port with a bearer token (read
+    /// from --metrics-token-file at each request). Upstream's flag; default false here: Switchyard
+    /// does no Kubernetes TokenReview, and a token needs a Secret you create (docs/operations.md).
+    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) metrics_endpoint_auth: bool,
+    /// File holding the bearer token for --metrics-endpoint-auth (re-read at each request, so a
+    /// rotated Secret applies without a restart).
+    #[arg(long, global = true)]
+    pub(crate) metrics_token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -422,6 +431,7 @@ impl ServeArgs {
                 (true, Some(dir)) => Tls::Files { dir: dir.clone(), reload: self.enable_cert_reload },
             },
             handshake_timeout: self.handshake_timeout,
+            metrics_auth: Default::default(),
         }
     }
 }

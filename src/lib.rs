@@ -24,6 +24,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod metrics_age;
+pub mod metrics_auth;
 pub mod model;
 pub mod picker;
 pub mod preface;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use switchyard::config;
+use switchyard::metrics_auth::MetricsAuth;
 use switchyard::sim;
 use switchyard::telemetry;
 use switchyard::tools;
@@ -35,6 +36,13 @@ fn main() -> ExitCode {
         telemetry::init(&filter, json, None);
         return check::run(&cli.command);
     }
+    let metrics_auth = match MetricsAuth::from_flags(cli.metrics_endpoint_auth, cli.metrics_token_file.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     match cli.command {
         Command::Metrics(MetricsCommand::Parse(args)) => {
             telemetry::init(&filter, json, None);
@@ -45,7 +53,7 @@ fn main() -> ExitCode {
             // The demo prints a table: role logs below warnings would land in the middle of it.
             let quiet_demo = matches!(command, Command::Demo(_)) && cli.log.is_none() && cli.verbosity.is_none();
             let filter = if quiet_demo { "warn".to_string() } else { filter };
-            run_async(command, Logging { filter, json, tracing: cli.tracing })
+            run_async(command, Logging { filter, json, tracing: cli.tracing, metrics_auth })
         }
     }
 }
@@ -56,6 +64,8 @@ struct Logging {
     json: bool,
     /// `--tracing` as given.
     tracing: Option<bool>,
+    /// `--metrics-endpoint-auth` / `--metrics-token-file`, for every role's metrics port.
+    metrics_auth: MetricsAuth,
 }
 
 /// The role name traces carry (`service.name` = `switchyard-<role>` unless OTEL_SERVICE_NAME).
@@ -109,11 +119,11 @@ fn run_async(command: Command, logging: Logging) -> ExitCode {
         let telemetry = telemetry::init(&logging.filter, logging.json, traces.as_ref());
         let result = match command {
             Command::Demo(args) => tools::demo::run(args).await,
-            Command::Standalone(args) => run_standalone(*args).await,
+            Command::Standalone(args) => run_standalone(*args, logging.metrics_auth).await,
             Command::Gateway(args) => run_gateway(args).await,
-            Command::Aggregator(args) => run_aggregator(*args).await,
-            Command::Picker(args) => run_picker(*args).await,
-            Command::Scraper(args) => run_scraper(*args).await,
+            Command::Aggregator(args) => run_aggregator(*args, logging.metrics_auth).await,
+            Command::Picker(args) => run_picker(*args, logging.metrics_auth).await,
+            Command::Scraper(args) => run_scraper(*args, logging.metrics_auth).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Bench(cmd) => tools::bench::run(cmd).await,
             Command::Metrics(_) | Command::Crds(_) => unreachable!("handled synchronously"),
@@ -143,7 +153,7 @@ fn run_async(command: Command, logging: Logging) -> ExitCode {
     }
 }
 
-async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+async fn run_standalone(args: StandaloneArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::app::{self, StandaloneOptions};
     let picker = args.scheduling.settings(&args.inference_objectives)?;
     let _ = args.health_checking;
@@ -163,6 +173,7 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         tls: serve.tls,
         handshake_timeout: serve.handshake_timeout,
         picker,
+        metrics_auth,
     };
     let handle = app::start_standalone(opts).await?;
     shutdown_signal().await;
@@ -171,7 +182,7 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
+async fn run_aggregator(args: AggregatorArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::roles::{AggregatorOptions, start_aggregator};
     let handle = start_aggregator(AggregatorOptions {
         host: args.listen_host,
@@ -188,6 +199,7 @@ async fn run_aggregator(args: AggregatorArgs) -> anyhow::Result<()> {
         etcd: args.etcd.settings()?,
         remote_scrapers: args.remote_scrapers,
         handshake_timeout: args.handshake_timeout,
+        metrics_auth,
     })
     .await?;
     shutdown_signal().await;
@@ -211,7 +223,7 @@ pub(crate) fn leader_source(
     }
 }
 
-async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
+async fn run_scraper(args: ScraperArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::roles::{ScraperOptions, start_scraper};
     let leader = leader_source(&args.etcd, &args.aggregators)?;
     let handle = start_scraper(ScraperOptions {
@@ -223,6 +235,7 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
         metric_flags: args.metric_flags.to_flags(),
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         scrape_timeout: args.scrape.scrape_timeout,
+        metrics_auth,
     })
     .await?;
     shutdown_signal().await;
@@ -230,11 +243,11 @@ async fn run_scraper(args: ScraperArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_picker(args: PickerArgs) -> anyhow::Result<()> {
+async fn run_picker(args: PickerArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::roles::{PickerOptions, start_picker};
     let leader = leader_source(&args.etcd, &args.aggregators)?;
     let handle = start_picker(PickerOptions {
-        serve: args.serve.options(),
+        serve: switchyard::app::ServeOptions { metrics_auth, ..args.serve.options() },
         config_file: args.config.config_file,
         config_text: args.config.config_text,
         metrics_staleness_threshold: args.metrics_staleness_threshold,

@@ -25,6 +25,7 @@ use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
 use crate::discovery::PoolSource;
 use crate::health::{HealthService, Readiness};
+use crate::metrics_auth::MetricsAuth;
 use crate::model::Snapshot;
 use crate::picker::subscribe::{self, LeaderSource};
 use crate::picker::{Picker, PickerMetrics, PickerSettings};
@@ -55,6 +56,8 @@ pub struct AggregatorOptions {
     pub remote_scrapers: bool,
     /// Connections to the control and health ports must send the HTTP/2 preface within this.
     pub handshake_timeout: Duration,
+    /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
+    pub metrics_auth: MetricsAuth,
 }
 
 impl AggregatorOptions {
@@ -76,6 +79,7 @@ impl AggregatorOptions {
             etcd: None,
             remote_scrapers: false,
             handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
+            metrics_auth: MetricsAuth::disabled(),
         }
     }
 }
@@ -192,7 +196,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    tasks.push(app::serve_metrics(metrics_listener, Arc::new(metrics_registry), signal));
+    tasks.push(app::serve_metrics(metrics_listener, Arc::new(metrics_registry), opts.metrics_auth.clone(), signal));
     tracing::info!(%control_addr, %health_addr, %metrics_addr, "aggregator serving");
     Ok(AggregatorHandle {
         control_addr,
@@ -229,6 +233,7 @@ impl PickerOptions {
                 metrics_port: 0,
                 tls: crate::app::Tls::Plaintext,
                 handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
+                metrics_auth: MetricsAuth::disabled(),
             },
             config_file: None,
             config_text: None,
@@ -292,6 +297,8 @@ pub struct ScraperOptions {
     pub metric_flags: MetricFlags,
     pub refresh_metrics_interval: Duration,
     pub scrape_timeout: Duration,
+    /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
+    pub metrics_auth: MetricsAuth,
 }
 
 pub struct ScraperHandle {
@@ -338,7 +345,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
         let signal = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        app::serve_metrics(metrics_listener, Arc::new(metrics_registry), signal)
+        app::serve_metrics(metrics_listener, Arc::new(metrics_registry), opts.metrics_auth.clone(), signal)
     };
     let task = tokio::spawn(remote::run(
         opts.leader.clone(),

@@ -267,7 +267,7 @@ impl StreamState {
     }
 
     fn error(&self, e: PickError) -> ProcessingResponse {
-        self.picker.metrics.record_error(&e);
+        self.picker.metrics.record_error(&e, &self.incoming_model, &self.target_model);
         tracing::debug!(request_id = %self.request_id, error = %e, "request rejected");
         let (status, code) = e.status();
         proto::immediate(status, code, &e.to_string())
@@ -383,11 +383,12 @@ impl StreamState {
             }
             decision.map(|(d, e)| (Ok(d), e)).unwrap_or_else(|e| (Err(e), None))
         };
-        let decision = decision.map_err(|e| match e {
-            ScheduleError::NoCandidates => PickError::NoCandidates,
-            ScheduleError::Saturated => PickError::Shed,
-            ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
-        })?;
+        let decision =
+            decision.inspect_err(|_| self.picker.metrics.record_schedule_failure()).map_err(|e| match e {
+                ScheduleError::NoCandidates => PickError::NoCandidates,
+                ScheduleError::Saturated => PickError::Shed,
+                ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
+            })?;
         let primary = decision.endpoints[0];
         super::trace::record_decision(&span, &view, primary, decision.load_agnostic, explanation.as_ref());
         let addresses: Vec<&str> =
@@ -398,6 +399,7 @@ impl StreamState {
         let rewritten = (self.target_model != self.incoming_model).then(|| parsed.with_model(&self.target_model));
         drop(parsed);
         let new_body = rewritten.unwrap_or(body);
+        self.picker.metrics.record_request(&self.incoming_model, &self.target_model, priority);
         self.picker.metrics.record_pick(
             &view.snapshot.endpoints[primary].endpoint.id,
             started.elapsed(),
@@ -430,7 +432,7 @@ impl StreamState {
             })
         };
         if get(":status").or_else(|| get("status")).is_some_and(|s| s != "200") {
-            self.picker.metrics.record_model_server_error();
+            self.picker.metrics.record_model_server_error(&self.incoming_model, &self.target_model);
         }
         self.streaming_response = get("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
         let mut set = vec![proto::header("x-went-into-resp-headers", b"true")];

@@ -26,8 +26,13 @@ pub struct PickerMetrics {
     picks: Family<Labels, Counter>,
     /// Decisions made without fresh load metrics.
     load_agnostic: Counter,
-    /// `inference_objective_request_error_total{error_code}`.
+    /// `inference_objective_request_error_total{model_name,target_model_name,error_code}`.
     errors: Family<Labels, Counter>,
+    /// `inference_objective_request_total{model_name,target_model_name,priority}`.
+    requests: Family<Labels, Counter>,
+    /// `inference_extension_scheduler_attempts_total{status}` (success | failure).
+    attempts_ok: Counter,
+    attempts_failed: Counter,
     input_tokens: Family<Labels, Histogram>,
     output_tokens: Family<Labels, Histogram>,
     snapshot_seq: Gauge,
@@ -46,15 +51,21 @@ pub struct PickerMetrics {
     /// The snapshot of the current view, for `switchyard_picker_endpoint_metrics_age_seconds`
     /// (computed at each scrape of /metrics).
     held: Arc<arc_swap::ArcSwap<Snapshot>>,
+    /// The `name` label of the `inference_pool_*` gauges.
+    pool: Arc<arc_swap::ArcSwap<String>>,
 }
 
 impl PickerMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = PickerMetrics {
-            decision: Histogram::new(exponential_buckets(1e-5, 2.0, 18)),
+            // Upstream's buckets (0.1 ms .. 100 ms).
+            decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
             picks: Family::default(),
             load_agnostic: Counter::default(),
             errors: Family::default(),
+            requests: Family::default(),
+            attempts_ok: Counter::default(),
+            attempts_failed: Counter::default(),
             input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
             output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
             snapshot_seq: Gauge::default(),
@@ -67,7 +78,25 @@ impl PickerMetrics {
             limit_refusals: Family::default(),
             pending_header_bytes: Gauge::default(),
             held: Arc::new(arc_swap::ArcSwap::new(Snapshot::empty())),
+            pool: Arc::new(arc_swap::ArcSwap::from_pointee(super::pool_metrics::DEFAULT_POOL_NAME.to_string())),
         };
+        registry.register_collector(Box::new(super::pool_metrics::PoolGauges {
+            held: m.held.clone(),
+            pool: m.pool.clone(),
+            // Upstream counts a pod ready when its metrics are fresher than 2 s.
+            fresh_within: Duration::from_secs(2),
+        }));
+        registry.register(
+            "inference_objective_request",
+            "Requests scheduled, by model, target model and priority",
+            m.requests.clone(),
+        );
+        registry.register(
+            "inference_extension_scheduler_attempts",
+            "Scheduling attempts by status (success, failure)",
+            AttemptsFamily { ok: m.attempts_ok.clone(), failed: m.attempts_failed.clone() },
+        );
+
         let held = m.held.clone();
         crate::metrics_age::MetricsAge::register(
             registry,
@@ -87,7 +116,7 @@ impl PickerMetrics {
         );
         registry.register(
             "inference_objective_request_error",
-            "Requests answered with an error, by code",
+            "Requests answered with an error, by model, target model and code",
             m.errors.clone(),
         );
         registry.register("inference_objective_input_tokens", "Prompt tokens per request", m.input_tokens.clone());
@@ -165,26 +194,44 @@ impl PickerMetrics {
 
     pub(super) fn record_pick(&self, endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
         self.decision.observe(took.as_secs_f64());
+        self.attempts_ok.inc();
         self.picks.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).inc();
         if load_agnostic {
             self.load_agnostic.inc();
         }
     }
 
-    pub(super) fn record_error(&self, e: &PickError) {
-        let (status, code) = e.status();
+    /// The `name` label of the `inference_pool_*` gauges (`--pool-name`).
+    pub fn set_pool_name(&self, name: &str) {
+        self.pool.store(Arc::new(name.to_string()));
+    }
+
+    /// `model`/`target` are empty when the error came before the body was parsed.
+    pub(super) fn record_error(&self, e: &PickError, model: &str, target: &str) {
+        let (_, code) = e.status();
         if let PickError::Limit(l) = e {
             self.limit_refusals.get_or_create(&vec![("limit".into(), l.limit().into())]).inc();
         }
-        self.errors
-            .get_or_create(&vec![("error_code".into(), code.to_string()), ("status".into(), status.to_string())])
-            .inc();
+        self.errors.get_or_create(&error_labels(model, target, code)).inc();
     }
 
-    pub(super) fn record_model_server_error(&self) {
-        self.errors
-            .get_or_create(&vec![("error_code".into(), "ModelServerError".into()), ("status".into(), "".into())])
-            .inc();
+    pub(super) fn record_model_server_error(&self, model: &str, target: &str) {
+        self.errors.get_or_create(&error_labels(model, target, "ModelServerError")).inc();
+    }
+
+    /// A request scheduled (`inference_objective_request_total`).
+    pub(super) fn record_request(&self, model: &str, target: &str, priority: i32) {
+        let labels = vec![
+            ("model_name".into(), model.to_string()),
+            ("target_model_name".into(), target.to_string()),
+            ("priority".into(), priority.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// The scheduler found no endpoint (`inference_extension_scheduler_attempts_total{status="failure"}`).
+    pub(super) fn record_schedule_failure(&self) {
+        self.attempts_failed.inc();
     }
 
     pub(super) fn record_usage(&self, model: &str, target: &str, u: Usage) {
@@ -202,5 +249,38 @@ impl PickerMetrics {
         let published = s.published_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         self.snapshot_published.set(published.as_secs_f64());
         self.prefix_entries.set(prefix_entries as i64);
+    }
+}
+
+/// `inference_extension_scheduler_e2e_duration_seconds` and `_plugin_duration_seconds` buckets, as
+/// upstream.
+const SCHEDULER_BUCKETS: [f64; 10] = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+
+fn error_labels(model: &str, target: &str, code: &str) -> Labels {
+    vec![
+        ("model_name".into(), model.to_string()),
+        ("target_model_name".into(), target.to_string()),
+        ("error_code".into(), code.to_string()),
+    ]
+}
+
+/// The two series of `inference_extension_scheduler_attempts_total`, each a plain counter so a
+/// pick increments without building labels.
+#[derive(Debug, Clone)]
+struct AttemptsFamily {
+    ok: Counter,
+    failed: Counter,
+}
+
+impl prometheus_client::encoding::EncodeMetric for AttemptsFamily {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (status, c) in [("success", &self.ok), ("failure", &self.failed)] {
+            c.encode(encoder.encode_family(&[("status", status)])?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
     }
 }

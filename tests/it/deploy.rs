@@ -53,3 +53,61 @@ fn chart_crds_match_the_rust_types() {
         assert!(text == yaml, "{name} differs from the Rust types; {hint}");
     }
 }
+
+/// Every metric the dashboard's and the alert rules' expressions name is one a running standalone
+/// exports (after a routed request and an error), and the rules have Prometheus's rule-file shape.
+#[actix_rt::test]
+async fn dashboard_and_alerts_name_only_exported_metrics() {
+    use crate::envoy::{HttpRequest, Sandbox, send};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("dashboards/switchyard.json")).expect("dashboard"))
+            .expect("dashboard JSON");
+    let rules: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root.join("alerts/switchyard.yaml")).expect("rules"))
+            .expect("rules YAML");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dashboard["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let groups = rules["groups"].as_array().expect("groups");
+    assert!(!groups.is_empty());
+    for g in groups {
+        assert!(g["name"].is_string(), "a group has a name");
+        for r in g["rules"].as_array().expect("rules") {
+            assert!(r["alert"].is_string(), "{r}");
+            exprs.push(r["expr"].as_str().expect("expr").to_string());
+        }
+    }
+
+    let fleet =
+        switchyard::sim::FleetConfig { fleet: vec![(switchyard::sim::Flavor::VllmV1, 2)], ..Default::default() };
+    let sb = Sandbox::start(fleet, None, |_| {}).await;
+    let mut c = sb.client().await;
+    let _ = send(&mut c, &HttpRequest::chat("meta-llama/Llama-3.1-8B-Instruct", "hello")).await;
+    let bad = HttpRequest { body: b"{".to_vec(), path: "/v1/chat/completions".into(), chunks: 1, ..Default::default() };
+    let _ = send(&mut c, &bad).await;
+    let text = crate::support::client()
+        .get(format!("http://{}/metrics", sb.epp().metrics_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for expr in &exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.starts_with("inference_") || w.starts_with("switchyard_"));
+        for name in names {
+            assert!(exported.contains(name), "{name} (in {expr}) is not exported\n{text}");
+        }
+    }
+}

@@ -97,6 +97,7 @@ async fn remote_scrapers_are_reassigned_when_the_set_changes() {
         metric_flags: Default::default(),
         refresh_metrics_interval: POLL,
         scrape_timeout: Duration::from_secs(1),
+        metrics_auth: Default::default(),
     })
     .await
     .expect("scraper");

@@ -14,6 +14,7 @@ mod hostile_extproc;
 mod https_scrape;
 mod kube_fake;
 mod kubernetes;
+mod metrics_names;
 mod picker;
 mod scrape;
 mod scrapers;

@@ -340,9 +340,18 @@ async fn operator_metrics_are_exposed() {
         .await
         .expect("text");
     assert!(text.contains(&format!("switchyard_picker_picks_total{{endpoint=\"{name}\"}} 1")), "{text}");
-    assert!(text.contains("inference_objective_request_error_total{error_code=\"BadRequest\",status=\"400\"} 1"));
+    assert!(
+        text.contains(
+            "inference_objective_request_error_total{model_name=\"\",target_model_name=\"\",error_code=\"BadRequest\"} 1"
+        ),
+        "{text}"
+    );
     assert!(text.contains("switchyard_scrape_duration_seconds_count{endpoint=\"sim-vllm-v1-0\"}"), "{text}");
     assert!(text.contains("inference_extension_scheduler_e2e_duration_seconds_count 1"));
     assert!(text.contains("switchyard_picker_snapshot_endpoints 2"));
+    let f = crate::metrics_names::families(&text);
+    let upstream: Vec<String> = ["model_name", "priority", "target_model_name"].map(String::from).to_vec();
+    assert!(f["inference_objective_request"].contains(&upstream), "{text}");
+    assert!(text.contains("inference_extension_scheduler_attempts_total{status=\"success\"} 1"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"));
 }

@@ -1,0 +1,147 @@
+//! The metrics ports: upstream's metric names and label sets, and `--metrics-endpoint-auth`.
+
+use std::time::Duration;
+
+use switchyard::metrics_auth::MetricsAuth;
+use switchyard::roles::{AggregatorOptions, start_aggregator};
+
+use crate::support::{client, vllm_fleet};
+
+async fn status(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.expect("request").status().as_u16()
+}
+
+/// Every role's metrics port answers 401 on `/metrics` and `/debug/*` without the token from the
+/// file, and reads a rotated token at the next request.
+#[actix_rt::test]
+async fn metrics_ports_require_the_bearer_token_when_auth_is_on() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_fleet, file) = vllm_fleet(1, dir.path()).await;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").expect("token");
+    let auth = MetricsAuth::bearer_token_file(&token);
+    let standalone = switchyard::app::start_standalone(switchyard::app::StandaloneOptions {
+        host: [127, 0, 0, 1].into(),
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        pool: switchyard::discovery::PoolSource::file(file.clone()),
+        tls: switchyard::app::Tls::Plaintext,
+        metrics_auth: auth.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("standalone");
+    let agg = start_aggregator(AggregatorOptions { metrics_auth: auth, ..AggregatorOptions::local(file) })
+        .await
+        .expect("aggregator");
+    let c = client();
+    for addr in [standalone.metrics_addr, agg.metrics_addr] {
+        let metrics = format!("http://{addr}/metrics");
+        let level = format!("http://{addr}/debug/log-level");
+        assert_eq!(status(c.get(&metrics)).await, 401, "{addr}: no token");
+        assert_eq!(status(c.get(&metrics).bearer_auth("wrong")).await, 401, "{addr}: wrong token");
+        assert_eq!(status(c.put(&level).body("info")).await, 401, "{addr}: /debug/* is guarded too");
+        let ok = c.get(&metrics).bearer_auth("first-token").send().await.expect("metrics");
+        assert_eq!(ok.status().as_u16(), 200);
+        assert!(ok.text().await.expect("text").trim_end().ends_with("# EOF"));
+    }
+    // Rotation applies at the next request, without a restart.
+    std::fs::write(&token, "second-token").expect("rotate");
+    let metrics = format!("http://{}/metrics", standalone.metrics_addr);
+    assert_eq!(status(c.get(&metrics).bearer_auth("first-token")).await, 401);
+    assert_eq!(status(c.get(&metrics).bearer_auth("second-token")).await, 200);
+    agg.shutdown(Duration::from_secs(1)).await;
+    standalone.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Family name (without `_total`, `_bucket`, … suffixes as declared by `# TYPE`) → the label names
+/// of its series (without `le`), parsed from OpenMetrics text.
+pub fn families(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<String>>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<String>>> = Default::default();
+    let mut declared: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap_or_default().to_string();
+            out.entry(name.clone()).or_default();
+            declared.push(name);
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, labels) = match line.split_once('{') {
+            Some((n, rest)) => (n, rest.split_once('}').map(|(l, _)| l).unwrap_or_default()),
+            None => (line.split_whitespace().next().unwrap_or_default(), ""),
+        };
+        let family = declared.iter().rev().find(|d| series.starts_with(d.as_str())).cloned().unwrap_or_default();
+        let mut names: Vec<String> = labels
+            .split("\",")
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.trim().to_string()))
+            .filter(|k| k != "le" && !k.is_empty())
+            .collect();
+        names.sort();
+        out.entry(family).or_default().insert(names);
+    }
+    out
+}
+
+/// Upstream's names and label sets, parsed from a standalone's exposition after a routed
+/// request and an error.
+#[actix_rt::test]
+async fn upstream_names_and_label_sets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_fleet, file) = vllm_fleet(2, dir.path()).await;
+    let standalone = switchyard::app::start_standalone(switchyard::app::StandaloneOptions {
+        host: [127, 0, 0, 1].into(),
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        pool: switchyard::discovery::PoolSource::file(file),
+        tls: switchyard::app::Tls::Plaintext,
+        ..Default::default()
+    })
+    .await
+    .expect("standalone");
+    let url = format!("http://{}/metrics", standalone.metrics_addr);
+    let text = crate::support::wait_for("two ready pods", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let t = client().get(&url).send().await.ok()?.text().await.ok()?;
+            t.contains("inference_pool_ready_pods{name=\"switchyard\"} 2").then_some(t)
+        }
+    })
+    .await;
+    let f = families(&text);
+    let labels = |names: &[&str]| {
+        let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let expect = |family: &str, names: &[&str]| {
+        let sets = f.get(family).unwrap_or_else(|| panic!("{family} not exported\n{text}"));
+        assert!(sets.iter().all(|s| *s == labels(names)), "{family}: {sets:?}, want {names:?}");
+    };
+    expect("inference_pool_average_kv_cache_utilization", &["name"]);
+    expect("inference_pool_average_queue_size", &["name"]);
+    expect("inference_pool_average_running_requests", &["name"]);
+    expect("inference_pool_ready_pods", &["name"]);
+    expect("inference_pool_per_pod_queue_size", &["name", "model_server_pod"]);
+    expect("inference_extension_info", &["commit", "build_ref"]);
+    expect("inference_extension_scheduler_e2e_duration_seconds", &[]);
+    expect("inference_extension_scheduler_attempts", &["status"]);
+    expect("inference_extension_prefix_indexer_size", &[]);
+    assert!(!f["inference_pool_per_pod_queue_size"].is_empty(), "a series per pod\n{text}");
+    // Families that get series once requests arrive (picker.rs `operator_metrics_are_exposed`
+    // sends some): upstream's labels when present.
+    for (family, names) in [
+        ("inference_objective_request", &["model_name", "target_model_name", "priority"][..]),
+        ("inference_objective_request_error", &["model_name", "target_model_name", "error_code"][..]),
+        ("inference_objective_input_tokens", &["model_name", "target_model_name"][..]),
+        ("inference_objective_output_tokens", &["model_name", "target_model_name"][..]),
+    ] {
+        let Some(sets) = f.get(family) else { continue };
+        assert!(sets.iter().all(|s| *s == labels(names)), "{family}: {sets:?}");
+    }
+    standalone.shutdown(Duration::from_secs(1)).await;
+}
