@@ -71,9 +71,11 @@ impl Stream {
         Stream { tx, rx }
     }
 
-    /// The next answer, which must come within 5 s.
+    /// The next answer, which must come (a generous bound: 32 MiB messages are slow to encode in
+    /// debug builds on a loaded 2-core machine).
     async fn answer(&mut self) -> Result<Answer, tonic::Status> {
-        let next = tokio::time::timeout(Duration::from_secs(5), self.rx.message()).await.expect("an answer within 5 s");
+        let next =
+            tokio::time::timeout(Duration::from_secs(30), self.rx.message()).await.expect("an answer within 30 s");
         next.map(|m| m.expect("an answer, not the end").response.expect("a response case"))
     }
 
