@@ -324,7 +324,7 @@ mod tests {
                 scope.spawn(move || {
                     // Chains of 8 blocks; every endpoint shares block 0 with the others.
                     for n in 0..500u64 {
-                        let base = (t as u64 + 1) << 32 | n * 8;
+                        let base = ((t as u64 + 1) << 32) | (n * 8);
                         let mut chain: Vec<u64> = (0..8).map(|k| base + k).collect();
                         chain[0] = 0;
                         idx.insert(e, &chain, 40);
@@ -342,7 +342,7 @@ mod tests {
         });
         assert_eq!(idx.len(), 4 * 40);
         for (t, e) in ids.iter().enumerate() {
-            let base = (t as u64 + 1) << 32 | 499 * 8;
+            let base = ((t as u64 + 1) << 32) | (499 * 8);
             let newest: Vec<u64> = (1..8).map(|k| base + k).collect();
             assert_eq!(idx.match_lengths(&newest), vec![(e.clone(), 7)]);
         }
