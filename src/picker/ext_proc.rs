@@ -370,15 +370,16 @@ impl StreamState {
         let mut rng = self.picker.rng();
         let span = super::trace::schedule_span(&self.span, &view, candidates.len());
         let explain = super::trace::is_sampled(&span);
+        // No lock around the decision: the prefix index is shared (sharded inside), so streams
+        // hash, look up and score in parallel.
         let (decision, explanation) = {
-            let mut prefix = self.picker.prefix.lock().unwrap_or_else(|p| p.into_inner());
-            let v = View { snapshot: &view.snapshot, local: &local, prefix: &prefix, now };
+            let v = View { snapshot: &view.snapshot, local: &local, prefix: &self.picker.prefix, now };
             let decision = self.picker.scheduler.schedule_explained(&v, &candidates, &features, &mut rng, explain);
             if let Ok((d, _)) = &decision {
                 let primary = d.endpoints[0];
                 let capacity = self.picker.scheduler.prefix_capacity(&view.snapshot, primary);
                 let id = &view.snapshot.endpoints[primary].endpoint.id;
-                prefix.insert(id, &d.prefix_hashes, capacity);
+                self.picker.prefix.insert(id, &d.prefix_hashes, capacity);
                 self.picker.note_routed(id, &d.prefix_hashes);
             }
             decision.map(|(d, e)| (Ok(d), e)).unwrap_or_else(|e| (Err(e), None))

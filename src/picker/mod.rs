@@ -4,8 +4,8 @@
 //! Inputs: snapshots, each handed to [`Picker::accept`] in order (by the in-process aggregator's
 //! feed in standalone mode, by the leader's stream in [`subscribe`] otherwise). Output: routing
 //! answers to Envoy. The request path reads an `Arc<PickerView>` (`ArcSwap::load_full`)
-//! and never awaits a lock, an actor or the control plane; the prefix index sits behind a short
-//! synchronous mutex. It does not scrape, discover or elect anything.
+//! and never awaits a lock, an actor or the control plane; the prefix index is shared without an
+//! outer lock (sharded inside, see [`PrefixIndex`]). It does not scrape, discover or elect anything.
 
 mod ext_proc;
 pub mod limits;
@@ -102,7 +102,7 @@ impl PickError {
 pub struct Picker {
     pub view: Arc<ArcSwap<PickerView>>,
     pub scheduler: Scheduler,
-    pub prefix: Mutex<PrefixIndex>,
+    pub prefix: PrefixIndex,
     pub settings: PickerSettings,
     pub metrics: PickerMetrics,
     /// Header bytes held by the streams not routed yet (`limits.max_pending_header_bytes`).
@@ -128,7 +128,7 @@ impl Picker {
         Picker {
             view: Arc::new(ArcSwap::from_pointee(PickerView::empty())),
             scheduler,
-            prefix: Mutex::new(PrefixIndex::new()),
+            prefix: PrefixIndex::new(),
             settings,
             metrics,
             header_budget,
@@ -205,10 +205,10 @@ impl Picker {
 
     /// O(endpoints + blocks) per snapshot.
     fn learn(&self, snapshot: &crate::model::Snapshot) {
-        // Built before taking the lock the request path shares.
         let index: HashMap<&crate::model::EndpointId, usize> =
             snapshot.endpoints.iter().enumerate().map(|(i, e)| (&e.endpoint.id, i)).collect();
-        let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        // Block by block: picks in the meantime see the index part-way through this update.
+        let prefix = &self.prefix;
         for b in &snapshot.routed_blocks {
             if let Some(&i) = index.get(&b.endpoint) {
                 let capacity = self.scheduler.prefix_capacity(snapshot, i);
@@ -220,7 +220,7 @@ impl Picker {
 
     /// Called when a new view is installed: updates the gauges.
     pub fn on_view(&self, view: &PickerView) {
-        let entries = self.prefix.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let entries = self.prefix.len();
         self.metrics.record_snapshot(view, entries);
     }
 }

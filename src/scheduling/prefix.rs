@@ -8,7 +8,9 @@
 //! (`autoTune`), else `lruCapacityPerServer` (upstream ignores that parameter; here it works).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::Hasher as _;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use xxhash_rust::xxh64::Xxh64;
 
@@ -46,19 +48,68 @@ pub fn hash_blocks(
         .collect()
 }
 
+/// Block hashes are xxh64 outputs already: one multiply and shift spreads them over a table's
+/// buckets and tag bits, where SipHash would cost more than the lookup itself.
+#[derive(Debug, Default)]
+struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys use this hasher; bytes are folded in for completeness.
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, h: u64) {
+        let x = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
+
+/// Shards of the reverse map. A lookup or insert holds one shard for one hash at a time, so
+/// readers and writers meet only when they touch the same shard at the same moment.
+const SHARDS: usize = 64;
+
 #[derive(Debug, Default)]
 struct ServerLru {
     capacity: usize,
     clock: u64,
-    stamps: HashMap<u64, u64>,
+    stamps: BlockMap<u64>,
     order: BTreeMap<u64, u64>,
+    /// Set by `retain` when the endpoint left the pool: an `insert` that raced it must not add
+    /// owners nobody would evict.
+    removed: bool,
 }
 
-/// The index. Not thread-safe by itself: the picker keeps it behind a short mutex.
-#[derive(Debug, Default)]
+/// The index. Shared by every stream of a picker without an outer lock: all methods take
+/// `&self`. Lookups take a shard's read lock per block hash and never wait for a whole insert or
+/// a whole snapshot's learning; an insert holds its endpoint's LRU and one shard at a time.
+///
+/// Invariant: `(hash, id)` is in the reverse map iff `hash` is in the LRU of `id`. Every change to
+/// an endpoint's reverse entries happens under that endpoint's LRU mutex (lock order: server map,
+/// then LRU, then shard), so concurrent inserts and `retain` keep it.
+#[derive(Debug)]
 pub struct PrefixIndex {
-    servers: HashMap<EndpointId, ServerLru>,
-    owners: HashMap<u64, Vec<EndpointId>>,
+    owners: Box<[RwLock<BlockMap<Vec<EndpointId>>>]>,
+    servers: RwLock<HashMap<EndpointId, Arc<Mutex<ServerLru>>>>,
+    entries: AtomicUsize,
+}
+
+impl Default for PrefixIndex {
+    fn default() -> Self {
+        PrefixIndex {
+            owners: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            servers: RwLock::default(),
+            entries: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl PrefixIndex {
@@ -68,23 +119,31 @@ impl PrefixIndex {
 
     /// Total (hash, endpoint) entries.
     pub fn len(&self) -> usize {
-        self.servers.values().map(|s| s.stamps.len()).sum()
+        self.entries.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.owners.is_empty()
+        self.len() == 0
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<BlockMap<Vec<EndpointId>>> {
+        // Top bits: the shard's own table hashes the whole value (see `BlockHasher`).
+        &self.owners[(hash >> 58) as usize % SHARDS]
     }
 
     /// Per endpoint, the number of leading blocks of `hashes` it holds (only endpoints with ≥ 1).
     pub fn match_lengths(&self, hashes: &[u64]) -> Vec<(EndpointId, usize)> {
-        let Some(first) = hashes.first().and_then(|h| self.owners.get(h)) else {
-            return Vec::new();
+        let Some(&first) = hashes.first() else { return Vec::new() };
+        let mut out: Vec<(EndpointId, usize)> = match read(self.shard(first)).get(&first) {
+            Some(owners) => owners.iter().map(|id| (id.clone(), 1)).collect(),
+            None => return Vec::new(),
         };
-        let mut out: Vec<(EndpointId, usize)> = first.iter().map(|id| (id.clone(), 1)).collect();
         let mut alive: Vec<usize> = (0..out.len()).collect();
         for h in &hashes[1..] {
-            let Some(owners) = self.owners.get(h) else { break };
+            let shard = read(self.shard(*h));
+            let Some(owners) = shard.get(h) else { break };
             alive.retain(|&i| owners.contains(&out[i].0));
+            drop(shard);
             if alive.is_empty() {
                 break;
             }
@@ -95,55 +154,100 @@ impl PrefixIndex {
         out
     }
 
+    fn server(&self, id: &EndpointId) -> Arc<Mutex<ServerLru>> {
+        if let Some(server) = read(&self.servers).get(id) {
+            return server.clone();
+        }
+        write(&self.servers).entry(id.clone()).or_default().clone()
+    }
+
     /// Records that `hashes` were routed to `id`, evicting its least recent entries past `capacity`.
-    pub fn insert(&mut self, id: &EndpointId, hashes: &[u64], capacity: usize) {
+    pub fn insert(&self, id: &EndpointId, hashes: &[u64], capacity: usize) {
         if hashes.is_empty() {
             return;
         }
-        let server = self.servers.entry(id.clone()).or_default();
-        server.capacity = capacity.max(1);
+        let server = self.server(id);
+        let mut guard = lock(&server);
+        let s = &mut *guard;
+        if s.removed {
+            return;
+        }
+        let before = s.stamps.len();
+        s.capacity = capacity.max(1);
         for &h in hashes {
-            server.clock += 1;
-            match server.stamps.insert(h, server.clock) {
+            s.clock += 1;
+            match s.stamps.insert(h, s.clock) {
                 Some(old) => {
-                    server.order.remove(&old);
+                    s.order.remove(&old);
                 }
                 None => {
-                    let owners = self.owners.entry(h).or_default();
+                    let mut shard = write(self.shard(h));
+                    let owners = shard.entry(h).or_default();
                     if !owners.contains(id) {
                         owners.push(id.clone());
                     }
                 }
             }
-            server.order.insert(server.clock, h);
+            s.order.insert(s.clock, h);
         }
-        while server.stamps.len() > server.capacity {
-            let Some((_, victim)) = server.order.pop_first() else { break };
-            server.stamps.remove(&victim);
-            remove_owner(&mut self.owners, victim, id);
+        while s.stamps.len() > s.capacity {
+            let Some((_, victim)) = s.order.pop_first() else { break };
+            s.stamps.remove(&victim);
+            self.remove_owner(victim, id);
+        }
+        let after = s.stamps.len();
+        if after >= before {
+            self.entries.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.entries.fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
     /// Forgets endpoints that are no longer in the pool.
-    pub fn retain(&mut self, keep: impl Fn(&EndpointId) -> bool) {
-        let gone: Vec<EndpointId> = self.servers.keys().filter(|id| !keep(id)).cloned().collect();
-        for id in gone {
-            if let Some(server) = self.servers.remove(&id) {
-                for h in server.stamps.keys() {
-                    remove_owner(&mut self.owners, *h, &id);
-                }
+    pub fn retain(&self, keep: impl Fn(&EndpointId) -> bool) {
+        let gone: Vec<EndpointId> = read(&self.servers).keys().filter(|id| !keep(id)).cloned().collect();
+        if gone.is_empty() {
+            return;
+        }
+        let removed: Vec<(EndpointId, Arc<Mutex<ServerLru>>)> = {
+            let mut servers = write(&self.servers);
+            gone.into_iter().filter_map(|id| servers.remove(&id).map(|s| (id, s))).collect()
+        };
+        for (id, server) in removed {
+            let mut s = lock(&server);
+            s.removed = true;
+            for h in s.stamps.keys() {
+                self.remove_owner(*h, &id);
+            }
+            self.entries.fetch_sub(s.stamps.len(), Ordering::Relaxed);
+            s.stamps = BlockMap::default();
+            s.order.clear();
+        }
+    }
+
+    fn remove_owner(&self, hash: u64, id: &EndpointId) {
+        let mut shard = write(self.shard(hash));
+        if let Some(list) = shard.get_mut(&hash) {
+            list.retain(|o| o != id);
+            if list.is_empty() {
+                shard.remove(&hash);
             }
         }
     }
 }
 
-fn remove_owner(owners: &mut HashMap<u64, Vec<EndpointId>>, hash: u64, id: &EndpointId) {
-    if let Some(list) = owners.get_mut(&hash) {
-        list.retain(|o| o != id);
-        if list.is_empty() {
-            owners.remove(&hash);
-        }
-    }
+// A panic while holding one of these locks leaves the index consistent enough for an
+// approximate cache: keep serving rather than poisoning every later pick.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -174,7 +278,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_per_endpoint() {
-        let mut idx = PrefixIndex::new();
+        let idx = PrefixIndex::new();
         idx.insert(&id("a"), &[1, 2, 3], 100);
         idx.insert(&id("b"), &[1, 2], 100);
         idx.insert(&id("c"), &[2, 3], 100);
@@ -187,7 +291,7 @@ mod tests {
     /// Regression for upstream's `lruCapacityPerServer` being ignored: the capacity bounds entries.
     #[test]
     fn test_lru_capacity_per_server_is_honoured() {
-        let mut idx = PrefixIndex::new();
+        let idx = PrefixIndex::new();
         idx.insert(&id("a"), &[1, 2, 3, 4, 5], 3);
         assert_eq!(idx.len(), 3);
         assert!(idx.match_lengths(&[1]).is_empty(), "oldest evicted");
@@ -200,11 +304,53 @@ mod tests {
 
     #[test]
     fn retain_forgets_removed_endpoints() {
-        let mut idx = PrefixIndex::new();
+        let idx = PrefixIndex::new();
         idx.insert(&id("a"), &[1], 10);
         idx.insert(&id("b"), &[1], 10);
         idx.retain(|e| e.as_str() == "b");
         assert_eq!(idx.match_lengths(&[1]), vec![(id("b"), 1)]);
         assert_eq!(idx.len(), 1);
+    }
+
+    /// Writers on different endpoints and readers run at once; afterwards the per-endpoint bound
+    /// holds, the entry count is exact and every endpoint still owns its newest blocks.
+    #[test]
+    fn concurrent_inserts_and_lookups_keep_the_bound_and_the_reverse_map() {
+        let idx = PrefixIndex::new();
+        let ids: Vec<EndpointId> = (0..4).map(|i| id(&format!("e{i}"))).collect();
+        std::thread::scope(|scope| {
+            for (t, e) in ids.iter().enumerate() {
+                let idx = &idx;
+                scope.spawn(move || {
+                    // Chains of 8 blocks; every endpoint shares block 0 with the others.
+                    for n in 0..500u64 {
+                        let base = ((t as u64 + 1) << 32) | (n * 8);
+                        let mut chain: Vec<u64> = (0..8).map(|k| base + k).collect();
+                        chain[0] = 0;
+                        idx.insert(e, &chain, 40);
+                    }
+                });
+            }
+            let idx = &idx;
+            scope.spawn(move || {
+                for _ in 0..2_000 {
+                    for (e, n) in idx.match_lengths(&[0, 1]) {
+                        assert!(n >= 1 && e.as_str().starts_with('e'));
+                    }
+                }
+            });
+        });
+        assert_eq!(idx.len(), 4 * 40);
+        for (t, e) in ids.iter().enumerate() {
+            let base = ((t as u64 + 1) << 32) | (499 * 8);
+            let newest: Vec<u64> = (1..8).map(|k| base + k).collect();
+            assert_eq!(idx.match_lengths(&newest), vec![(e.clone(), 7)]);
+        }
+        let mut shared: Vec<String> = idx.match_lengths(&[0]).into_iter().map(|(e, _)| e.as_str().to_owned()).collect();
+        shared.sort();
+        assert_eq!(shared, ["e0", "e1", "e2", "e3"]);
+        idx.retain(|_| false);
+        assert!(idx.is_empty());
+        assert!(idx.match_lengths(&[0]).is_empty());
     }
 }

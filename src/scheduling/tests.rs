@@ -152,7 +152,7 @@ fn prefix_affinity_attracts_the_request() {
     let s = default_scheduler();
     let first = run(&s, &snap, &[], &r, &PrefixIndex::new(), 3).expect("decision");
     assert!(first.prefix_hashes.len() > 10);
-    let mut index = PrefixIndex::new();
+    let index = PrefixIndex::new();
     index.insert(&EndpointId::new("bb"), &first.prefix_hashes, 1000);
     for seed in 0..20 {
         assert_eq!(run(&s, &snap, &[], &r, &index, seed).expect("decision").endpoints, vec![1]);

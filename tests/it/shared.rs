@@ -44,7 +44,7 @@ async fn a_prefix_routed_by_one_picker_attracts_the_other_and_load_is_shared() {
     .await;
     let bp = b.picker.clone();
     wait_for("a's routed blocks in b's prefix index", Duration::from_secs(5), || {
-        let len = bp.prefix.lock().map(|p| p.len()).unwrap_or(0);
+        let len = bp.prefix.len();
         async move { (len > 0).then_some(()) }
     })
     .await;
@@ -146,7 +146,7 @@ async fn every_reported_block_reaches_the_other_pickers_even_when_updates_are_co
     client.report(tokio_stream::iter(reports)).await.expect("reports accepted");
     let bp = b.picker.clone();
     wait_for("every block in b's prefix index", Duration::from_secs(10), || {
-        let len = bp.prefix.lock().map(|p| p.len()).unwrap_or(0);
+        let len = bp.prefix.len();
         async move { (len as u64 == REPORTS).then_some(()) }
     })
     .await;
