@@ -145,3 +145,97 @@ async fn upstream_names_and_label_sets() {
     }
     standalone.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A /metrics server answering every request with the current `page`.
+async fn page_server(page: std::sync::Arc<std::sync::Mutex<String>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let body = page.lock().map(|p| p.clone()).unwrap_or_default();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `switchyard_scrape_extraction_errors_total{endpoint,metric}` counts each scrape whose page lacks
+/// a mapped metric, per metric, and stops counting once the metric is back.
+#[actix_rt::test]
+async fn extraction_errors_are_counted_per_endpoint_and_metric() {
+    use actix::Actor as _;
+    use switchyard::scraper::{AssignEndpoints, FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
+
+    let page = std::sync::Arc::new(std::sync::Mutex::new("vllm:num_requests_waiting 3\n".to_string()));
+    let addr = page_server(page.clone()).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ScrapeMetrics::new(&mut registry);
+    let registry = std::sync::Arc::new(registry);
+    let (_board, sink) = switchyard::tools::board::Board::start_sink();
+    let settings = ScrapeSettings {
+        interval: Duration::from_millis(20),
+        fetch: FetchSettings { timeout: Duration::from_millis(500), ..Default::default() },
+    };
+    let sup = ScrapeSupervisor::with_metrics(
+        std::sync::Arc::new(switchyard::metrics::EngineRegistry::builtin()),
+        &settings,
+        sink,
+        metrics,
+    )
+    .expect("supervisor")
+    .start();
+    sup.do_send(AssignEndpoints(vec![switchyard::model::Endpoint {
+        id: switchyard::model::EndpointId::new("partial"),
+        address: addr.to_string(),
+        metrics_url: format!("http://{addr}/metrics"),
+        engine: "vllm".into(),
+        labels: Default::default(),
+    }]));
+    let text = || {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    };
+    let count = |text: &str, metric: &str| -> u64 {
+        let series = format!("switchyard_scrape_extraction_errors_total{{endpoint=\"partial\",metric=\"{metric}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok()).unwrap_or(0)
+    };
+    let seen = crate::support::wait_for("two scrapes missing kv_usage", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "kv_usage") >= 2).then_some(t) }
+    })
+    .await;
+    assert_eq!(count(&seen, "queued"), 0, "queued is on the page\n{seen}");
+    assert!(count(&seen, "running") >= 1, "{seen}");
+    let sets = &families(&seen)["switchyard_scrape_extraction_errors"];
+    assert!(sets.iter().all(|s| *s == ["endpoint".to_string(), "metric".to_string()]), "{sets:?}");
+
+    // The metric comes back: its count stops growing while the others keep counting.
+    if let Ok(mut p) = page.lock() {
+        p.push_str("vllm:kv_cache_usage_perc 0.5\n");
+    }
+    // One scrape at a time, so at most one of the next three still read the old page.
+    let base = count(&text(), "running");
+    let after = crate::support::wait_for("later scrapes", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "running") >= base + 3).then_some(t) }
+    })
+    .await;
+    let kv_mid = count(&after, "kv_usage");
+    let later = crate::support::wait_for("still later scrapes", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "running") >= base + 6).then_some(t) }
+    })
+    .await;
+    assert_eq!(count(&later, "kv_usage"), kv_mid, "kv_usage no longer counted once it is on the page\n{later}");
+}
