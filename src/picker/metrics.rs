@@ -22,8 +22,9 @@ type Labels = Vec<(String, String)>;
 pub struct PickerMetrics {
     /// `inference_extension_scheduler_e2e_duration_seconds`: parse + schedule time.
     decision: Histogram,
-    /// Picks per endpoint (`switchyard_picker_picks_total{endpoint}`).
-    picks: Family<Labels, Counter>,
+    /// The view's endpoints and counters, for `switchyard_picker_picks_total{endpoint}` and
+    /// `switchyard_picker_herd_share` (read at each scrape of /metrics, see pick_metrics.rs).
+    picks: Arc<arc_swap::ArcSwap<super::pick_metrics::Held>>,
     /// Decisions made without fresh load metrics.
     load_agnostic: Counter,
     /// `inference_objective_request_error_total{model_name,target_model_name,error_code}`.
@@ -60,7 +61,7 @@ impl PickerMetrics {
         let m = PickerMetrics {
             // Upstream's buckets (0.1 ms .. 100 ms).
             decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
-            picks: Family::default(),
+            picks: Arc::default(),
             load_agnostic: Counter::default(),
             errors: Family::default(),
             requests: Family::default(),
@@ -108,7 +109,7 @@ impl PickerMetrics {
             "Time to parse and schedule a request",
             m.decision.clone(),
         );
-        registry.register("switchyard_picker_picks", "Requests routed per endpoint", m.picks.clone());
+        registry.register_collector(Box::new(super::pick_metrics::PickCounters::new(m.picks.clone())));
         registry.register(
             "switchyard_picker_load_agnostic_picks",
             "Decisions made while no candidate had fresh metrics",
@@ -192,10 +193,11 @@ impl PickerMetrics {
         Self::new(&mut Registry::default())
     }
 
-    pub(super) fn record_pick(&self, endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
+    /// The pick itself is counted by `EndpointCounters::start`; `_endpoint` stays so the call in
+    /// ext_proc.rs need not change.
+    pub(super) fn record_pick(&self, _endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
         self.decision.observe(took.as_secs_f64());
         self.attempts_ok.inc();
-        self.picks.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).inc();
         if load_agnostic {
             self.load_agnostic.inc();
         }
@@ -243,6 +245,8 @@ impl PickerMetrics {
     pub(super) fn record_snapshot(&self, view: &PickerView, prefix_entries: usize) {
         let s = &view.snapshot;
         self.held.store(s.clone());
+        let picks = s.endpoints.iter().zip(&view.counters).map(|(e, c)| (e.endpoint.id.clone(), c.clone())).collect();
+        self.picks.store(Arc::new(picks));
         self.snapshot_seq.set(s.seq as i64);
         self.snapshot_epoch.set(s.epoch as i64);
         self.snapshot_endpoints.set(s.endpoints.len() as i64);

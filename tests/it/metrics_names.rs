@@ -131,6 +131,10 @@ async fn upstream_names_and_label_sets() {
     expect("inference_extension_scheduler_e2e_duration_seconds", &[]);
     expect("inference_extension_scheduler_attempts", &["status"]);
     expect("inference_extension_prefix_indexer_size", &[]);
+    expect("switchyard_picker_picks", &["endpoint"]);
+    expect("switchyard_picker_herd_share", &[]);
+    let pick_series = text.lines().filter(|l| l.starts_with("switchyard_picker_picks_total{endpoint=")).count();
+    assert_eq!(pick_series, 2, "a series per endpoint, before any pick\n{text}");
     assert!(!f["inference_pool_per_pod_queue_size"].is_empty(), "a series per pod\n{text}");
     // Families that get series once requests arrive (picker.rs `operator_metrics_are_exposed`
     // sends some): upstream's labels when present.
