@@ -133,6 +133,7 @@ async fn upstream_names_and_label_sets() {
     expect("inference_extension_prefix_indexer_size", &[]);
     expect("switchyard_picker_picks", &["endpoint"]);
     expect("switchyard_picker_herd_share", &[]);
+    expect("inference_extension_prefix_indexer_hit_ratio", &[]);
     let pick_series = text.lines().filter(|l| l.starts_with("switchyard_picker_picks_total{endpoint=")).count();
     assert_eq!(pick_series, 2, "a series per endpoint, before any pick\n{text}");
     assert!(!f["inference_pool_per_pod_queue_size"].is_empty(), "a series per pod\n{text}");
@@ -143,6 +144,11 @@ async fn upstream_names_and_label_sets() {
         ("inference_objective_request_error", &["model_name", "target_model_name", "error_code"][..]),
         ("inference_objective_input_tokens", &["model_name", "target_model_name"][..]),
         ("inference_objective_output_tokens", &["model_name", "target_model_name"][..]),
+        ("inference_objective_request_duration_seconds", &["model_name", "target_model_name"][..]),
+        ("inference_objective_request_sizes", &["model_name", "target_model_name"][..]),
+        ("inference_objective_response_sizes", &["model_name", "target_model_name"][..]),
+        ("inference_objective_normalized_time_per_output_token_seconds", &["model_name", "target_model_name"][..]),
+        ("inference_objective_running_requests", &["model_name"][..]),
     ] {
         let Some(sets) = f.get(family) else { continue };
         assert!(sets.iter().all(|s| *s == labels(names)), "{family}: {sets:?}");
@@ -242,4 +248,63 @@ async fn extraction_errors_are_counted_per_endpoint_and_metric() {
     })
     .await;
     assert_eq!(count(&later, "kv_usage"), kv_mid, "kv_usage no longer counted once it is on the page\n{later}");
+}
+
+/// One request through the picker and its response: upstream's request/response families with
+/// their label sets, the running gauge back at 0 once the response completed, and one prefix
+/// hit-ratio observation.
+#[actix_rt::test]
+async fn response_side_upstream_families() {
+    use crate::envoy::{HttpRequest, Sandbox, send};
+    const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+    let cfg = switchyard::sim::FleetConfig { fleet: vec![(switchyard::sim::Flavor::VllmV1, 1)], ..Default::default() };
+    let sb = Sandbox::start(cfg, None, |_| {}).await;
+    let mut c = sb.client().await;
+    let req = HttpRequest::chat(MODEL, &"a long enough prompt to fill blocks ".repeat(20));
+    let mut ex = send(&mut c, &req).await;
+    let dest = ex.routed.set_headers["x-gateway-destination-endpoint"].clone();
+    let url = format!("http://{}/metrics", sb.epp().metrics_addr);
+    let read = || async { client().get(&url).send().await.expect("metrics").text().await.expect("text") };
+    let during = read().await;
+    assert!(during.contains(&format!("inference_objective_running_requests{{model_name=\"{MODEL}\"}} 1")), "{during}");
+    let body = client()
+        .post(format!("http://{dest}/v1/chat/completions"))
+        .body(ex.routed.body.clone())
+        .send()
+        .await
+        .expect("upstream")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let seen = ex.respond(200, "application/json", std::slice::from_ref(&body), Some(&dest)).await;
+    assert_eq!(seen.len(), body.len());
+    let text = read().await;
+    let f = families(&text);
+    let model_target = ["model_name".to_string(), "target_model_name".to_string()];
+    for family in [
+        "inference_objective_request_duration_seconds",
+        "inference_objective_request_sizes",
+        "inference_objective_response_sizes",
+        "inference_objective_normalized_time_per_output_token_seconds",
+    ] {
+        let sets = f.get(family).unwrap_or_else(|| panic!("{family} not exported\n{text}"));
+        assert!(!sets.is_empty() && sets.iter().all(|s| *s == model_target), "{family}: {sets:?}");
+        let count = format!("{family}_count{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} 1");
+        assert!(text.contains(&count), "{count}\n{text}");
+    }
+    assert!(f["inference_objective_running_requests"].iter().all(|s| *s == ["model_name".to_string()]));
+    assert!(text.contains(&format!("inference_objective_running_requests{{model_name=\"{MODEL}\"}} 0")), "{text}");
+    let sizes = format!(
+        "inference_objective_request_sizes_sum{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} {}",
+        req.body.len()
+    );
+    assert!(text.contains(&sizes), "{sizes}\n{text}");
+    let responses = format!(
+        "inference_objective_response_sizes_sum{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} {}",
+        body.len()
+    );
+    assert!(text.contains(&responses), "{responses}\n{text}");
+    assert!(f["inference_extension_prefix_indexer_hit_ratio"].iter().all(Vec::is_empty), "no labels");
+    assert!(text.contains("inference_extension_prefix_indexer_hit_ratio_count 1"), "{text}");
 }
