@@ -124,6 +124,12 @@ struct StreamState {
     response_buffer: Vec<u8>,
     usage: Option<Usage>,
     finished: bool,
+    /// When the stream opened (the request arrived), for the request duration.
+    received: Instant,
+    /// Response body bytes seen.
+    response_bytes: u64,
+    /// Counts the request in `inference_objective_running_requests` until the response completes.
+    running: Option<super::metrics::RunningRequest>,
     /// This stream's share of the picker's header budget, held until it is routed.
     held_headers: Option<HeldHeaders>,
     /// When the request body must have ended (set while it is being received).
@@ -152,6 +158,9 @@ impl StreamState {
             response_buffer: Vec::new(),
             usage: None,
             finished: false,
+            received: Instant::now(),
+            response_bytes: 0,
+            running: None,
             held_headers: None,
             deadline: None,
             span: tracing::Span::none(),
@@ -319,6 +328,8 @@ impl StreamState {
         self.release_request();
         match scheduled {
             Ok((set, body)) => {
+                self.running =
+                    Some(self.picker.metrics.record_forwarded(&self.incoming_model, &self.target_model, body.len()));
                 let md = proto::destination_metadata(&self.destination);
                 let mut out = vec![proto::request_headers_response(set, remove_list(), Some(md))];
                 proto::body_responses(&body, end_of_stream, true, &mut out);
@@ -391,6 +402,7 @@ impl StreamState {
                 ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
             })?;
         let primary = decision.endpoints[0];
+        self.picker.metrics.record_prefix_hit(decision.prefix_matched_blocks, decision.prefix_hashes.len());
         super::trace::record_decision(&span, &view, primary, decision.load_agnostic, explanation.as_ref());
         let addresses: Vec<&str> =
             decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();
@@ -451,6 +463,7 @@ impl StreamState {
     }
 
     fn on_response_body(&mut self, b: HttpBody) -> Answers {
+        self.response_bytes += b.body.len() as u64;
         if self.streaming_response {
             if self.usage.is_none() {
                 self.usage = usage_from_sse(&b.body);
@@ -497,6 +510,10 @@ impl StreamState {
         self.finished = true;
         if let Some(u) = self.usage {
             self.picker.metrics.record_usage(&self.incoming_model, &self.target_model, u);
+        }
+        if self.running.take().is_some() {
+            let (took, bytes) = (self.received.elapsed(), self.response_bytes);
+            self.picker.metrics.record_response(&self.incoming_model, &self.target_model, took, bytes, self.usage);
         }
         self.inflight = None;
     }

@@ -22,8 +22,9 @@ type Labels = Vec<(String, String)>;
 pub struct PickerMetrics {
     /// `inference_extension_scheduler_e2e_duration_seconds`: parse + schedule time.
     decision: Histogram,
-    /// Picks per endpoint (`switchyard_picker_picks_total{endpoint}`).
-    picks: Family<Labels, Counter>,
+    /// The view's endpoints and counters, for `switchyard_picker_picks_total{endpoint}` and
+    /// `switchyard_picker_herd_share` (read at each scrape of /metrics, see pick_metrics.rs).
+    picks: Arc<arc_swap::ArcSwap<super::pick_metrics::Held>>,
     /// Decisions made without fresh load metrics.
     load_agnostic: Counter,
     /// `inference_objective_request_error_total{model_name,target_model_name,error_code}`.
@@ -33,6 +34,19 @@ pub struct PickerMetrics {
     /// `inference_extension_scheduler_attempts_total{status}` (success | failure).
     attempts_ok: Counter,
     attempts_failed: Counter,
+    /// `inference_objective_request_duration_seconds{model_name,target_model_name}`: request
+    /// received to response complete.
+    durations: Family<Labels, Histogram>,
+    /// `inference_objective_request_sizes`: bytes of the body sent upstream.
+    request_sizes: Family<Labels, Histogram>,
+    /// `inference_objective_response_sizes`: response body bytes.
+    response_sizes: Family<Labels, Histogram>,
+    /// `inference_objective_running_requests{model_name}`: routed, response not complete.
+    running: Family<Labels, Gauge>,
+    /// `inference_objective_normalized_time_per_output_token_seconds`: duration / output tokens.
+    ntpot: Family<Labels, Histogram>,
+    /// `inference_extension_prefix_indexer_hit_ratio`: longest known cached run / request blocks.
+    prefix_hit_ratio: Histogram,
     input_tokens: Family<Labels, Histogram>,
     output_tokens: Family<Labels, Histogram>,
     snapshot_seq: Gauge,
@@ -60,12 +74,19 @@ impl PickerMetrics {
         let m = PickerMetrics {
             // Upstream's buckets (0.1 ms .. 100 ms).
             decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
-            picks: Family::default(),
+            picks: Arc::default(),
             load_agnostic: Counter::default(),
             errors: Family::default(),
             requests: Family::default(),
             attempts_ok: Counter::default(),
             attempts_failed: Counter::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(GENERAL_LATENCY_BUCKETS.iter().copied())),
+            // 64 B .. 1 GiB, doubling (upstream's).
+            request_sizes: Family::new_with_constructor(|| Histogram::new(exponential_buckets(64.0, 2.0, 25))),
+            response_sizes: Family::new_with_constructor(|| Histogram::new(RESPONSE_SIZE_BUCKETS.iter().copied())),
+            running: Family::default(),
+            ntpot: Family::new_with_constructor(|| Histogram::new(NTPOT_BUCKETS.iter().copied())),
+            prefix_hit_ratio: Histogram::new((0..=10).map(|i| f64::from(i) / 10.0)),
             input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
             output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
             snapshot_seq: Gauge::default(),
@@ -108,7 +129,7 @@ impl PickerMetrics {
             "Time to parse and schedule a request",
             m.decision.clone(),
         );
-        registry.register("switchyard_picker_picks", "Requests routed per endpoint", m.picks.clone());
+        registry.register_collector(Box::new(super::pick_metrics::PickCounters::new(m.picks.clone())));
         registry.register(
             "switchyard_picker_load_agnostic_picks",
             "Decisions made while no candidate had fresh metrics",
@@ -118,6 +139,36 @@ impl PickerMetrics {
             "inference_objective_request_error",
             "Requests answered with an error, by model, target model and code",
             m.errors.clone(),
+        );
+        registry.register(
+            "inference_objective_request_duration_seconds",
+            "Time from request received to response complete, by model and target model",
+            m.durations.clone(),
+        );
+        registry.register(
+            "inference_objective_request_sizes",
+            "Request body bytes sent to the model server, by model and target model",
+            m.request_sizes.clone(),
+        );
+        registry.register(
+            "inference_objective_response_sizes",
+            "Response body bytes, by model and target model",
+            m.response_sizes.clone(),
+        );
+        registry.register(
+            "inference_objective_running_requests",
+            "Requests routed whose response has not completed, by model",
+            m.running.clone(),
+        );
+        registry.register(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            "Request duration divided by output tokens, by model and target model",
+            m.ntpot.clone(),
+        );
+        registry.register(
+            "inference_extension_prefix_indexer_hit_ratio",
+            "Longest run of a request's prefix blocks an endpoint is known to cache, over the request's blocks",
+            m.prefix_hit_ratio.clone(),
         );
         registry.register("inference_objective_input_tokens", "Prompt tokens per request", m.input_tokens.clone());
         registry.register(
@@ -192,10 +243,11 @@ impl PickerMetrics {
         Self::new(&mut Registry::default())
     }
 
-    pub(super) fn record_pick(&self, endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
+    /// The pick itself is counted by `EndpointCounters::start`; `_endpoint` stays so the call in
+    /// ext_proc.rs need not change.
+    pub(super) fn record_pick(&self, _endpoint: &EndpointId, took: Duration, load_agnostic: bool) {
         self.decision.observe(took.as_secs_f64());
         self.attempts_ok.inc();
-        self.picks.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).inc();
         if load_agnostic {
             self.load_agnostic.inc();
         }
@@ -235,14 +287,43 @@ impl PickerMetrics {
     }
 
     pub(super) fn record_usage(&self, model: &str, target: &str, u: Usage) {
-        let labels = vec![("model_name".into(), model.to_string()), ("target_model_name".into(), target.to_string())];
+        let labels = model_labels(model, target);
         self.input_tokens.get_or_create(&labels).observe(u.prompt_tokens as f64);
         self.output_tokens.get_or_create(&labels).observe(u.completion_tokens as f64);
+    }
+
+    /// The body forwarded: its size, and the request counts as running until the returned guard
+    /// is dropped (response complete or stream gone).
+    pub(super) fn record_forwarded(&self, model: &str, target: &str, bytes: usize) -> RunningRequest {
+        self.request_sizes.get_or_create(&model_labels(model, target)).observe(bytes as f64);
+        let gauge = self.running.get_or_create(&vec![("model_name".into(), model.to_string())]).clone();
+        gauge.inc();
+        RunningRequest(gauge)
+    }
+
+    /// The response completed `took` after the request was received.
+    pub(super) fn record_response(&self, model: &str, target: &str, took: Duration, bytes: u64, usage: Option<Usage>) {
+        let labels = model_labels(model, target);
+        self.durations.get_or_create(&labels).observe(took.as_secs_f64());
+        self.response_sizes.get_or_create(&labels).observe(bytes as f64);
+        if let Some(u) = usage.filter(|u| u.completion_tokens > 0) {
+            self.ntpot.get_or_create(&labels).observe(took.as_secs_f64() / u.completion_tokens as f64);
+        }
+    }
+
+    /// `matched` of the request's `total` prefix blocks are cached somewhere (nothing recorded for
+    /// a request without blocks).
+    pub(super) fn record_prefix_hit(&self, matched: usize, total: usize) {
+        if total > 0 {
+            self.prefix_hit_ratio.observe(matched.min(total) as f64 / total as f64);
+        }
     }
 
     pub(super) fn record_snapshot(&self, view: &PickerView, prefix_entries: usize) {
         let s = &view.snapshot;
         self.held.store(s.clone());
+        let picks = s.endpoints.iter().zip(&view.counters).map(|(e, c)| (e.endpoint.id.clone(), c.clone())).collect();
+        self.picks.store(Arc::new(picks));
         self.snapshot_seq.set(s.seq as i64);
         self.snapshot_epoch.set(s.epoch as i64);
         self.snapshot_endpoints.set(s.endpoints.len() as i64);
@@ -255,6 +336,34 @@ impl PickerMetrics {
 /// `inference_extension_scheduler_e2e_duration_seconds` and `_plugin_duration_seconds` buckets, as
 /// upstream.
 const SCHEDULER_BUCKETS: [f64; 10] = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+
+/// `inference_objective_request_duration_seconds` buckets, as upstream (5 ms .. 1 h).
+const GENERAL_LATENCY_BUCKETS: [f64; 35] = [
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0,
+    45.0, 60.0, 120.0, 180.0, 240.0, 300.0, 360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+];
+
+/// `inference_objective_response_sizes` buckets, as upstream (its 32778 included, so the series
+/// line up with upstream's dashboards).
+const RESPONSE_SIZE_BUCKETS: [f64; 15] =
+    [1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32778.0, 65536.0];
+
+/// `inference_objective_normalized_time_per_output_token_seconds` buckets, as upstream.
+const NTPOT_BUCKETS: [f64; 13] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// One request in `inference_objective_running_requests`; dropping it takes the request out.
+#[derive(Debug)]
+pub(super) struct RunningRequest(Gauge);
+
+impl Drop for RunningRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn model_labels(model: &str, target: &str) -> Labels {
+    vec![("model_name".into(), model.to_string()), ("target_model_name".into(), target.to_string())]
+}
 
 fn error_labels(model: &str, target: &str, code: &str) -> Labels {
     vec![

@@ -70,6 +70,9 @@ pub struct Decision {
     pub block_size_tokens: usize,
     /// True when no candidate had fresh metrics and load was ignored.
     pub load_agnostic: bool,
+    /// The longest run of the request's blocks any endpoint is known to cache (for
+    /// `inference_extension_prefix_indexer_hit_ratio`).
+    pub prefix_matched_blocks: usize,
 }
 
 /// Why the primary won, for a traced request: each scorer's weighted score for the primary and
@@ -204,7 +207,11 @@ impl Scheduler {
             }
             _ => None,
         };
-        Ok((Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic }, explanation))
+        let prefix_matched_blocks = matches.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        Ok((
+            Decision { endpoints, prefix_hashes, block_size_tokens, load_agnostic, prefix_matched_blocks },
+            explanation,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]

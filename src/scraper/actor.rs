@@ -31,6 +31,8 @@ pub struct ScraperActor {
     failing: Option<&'static str>,
     /// Consecutive failed scrapes.
     failures: u32,
+    /// Mapped metrics missing from the last page read, for transition logging.
+    missing: Vec<String>,
     /// While backing off: no attempt before this.
     retry_at: Option<Instant>,
     /// Jitter for the backoff.
@@ -81,6 +83,7 @@ impl ScraperActor {
             in_flight: false,
             failing: None,
             failures: 0,
+            missing: Vec::new(),
             retry_at: None,
             rng: rand::rngs::SmallRng::from_os_rng(),
             stats: ScraperStats::default(),
@@ -145,6 +148,7 @@ impl ScraperActor {
                 if let Some(kind) = self.failing.take() {
                     tracing::info!(%endpoint, previous_error = kind, "scrape recovered");
                 }
+                self.on_extracted(&normalized.errors);
                 let sample = MetricsSample {
                     metrics: normalized.metrics,
                     scraped_at: SystemTime::now(),
@@ -168,6 +172,32 @@ impl ScraperActor {
             }
         }
     }
+
+    /// Counts each mapped metric the page lacked and logs only changes: the first page missing a
+    /// metric warns once, the first page that has it again logs once.
+    fn on_extracted(&mut self, errors: &[String]) {
+        let endpoint = &self.endpoint.id;
+        let now: Vec<(&str, &str)> = errors.iter().map(|e| split_error(e)).collect();
+        for (metric, error) in &now {
+            if let Some(m) = &self.metrics {
+                m.extraction_failed(endpoint.as_str(), metric);
+            }
+            if !self.missing.iter().any(|m| m == metric) {
+                tracing::warn!(%endpoint, metric, error, "mapped metric missing from the page");
+            }
+        }
+        for metric in &self.missing {
+            if !now.iter().any(|(m, _)| m == metric) {
+                tracing::info!(%endpoint, metric = metric.as_str(), "mapped metric back on the page");
+            }
+        }
+        self.missing = now.iter().map(|(m, _)| (*m).to_string()).collect();
+    }
+}
+
+/// `("kv_usage", "metric family ... not found")` from a normalizer message `kv_usage: ...`.
+fn split_error(e: &str) -> (&str, &str) {
+    e.split_once(": ").unwrap_or((e, ""))
 }
 
 impl Actor for ScraperActor {

@@ -1,4 +1,5 @@
-//! The scraper's Prometheus metrics: scrape latency and errors per endpoint.
+//! The scraper's Prometheus metrics: scrape latency and errors per endpoint, and extraction errors
+//! per endpoint and mapped metric.
 
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub struct ScrapeMetrics {
     errors: Family<Labels, Counter>,
     /// Ticks skipped because the previous scrape was still running.
     skipped: Family<Labels, Counter>,
+    /// `switchyard_scrape_extraction_errors_total{endpoint,metric}`: scrapes whose page lacked a
+    /// mapped metric (or had a bad value for it).
+    extraction: Family<Labels, Counter>,
 }
 
 impl ScrapeMetrics {
@@ -25,6 +29,7 @@ impl ScrapeMetrics {
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
             errors: Family::default(),
             skipped: Family::default(),
+            extraction: Family::default(),
         };
         registry.register(
             "switchyard_scrape_duration_seconds",
@@ -36,6 +41,11 @@ impl ScrapeMetrics {
             "switchyard_scrape_skipped",
             "Scrape ticks skipped while the previous scrape was running",
             m.skipped.clone(),
+        );
+        registry.register(
+            "switchyard_scrape_extraction_errors",
+            "Scrapes whose page lacked a mapped metric or had a bad value for it, by endpoint and metric",
+            m.extraction.clone(),
         );
         m
     }
@@ -51,6 +61,13 @@ impl ScrapeMetrics {
     pub(super) fn failed(&self, endpoint: &str, kind: &str) {
         self.errors
             .get_or_create(&vec![("endpoint".into(), endpoint.to_string()), ("kind".into(), kind.to_string())])
+            .inc();
+    }
+
+    /// `metric` is the mapping's field name (`queued`, `kv_usage`, ...).
+    pub(super) fn extraction_failed(&self, endpoint: &str, metric: &str) {
+        self.extraction
+            .get_or_create(&vec![("endpoint".into(), endpoint.to_string()), ("metric".into(), metric.to_string())])
             .inc();
     }
 

@@ -131,6 +131,11 @@ async fn upstream_names_and_label_sets() {
     expect("inference_extension_scheduler_e2e_duration_seconds", &[]);
     expect("inference_extension_scheduler_attempts", &["status"]);
     expect("inference_extension_prefix_indexer_size", &[]);
+    expect("switchyard_picker_picks", &["endpoint"]);
+    expect("switchyard_picker_herd_share", &[]);
+    expect("inference_extension_prefix_indexer_hit_ratio", &[]);
+    let pick_series = text.lines().filter(|l| l.starts_with("switchyard_picker_picks_total{endpoint=")).count();
+    assert_eq!(pick_series, 2, "a series per endpoint, before any pick\n{text}");
     assert!(!f["inference_pool_per_pod_queue_size"].is_empty(), "a series per pod\n{text}");
     // Families that get series once requests arrive (picker.rs `operator_metrics_are_exposed`
     // sends some): upstream's labels when present.
@@ -139,9 +144,167 @@ async fn upstream_names_and_label_sets() {
         ("inference_objective_request_error", &["model_name", "target_model_name", "error_code"][..]),
         ("inference_objective_input_tokens", &["model_name", "target_model_name"][..]),
         ("inference_objective_output_tokens", &["model_name", "target_model_name"][..]),
+        ("inference_objective_request_duration_seconds", &["model_name", "target_model_name"][..]),
+        ("inference_objective_request_sizes", &["model_name", "target_model_name"][..]),
+        ("inference_objective_response_sizes", &["model_name", "target_model_name"][..]),
+        ("inference_objective_normalized_time_per_output_token_seconds", &["model_name", "target_model_name"][..]),
+        ("inference_objective_running_requests", &["model_name"][..]),
     ] {
         let Some(sets) = f.get(family) else { continue };
         assert!(sets.iter().all(|s| *s == labels(names)), "{family}: {sets:?}");
     }
     standalone.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A /metrics server answering every request with the current `page`.
+async fn page_server(page: std::sync::Arc<std::sync::Mutex<String>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let body = page.lock().map(|p| p.clone()).unwrap_or_default();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `switchyard_scrape_extraction_errors_total{endpoint,metric}` counts each scrape whose page lacks
+/// a mapped metric, per metric, and stops counting once the metric is back.
+#[actix_rt::test]
+async fn extraction_errors_are_counted_per_endpoint_and_metric() {
+    use actix::Actor as _;
+    use switchyard::scraper::{AssignEndpoints, FetchSettings, ScrapeMetrics, ScrapeSettings, ScrapeSupervisor};
+
+    let page = std::sync::Arc::new(std::sync::Mutex::new("vllm:num_requests_waiting 3\n".to_string()));
+    let addr = page_server(page.clone()).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ScrapeMetrics::new(&mut registry);
+    let registry = std::sync::Arc::new(registry);
+    let (_board, sink) = switchyard::tools::board::Board::start_sink();
+    let settings = ScrapeSettings {
+        interval: Duration::from_millis(20),
+        fetch: FetchSettings { timeout: Duration::from_millis(500), ..Default::default() },
+    };
+    let sup = ScrapeSupervisor::with_metrics(
+        std::sync::Arc::new(switchyard::metrics::EngineRegistry::builtin()),
+        &settings,
+        sink,
+        metrics,
+    )
+    .expect("supervisor")
+    .start();
+    sup.do_send(AssignEndpoints(vec![switchyard::model::Endpoint {
+        id: switchyard::model::EndpointId::new("partial"),
+        address: addr.to_string(),
+        metrics_url: format!("http://{addr}/metrics"),
+        engine: "vllm".into(),
+        labels: Default::default(),
+    }]));
+    let text = || {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    };
+    let count = |text: &str, metric: &str| -> u64 {
+        let series = format!("switchyard_scrape_extraction_errors_total{{endpoint=\"partial\",metric=\"{metric}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok()).unwrap_or(0)
+    };
+    let seen = crate::support::wait_for("two scrapes missing kv_usage", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "kv_usage") >= 2).then_some(t) }
+    })
+    .await;
+    assert_eq!(count(&seen, "queued"), 0, "queued is on the page\n{seen}");
+    assert!(count(&seen, "running") >= 1, "{seen}");
+    let sets = &families(&seen)["switchyard_scrape_extraction_errors"];
+    assert!(sets.iter().all(|s| *s == ["endpoint".to_string(), "metric".to_string()]), "{sets:?}");
+
+    // The metric comes back: its count stops growing while the others keep counting.
+    if let Ok(mut p) = page.lock() {
+        p.push_str("vllm:kv_cache_usage_perc 0.5\n");
+    }
+    // One scrape at a time, so at most one of the next three still read the old page.
+    let base = count(&text(), "running");
+    let after = crate::support::wait_for("later scrapes", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "running") >= base + 3).then_some(t) }
+    })
+    .await;
+    let kv_mid = count(&after, "kv_usage");
+    let later = crate::support::wait_for("still later scrapes", Duration::from_secs(10), || {
+        let t = text();
+        async move { (count(&t, "running") >= base + 6).then_some(t) }
+    })
+    .await;
+    assert_eq!(count(&later, "kv_usage"), kv_mid, "kv_usage no longer counted once it is on the page\n{later}");
+}
+
+/// One request through the picker and its response: upstream's request/response families with
+/// their label sets, the running gauge back at 0 once the response completed, and one prefix
+/// hit-ratio observation.
+#[actix_rt::test]
+async fn response_side_upstream_families() {
+    use crate::envoy::{HttpRequest, Sandbox, send};
+    const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+    let cfg = switchyard::sim::FleetConfig { fleet: vec![(switchyard::sim::Flavor::VllmV1, 1)], ..Default::default() };
+    let sb = Sandbox::start(cfg, None, |_| {}).await;
+    let mut c = sb.client().await;
+    let req = HttpRequest::chat(MODEL, &"a long enough prompt to fill blocks ".repeat(20));
+    let mut ex = send(&mut c, &req).await;
+    let dest = ex.routed.set_headers["x-gateway-destination-endpoint"].clone();
+    let url = format!("http://{}/metrics", sb.epp().metrics_addr);
+    let read = || async { client().get(&url).send().await.expect("metrics").text().await.expect("text") };
+    let during = read().await;
+    assert!(during.contains(&format!("inference_objective_running_requests{{model_name=\"{MODEL}\"}} 1")), "{during}");
+    let body = client()
+        .post(format!("http://{dest}/v1/chat/completions"))
+        .body(ex.routed.body.clone())
+        .send()
+        .await
+        .expect("upstream")
+        .bytes()
+        .await
+        .expect("body")
+        .to_vec();
+    let seen = ex.respond(200, "application/json", std::slice::from_ref(&body), Some(&dest)).await;
+    assert_eq!(seen.len(), body.len());
+    let text = read().await;
+    let f = families(&text);
+    let model_target = ["model_name".to_string(), "target_model_name".to_string()];
+    for family in [
+        "inference_objective_request_duration_seconds",
+        "inference_objective_request_sizes",
+        "inference_objective_response_sizes",
+        "inference_objective_normalized_time_per_output_token_seconds",
+    ] {
+        let sets = f.get(family).unwrap_or_else(|| panic!("{family} not exported\n{text}"));
+        assert!(!sets.is_empty() && sets.iter().all(|s| *s == model_target), "{family}: {sets:?}");
+        let count = format!("{family}_count{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} 1");
+        assert!(text.contains(&count), "{count}\n{text}");
+    }
+    assert!(f["inference_objective_running_requests"].iter().all(|s| *s == ["model_name".to_string()]));
+    assert!(text.contains(&format!("inference_objective_running_requests{{model_name=\"{MODEL}\"}} 0")), "{text}");
+    let sizes = format!(
+        "inference_objective_request_sizes_sum{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} {}",
+        req.body.len()
+    );
+    assert!(text.contains(&sizes), "{sizes}\n{text}");
+    let responses = format!(
+        "inference_objective_response_sizes_sum{{model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"}} {}",
+        body.len()
+    );
+    assert!(text.contains(&responses), "{responses}\n{text}");
+    assert!(f["inference_extension_prefix_indexer_hit_ratio"].iter().all(Vec::is_empty), "no labels");
+    assert!(text.contains("inference_extension_prefix_indexer_hit_ratio_count 1"), "{text}");
 }
