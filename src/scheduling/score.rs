@@ -24,9 +24,11 @@ pub(super) fn candidate(
     Candidate {
         index,
         fresh,
-        queued: m.and_then(|m| m.queued).unwrap_or(0) as f64 + local.sent_since_scrape as f64,
-        running: m.and_then(|m| m.running).unwrap_or(0) as f64,
-        kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(0.0),
+        // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
+        // idle to a scorer because its page lacked the metric.
+        queued: m.and_then(|m| m.queued).map_or(f64::NAN, |q| q as f64 + local.sent_since_scrape as f64),
+        running: m.and_then(|m| m.running).map_or(f64::NAN, |r| r as f64),
+        kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(f64::NAN),
         inflight: Load {
             requests: (local.inflight.requests + state.shared_load.requests).max(0),
             tokens: (local.inflight.tokens + state.shared_load.tokens).max(0),
@@ -55,7 +57,9 @@ fn endpoint_saturation(detector: &Detector, snapshot: &Snapshot, c: &Candidate, 
             if !fresh {
                 return 1.0;
             }
-            (c.queued / queue_threshold).max(c.kv_usage / kv_threshold)
+            // f64::max ignores an unknown (NaN) side; both unknown count as saturated.
+            let s = (c.queued / queue_threshold).max(c.kv_usage / kv_threshold);
+            if s.is_nan() { 1.0 } else { s }
         }
         Detector::Concurrency { tokens, max_requests, max_tokens, .. } => {
             if tokens {
@@ -148,7 +152,7 @@ pub(super) fn add_scores(
         ScorerKind::Queue => min_max(cands, |c| c.queued, add),
         ScorerKind::RunningRequests => min_max(cands, |c| c.running, add),
         ScorerKind::KvCache => cands.iter_mut().for_each(|c| {
-            let v = if c.fresh { 1.0 - c.kv_usage } else { 0.0 };
+            let v = if c.fresh && !c.kv_usage.is_nan() { 1.0 - c.kv_usage } else { 0.0 };
             add(c, v)
         }),
         ScorerKind::PrefixCache => {
@@ -195,13 +199,14 @@ fn distinct(a: &[String], b: &[String]) -> usize {
 /// ones score 0, the worst.
 fn min_max(cands: &mut [Candidate], value: impl Fn(&Candidate) -> f64, add: impl Fn(&mut Candidate, f64)) {
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for c in cands.iter().filter(|c| c.fresh) {
+    for c in cands.iter().filter(|c| c.fresh && !value(c).is_nan()) {
         let v = value(c);
         min = min.min(v);
         max = max.max(v);
     }
     for c in cands.iter_mut() {
-        let v = if !c.fresh {
+        // Stale, or the value was missing from the page: the worst score, as never scraped.
+        let v = if !c.fresh || value(c).is_nan() {
             0.0
         } else if max <= min {
             1.0

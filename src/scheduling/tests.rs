@@ -385,3 +385,18 @@ fn an_explanation_names_each_scorer_and_adds_up_to_the_decision() {
         s.schedule_explained(&view, &all, &req("m"), &mut SmallRng::seed_from_u64(1), false).expect("scheduled");
     assert_eq!((plain.endpoints, none), (decision.endpoints, None));
 }
+
+/// Regression: a fresh endpoint whose page lacked the queue and KV metrics (an engine version
+/// the mapping does not match) read as queue 0 and KV 0, the best scores, and attracted traffic.
+#[test]
+fn test_a_metric_missing_from_the_page_is_unknown_not_idle() {
+    let missing = EndpointMetrics { queued: None, kv_usage: None, ..metrics(0, 0.0) };
+    let snap = snapshot(vec![
+        state("lacks-metrics", Some(missing), Duration::ZERO),
+        state("busy", Some(metrics(3, 0.5)), Duration::ZERO),
+    ]);
+    for seed in 0..20 {
+        let d = run(&default_scheduler(), &snap, &[], &req("m"), &PrefixIndex::new(), seed).expect("decision");
+        assert_eq!(d.endpoints, vec![1], "seed {seed}: the endpoint with known load wins");
+    }
+}
