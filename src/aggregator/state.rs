@@ -40,12 +40,14 @@ struct SharedTotals {
 }
 
 impl SharedTotals {
-    /// Adds (`sign` 1) or takes away (`sign` -1) one picker's report.
+    /// Adds (`sign` 1) or takes away (`sign` -1) one picker's report. Wrapping arithmetic: a
+    /// report is taken away exactly as it was added whatever numbers a picker sends, and a
+    /// garbage report cannot make the leader panic (found by fuzzing).
     fn apply(&mut self, loads: &PickerLoads, sign: i64) {
         for (id, l) in &loads.inflight {
             let t = self.inflight.entry(id.clone()).or_default();
-            t.requests += sign * l.requests;
-            t.tokens += sign * l.tokens;
+            t.requests = t.requests.wrapping_add(sign.wrapping_mul(l.requests));
+            t.tokens = t.tokens.wrapping_add(sign.wrapping_mul(l.tokens));
             if *t == Load::default() {
                 self.inflight.remove(id);
             }
@@ -54,7 +56,7 @@ impl SharedTotals {
             let by_scrape = self.sent.entry(id.clone()).or_default();
             let key = unix_micros(*at);
             let t = by_scrape.entry(key).or_default();
-            *t += sign * (*n as i64);
+            *t = t.wrapping_add(sign.wrapping_mul(*n as i64));
             if *t == 0 {
                 by_scrape.remove(&key);
                 if by_scrape.is_empty() {

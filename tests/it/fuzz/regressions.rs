@@ -1,0 +1,114 @@
+//! One test per fault the fuzz targets found, named after it, built from the smallest input that
+//! shows it (the seeded runs replay the same shapes, but these say what broke).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use switchyard::aggregator::AggregatorState;
+use switchyard::model::{Endpoint, EndpointId, EndpointState, Load, MetricsState, Snapshot};
+use switchyard::picker::view::{PickerView, ViewBuilder};
+use switchyard::wire;
+use switchyard_proto::v1 as pb;
+
+fn endpoint(id: &str) -> Endpoint {
+    Endpoint {
+        id: EndpointId::new(id),
+        address: "10.0.0.1:8000".into(),
+        metrics_url: String::new(),
+        engine: "vllm".into(),
+        labels: Default::default(),
+    }
+}
+
+fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
+    Snapshot {
+        epoch: 1,
+        seq: 1,
+        endpoints,
+        published_at: UNIX_EPOCH,
+        routed_blocks: vec![],
+        objectives: Arc::default(),
+    }
+}
+
+fn state(id: &str, shared_load: Load, shared_sent_since_scrape: u64) -> EndpointState {
+    EndpointState { endpoint: endpoint(id), metrics: MetricsState::Unknown, shared_load, shared_sent_since_scrape }
+}
+
+/// A leader (or anything on its stream) sending `sent_since_scrape` near `u64::MAX` made the
+/// picker's own count overflow as soon as it had sent a request.
+#[test]
+fn test_fuzz_picker_sent_since_scrape_overflow() {
+    let s = Arc::new(snapshot(vec![state("a", Load::default(), u64::MAX)]));
+    let view = ViewBuilder::default().next(&PickerView::empty(), s).expect("view");
+    view.counters[0].start(1);
+    assert_eq!(view.local_loads()[0].sent_since_scrape, u64::MAX);
+}
+
+/// A shared in-flight load near `i64::MAX` plus this picker's own request overflowed in the
+/// scorer.
+#[test]
+fn test_fuzz_scorer_inflight_overflow() {
+    use rand::SeedableRng;
+    use switchyard::config::EndpointPickerConfig;
+    use switchyard::scheduling::{LocalLoad, PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
+    let huge = Load { requests: i64::MAX, tokens: i64::MAX };
+    let s = snapshot(vec![state("a", huge, 0), state("b", Load::default(), 0)]);
+    let cfg = SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2)).expect("config");
+    let local = [LocalLoad { sent_since_scrape: 0, inflight: Load { requests: 1, tokens: 1 } }; 2];
+    let prefix = PrefixIndex::new();
+    let view = View { snapshot: &s, local: &local, prefix: &prefix, now: UNIX_EPOCH };
+    let req = RequestFeatures { target_model: "m", ..Default::default() };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    let d = Scheduler::new(cfg).schedule(&view, &[0, 1], &req, &mut rng).expect("a decision");
+    assert!(d.endpoints[0] < 2);
+}
+
+/// A full snapshot whose endpoints were not in id order was accepted as it was, and a later
+/// delta merged into the wrong order.
+#[test]
+fn test_fuzz_unsorted_full_snapshot_is_put_in_order() {
+    let mut u =
+        wire::snapshot_to_proto(&snapshot(vec![state("a", Load::default(), 0), state("b", Load::default(), 0)]));
+    u.endpoints.reverse();
+    let s = wire::snapshot_from_proto(u.clone()).expect("accepted");
+    let ids: Vec<&str> = s.endpoints.iter().map(|e| e.endpoint.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    u.endpoints.push(u.endpoints[0].clone());
+    assert_eq!(wire::snapshot_from_proto(u), Err(wire::WireError::Duplicate("b".into())));
+}
+
+/// Two pickers reporting loads near `i64::MAX` made the leader's sums overflow; taking the
+/// reports back must leave nothing behind.
+#[test]
+fn test_fuzz_leader_picker_report_overflow() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut state = AggregatorState::new(1);
+    state.on_endpoints(vec![endpoint("a")]);
+    let report = |picker: &str, requests: i64, sent: u64| {
+        wire::report_from_proto(pb::PickerReport {
+            version: wire::PROTOCOL_VERSION,
+            picker_id: picker.into(),
+            loads: vec![pb::LoadDelta {
+                endpoint_id: "a".into(),
+                requests,
+                tokens: requests,
+                sent_since_scrape: sent,
+                scraped_at_unix_micros: 0,
+            }],
+            routed: vec![],
+        })
+    };
+    state.on_picker_report(report("p1", i64::MAX, u64::MAX), now);
+    state.on_picker_report(report("p2", i64::MAX, u64::MAX), now);
+    state.on_picker_report(report("p1", i64::MIN, 1), now);
+    assert!(state.build(now).is_some());
+    for p in ["p1", "p2"] {
+        state.on_picker_report(
+            wire::report_from_proto(pb::PickerReport { picker_id: p.into(), ..Default::default() }),
+            now,
+        );
+    }
+    let s = state.build(now).expect("snapshot");
+    assert_eq!((s.endpoints[0].shared_load, s.endpoints[0].shared_sent_since_scrape), (Load::default(), 0));
+}
