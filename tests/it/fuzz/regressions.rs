@@ -112,3 +112,60 @@ fn test_fuzz_leader_picker_report_overflow() {
     let s = state.build(now).expect("snapshot");
     assert_eq!((s.endpoints[0].shared_load, s.endpoints[0].shared_sent_since_scrape), (Load::default(), 0));
 }
+
+/// `blockSizeTokens: 4611686018427387904` (2^62) made the block size in bytes wrap to 0, and
+/// hashing a prompt panicked (`chunks(0)`) on every request; 2^63-1 overflowed in debug builds.
+#[test]
+fn test_fuzz_huge_block_size_tokens() {
+    use switchyard::scheduling::hash_blocks;
+    let prompt = [b'x'; 64];
+    for size in [1usize << 62, i64::MAX as usize, usize::MAX] {
+        assert!(hash_blocks("m", "", &prompt, size, 256).is_empty(), "no block of {size} tokens fits");
+    }
+    assert_eq!(hash_blocks("m", "", &prompt, 4, 256).len(), 4);
+}
+
+/// `metricsStalenessThreshold: 99999999999999999999h` (or such a command-line duration)
+/// panicked converting to a `Duration`; it is now an invalid duration.
+#[test]
+fn test_fuzz_huge_duration_is_invalid() {
+    use switchyard::config::EndpointPickerConfig;
+    use switchyard::scheduling::SchedulerConfig;
+    use switchyard::scheduling::config::parse_duration;
+    assert_eq!(parse_duration("99999999999999999999h"), None);
+    assert_eq!(parse_duration("2562047h"), Some(Duration::from_secs(2_562_047 * 3600)));
+    let yaml = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: utilization-detector\n  parameters: {metricsStalenessThreshold: 99999999999999999999h}\n";
+    let cfg = EndpointPickerConfig::from_yaml(yaml).expect("the document is valid");
+    let err = SchedulerConfig::build(&cfg, Duration::from_secs(1)).expect_err("the duration is not");
+    assert!(err.to_string().contains("metricsStalenessThreshold"), "{err}");
+}
+
+/// KV-cache usage NaN on every endpoint (a garbage snapshot) made every score NaN; no candidate
+/// tied with the best and the max-score picker panicked on an empty range.
+#[test]
+fn test_fuzz_nan_scores_still_pick() {
+    use rand::SeedableRng;
+    use switchyard::config::EndpointPickerConfig;
+    use switchyard::model::{EndpointMetrics, MetricsSample};
+    use switchyard::scheduling::{PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let nan = |id: &str| EndpointState {
+        metrics: MetricsState::Known {
+            sample: Arc::new(MetricsSample {
+                metrics: EndpointMetrics { kv_usage: Some(f64::NAN), ..Default::default() },
+                scraped_at: now,
+                errors: vec![],
+            }),
+            last_error: None,
+        },
+        ..state(id, Load::default(), 0)
+    };
+    let s = snapshot(vec![nan("a"), nan("b")]);
+    let cfg = SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2)).expect("config");
+    let prefix = PrefixIndex::new();
+    let view = View { snapshot: &s, local: &[], prefix: &prefix, now };
+    let req = RequestFeatures { target_model: "m", ..Default::default() };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    let d = Scheduler::new(cfg).schedule(&view, &[0, 1], &req, &mut rng).expect("a decision");
+    assert_eq!(d.endpoints, [0]);
+}
