@@ -77,7 +77,9 @@ impl fmt::Display for Selector {
                 // The parser reads quoted values raw, up to the next quote (values never hold
                 // one): write them raw too. Debug escaping (`\\` for `\`) would not read back.
                 if is_bare_value(v) {
-                    write!(f, "{k}={v}")?;
+                    // `k= ~v` is the value `~v`; `k=~v` would be a regex matcher.
+                    let gap = if v.starts_with('~') { " " } else { "" };
+                    write!(f, "{k}={gap}{v}")?;
                 } else {
                     write!(f, "{k}=\"{v}\"")?;
                 }
@@ -302,10 +304,12 @@ mod tests {
     }
 
     /// Found by fuzzing (tests/it/fuzz.rs, target `spec`): Display escaped values Debug-style,
-    /// so `a\b` printed as `"a\\b"` and read back with two backslashes.
+    /// so `a\b` printed as `"a\\b"` and read back with two backslashes; and the value `~x`
+    /// printed as `k=~x`, which reads as a regex matcher.
     #[test]
     fn test_fuzz_display_round_trips_backslashes_and_odd_values() {
-        for s in [r#"m{a="x\y",b="{}"} or n{c="a or b"}"#, r"m{a=x\}", r#"m{a="",b="é \\"}"#, "m{a=é}"] {
+        let cases = [r#"m{a="x\y",b="{}"} or n{c="a or b"}"#, r"m{a=x\}", r#"m{a="",b="é \\"}"#, "m{a=é}", r"m{a= ~\}"];
+        for s in cases {
             let spec = MetricSpec::parse_required(s).expect(s);
             let printed = spec.to_string();
             assert_eq!(MetricSpec::parse_required(&printed).expect(&printed), spec, "{s} printed as {printed}");
