@@ -272,7 +272,7 @@ fn generate_config(rng: &mut Rng) -> Vec<u8> {
     let mut plugins = Vec::new();
     let mut names = Vec::new();
     for _ in 0..rng.small(8) {
-        let type_ = *rng.pick(TYPES);
+        let type_ = rng.pick(TYPES);
         let mut p = serde_json::Map::new();
         p.insert("type".into(), json!(type_));
         if rng.chance(15) {
@@ -306,7 +306,7 @@ fn generate_config(rng: &mut Rng) -> Vec<u8> {
         cfg.insert("schedulingProfiles".into(), json!([{"name": "default", "plugins": refs}]));
     }
     if rng.chance(20) {
-        let r = rng.pick(&names).clone();
+        let r = names[rng.below(names.len())].clone();
         cfg.insert("saturationDetector".into(), json!({"pluginRef": r}));
     }
     if rng.chance(10) {
@@ -320,9 +320,9 @@ fn generate_endpoints(rng: &mut Rng) -> Vec<u8> {
     let mut endpoints = Vec::new();
     for _ in 0..rng.small(6) {
         let mut e = serde_json::Map::new();
-        let name = *rng.pick(&["a", "b", "a-rank-0", "", " ", "ns/pod-é", "a-rank-1"]);
+        let name = rng.pick(&["a", "b", "a-rank-0", "", " ", "ns/pod-é", "a-rank-1"]);
         e.insert("name".into(), json!(name));
-        let address = *rng.pick(&["10.0.0.1", "fd00::1", "[fd00::1]", "host.example", "", "a:b:c", "1.2.3.4:80"]);
+        let address = rng.pick(&["10.0.0.1", "fd00::1", "[fd00::1]", "host.example", "", "a:b:c", "1.2.3.4:80"]);
         e.insert("address".into(), json!(address));
         let port = |rng: &mut Rng| -> Value {
             match rng.below(5) {
@@ -344,7 +344,7 @@ fn generate_endpoints(rng: &mut Rng) -> Vec<u8> {
             }
         }
         if rng.chance(50) {
-            let engine = *rng.pick(&["vllm", "sglang", "triton-tensorrt-llm", "trtllm-serve", "unknown", " sglang "]);
+            let engine = rng.pick(&["vllm", "sglang", "triton-tensorrt-llm", "trtllm-serve", "unknown", " sglang "]);
             e.insert("labels".into(), json!({"inference.networking.k8s.io/engine-type": engine}));
         }
         if rng.chance(20) {

@@ -85,8 +85,9 @@ impl Rng {
         self.below(100) < percent as usize
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+    /// One of `items` (not empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
     }
 
     /// Small sizes much more often than large ones (1 to `max`).
@@ -191,7 +192,7 @@ impl<'t> Fuzzer<'t> {
         let mut input = if roll < 30 || self.seeds.is_empty() {
             (self.target.generate)(rng)
         } else {
-            rng.pick(&self.seeds).clone()
+            self.seeds[rng.below(self.seeds.len())].clone()
         };
         if roll < 20 {
             // Some generated inputs go in untouched: they reach deep, valid paths.
@@ -240,7 +241,7 @@ fn mutate(input: &mut Vec<u8>, rng: &mut Rng, dictionary: &[&[u8]], seeds: &[Vec
     let pos = rng.below(len + 1);
     match rng.below(12) {
         0 if len > 0 => input[pos.min(len - 1)] ^= 1 << rng.below(8),
-        1 if len > 0 => input[pos.min(len - 1)] = *rng.pick(BYTES),
+        1 if len > 0 => input[pos.min(len - 1)] = rng.pick(BYTES),
         2 => {
             let n = rng.small(16);
             let bytes = rng.bytes(n);
@@ -259,7 +260,7 @@ fn mutate(input: &mut Vec<u8>, rng: &mut Rng, dictionary: &[&[u8]], seeds: &[Vec
             input.splice(at..at, chunk);
         }
         5 | 6 if !dictionary.is_empty() => {
-            let token = *rng.pick(dictionary);
+            let token = rng.pick(dictionary);
             if rng.chance(50) || len == 0 {
                 input.splice(pos..pos, token.iter().copied());
             } else {
@@ -269,7 +270,7 @@ fn mutate(input: &mut Vec<u8>, rng: &mut Rng, dictionary: &[&[u8]], seeds: &[Vec
         }
         7 if !seeds.is_empty() => {
             // Splice: our head, another seed's tail.
-            let other = rng.pick(seeds);
+            let other = &seeds[rng.below(seeds.len())];
             let from = rng.below(other.len() + 1);
             input.truncate(pos);
             input.extend_from_slice(&other[from..]);
@@ -307,7 +308,7 @@ fn replace_number(input: &mut Vec<u8>, rng: &mut Rng) {
     if digits.is_empty() {
         return;
     }
-    let mut start = *rng.pick(&digits);
+    let mut start = rng.pick(&digits);
     let numeric = |b: u8| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-');
     while start > 0 && numeric(input[start - 1]) {
         start -= 1;

@@ -89,7 +89,7 @@ fn check_request(input: &[u8]) -> Result<(), String> {
 }
 
 fn check_response(input: &[u8]) -> Result<(), String> {
-    let from_sse = usage_from_sse(input);
+    let _ = usage_from_sse(input);
     let from_json = usage_from_json(input);
     if let Ok(v) = serde_json::from_slice::<Value>(input)
         && v.get("type").and_then(Value::as_str) != Some("response.completed")
@@ -100,7 +100,6 @@ fn check_response(input: &[u8]) -> Result<(), String> {
             return Err(format!("usage {from_json:?} from JSON but {again:?} from the same body as SSE"));
         }
     }
-    let _ = from_sse;
     if rewrite_model_back(input, "m", "m").is_some() {
         return Err("rewritten although the names are equal".into());
     }
@@ -114,7 +113,7 @@ fn check_response(input: &[u8]) -> Result<(), String> {
 }
 
 fn text(rng: &mut Rng) -> Value {
-    let s = *rng.pick(&["hi", "", "You are a helpful assistant. ", "é☃\u{0}", "a\"b\\c", "\u{10ffff}"]);
+    let s = rng.pick(&["hi", "", "You are a helpful assistant. ", "é☃\u{0}", "a\"b\\c", "\u{10ffff}"]);
     Value::String(s.repeat(rng.small(40)))
 }
 
@@ -123,7 +122,7 @@ fn messages(rng: &mut Rng) -> Value {
     for _ in 0..rng.below(4) {
         let mut m = serde_json::Map::new();
         if rng.chance(90) {
-            let role = *rng.pick(&["system", "user", "assistant", "tool"]);
+            let role = rng.pick(&["system", "user", "assistant", "tool"]);
             m.insert("role".into(), if rng.chance(95) { json!(role) } else { json!(1) });
         }
         let content = match rng.below(3) {
@@ -216,7 +215,7 @@ fn usage(rng: &mut Rng) -> Value {
         }
     }
     if rng.chance(40) {
-        let details = *rng.pick(&["prompt_tokens_details", "prompt_token_details", "input_tokens_details"]);
+        let details = rng.pick(&["prompt_tokens_details", "prompt_token_details", "input_tokens_details"]);
         u.insert(details.into(), json!({"cached_tokens": n(rng)}));
     }
     if rng.chance(5) { json!([u]) } else { Value::Object(u) }
@@ -224,7 +223,7 @@ fn usage(rng: &mut Rng) -> Value {
 
 /// A JSON response or an SSE stream (chat chunks or Responses API events).
 fn generate_response(rng: &mut Rng) -> Vec<u8> {
-    let model = *rng.pick(&["base", "alias", "other"]);
+    let model = rng.pick(&["base", "alias", "other"]);
     if rng.chance(30) {
         let body = json!({"id": "x", "object": "chat.completion", "model": model, "choices": [], "usage": usage(rng)});
         return body.to_string().into_bytes();

@@ -268,13 +268,13 @@ fn label_set(rng: &mut Rng, out: &mut String) {
         }
         if rng.chance(10) {
             out.push('"');
-            out.push_str(*rng.pick(LABELS));
+            out.push_str(rng.pick(LABELS));
             out.push('"');
         } else {
-            out.push_str(*rng.pick(LABELS));
+            out.push_str(rng.pick(LABELS));
         }
         out.push_str("=\"");
-        out.push_str(*rng.pick(VALUES));
+        out.push_str(rng.pick(VALUES));
         out.push('"');
     }
     if rng.chance(10) {
@@ -297,7 +297,7 @@ fn generate_page(rng: &mut Rng) -> Vec<u8> {
     let eol = if rng.chance(20) { "\r\n" } else { "\n" };
     for _ in 0..rng.small(40) {
         if rng.chance(10) {
-            page.push_str(*rng.pick(&[" ", "\t", "  "]));
+            page.push_str(rng.pick(&[" ", "\t", "  "]));
         }
         let name = rng.pick(NAMES);
         match rng.below(10) {
@@ -316,7 +316,7 @@ fn generate_page(rng: &mut Rng) -> Vec<u8> {
                 } else {
                     page.push_str(name);
                     if rng.chance(10) {
-                        page.push_str(*rng.pick(&["_total", "_created", "_bucket", "x"]));
+                        page.push_str(rng.pick(&["_total", "_created", "_bucket", "x"]));
                     }
                     if rng.chance(70) {
                         page.push('{');
@@ -346,15 +346,15 @@ fn generate_spec(rng: &mut Rng) -> Vec<u8> {
         if i > 0 {
             spec.push_str(" or ");
         }
-        spec.push_str(*rng.pick(NAMES));
+        spec.push_str(rng.pick(NAMES));
         if rng.chance(60) {
-            spec.push_str(*rng.pick(&["{", " { "]));
+            spec.push_str(rng.pick(&["{", " { "]));
             for j in 0..rng.below(3) {
                 if j > 0 {
-                    spec.push_str(*rng.pick(&[",", " , "]));
+                    spec.push_str(rng.pick(&[",", " , "]));
                 }
-                spec.push_str(*rng.pick(LABELS));
-                spec.push_str(*rng.pick(&["=", " = ", "=~", "!="]));
+                spec.push_str(rng.pick(LABELS));
+                spec.push_str(rng.pick(&["=", " = ", "=~", "!="]));
                 let v = rng.pick(&["waiting", "a b", "x,y", "\\", "a\\b", "é", "{", "}", "or", "a or b", "\"\""]);
                 if rng.chance(50) {
                     spec.push('"');

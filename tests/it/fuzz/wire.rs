@@ -227,15 +227,15 @@ fn picker_decides(s: Snapshot) -> Result<(), String> {
 const IDS: &[&str] = &["a", "b", "c", "ns/pod-rank-0", "", "é"];
 
 fn f64_value(rng: &mut Rng) -> f64 {
-    *rng.pick(&[0.0, 1.0, 0.5, -1.0, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 3.0])
+    rng.pick(&[0.0, 1.0, 0.5, -1.0, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 3.0])
 }
 
 fn i64_value(rng: &mut Rng) -> i64 {
-    *rng.pick(&[0, 1, -1, 7, i64::MAX, i64::MIN, 1 << 40])
+    rng.pick(&[0, 1, -1, 7, i64::MAX, i64::MIN, 1 << 40])
 }
 
 fn u64_value(rng: &mut Rng) -> u64 {
-    *rng.pick(&[0, 1, 2, 16, u64::MAX, 1 << 63, u64::from(u32::MAX)])
+    rng.pick(&[0, 1, 2, 16, u64::MAX, 1 << 63, u64::from(u32::MAX)])
 }
 
 fn metrics(rng: &mut Rng) -> pb::EndpointMetrics {
@@ -247,7 +247,7 @@ fn metrics(rng: &mut Rng) -> pb::EndpointMetrics {
         running_lora: if rng.chance(30) { vec!["a".into(), String::new()] } else { vec![] },
         waiting_lora: vec![],
         max_lora: some(rng).then(|| u64_value(rng) as u32),
-        cache_block_size: some(rng).then(|| *rng.pick(&[0, 1, 16, u32::MAX])),
+        cache_block_size: some(rng).then(|| rng.pick(&[0, 1, 16, u32::MAX])),
         cache_num_blocks: some(rng).then(|| u64_value(rng)),
         lora_reported: rng.chance(50),
         errors: if rng.chance(20) { vec!["kv_usage: x".into()] } else { vec![] },
@@ -260,7 +260,7 @@ fn state(rng: &mut Rng, id: &str) -> pb::EndpointState {
             id: id.into(),
             address: format!("10.0.0.{}:8000", rng.below(3)),
             metrics_url: String::new(),
-            engine: (*rng.pick(&["vllm", "sglang", ""])).into(),
+            engine: rng.pick(&["vllm", "sglang", ""]).into(),
             labels: Default::default(),
         }),
         metrics: rng.chance(70).then(|| metrics(rng)),
@@ -274,7 +274,7 @@ fn state(rng: &mut Rng, id: &str) -> pb::EndpointState {
 fn states(rng: &mut Rng, max: usize) -> Vec<pb::EndpointState> {
     (0..rng.below(max))
         .map(|_| {
-            let id = *rng.pick(IDS);
+            let id = rng.pick(IDS);
             state(rng, id)
         })
         .collect()
@@ -283,7 +283,7 @@ fn states(rng: &mut Rng, max: usize) -> Vec<pb::EndpointState> {
 fn blocks(rng: &mut Rng) -> Vec<pb::PrefixBlocks> {
     (0..rng.below(3))
         .map(|_| pb::PrefixBlocks {
-            endpoint_id: (*rng.pick(IDS)).into(),
+            endpoint_id: rng.pick(IDS).into(),
             hashes: (0..rng.below(5)).map(|_| rng.next_u64() % 8).collect(),
         })
         .collect()
@@ -320,7 +320,7 @@ fn generate_apply(rng: &mut Rng) -> Vec<u8> {
             full: false,
             base_seq: if on_held { held.seq } else { rng.below(6) as u64 },
             endpoints: states(rng, 4),
-            removed: (0..rng.below(3)).map(|_| (*rng.pick(IDS)).into()).collect(),
+            removed: (0..rng.below(3)).map(|_| rng.pick(IDS).into()).collect(),
             prefix_blocks: blocks(rng),
             published_at_unix_micros: i64_value(rng),
             objectives: Default::default(),
@@ -344,7 +344,7 @@ fn generate_report(rng: &mut Rng) -> Vec<u8> {
         let r = pb::MetricsReport {
             version: 1,
             scraper_id: "s".into(),
-            endpoint_id: (*rng.pick(IDS)).into(),
+            endpoint_id: rng.pick(IDS).into(),
             scraped_at_unix_micros: i64_value(rng),
             result,
         };
@@ -355,7 +355,7 @@ fn generate_report(rng: &mut Rng) -> Vec<u8> {
         picker_id: "p".into(),
         loads: (0..rng.below(4))
             .map(|_| pb::LoadDelta {
-                endpoint_id: (*rng.pick(IDS)).into(),
+                endpoint_id: rng.pick(IDS).into(),
                 requests: i64_value(rng),
                 tokens: i64_value(rng),
                 sent_since_scrape: u64_value(rng),
