@@ -219,10 +219,14 @@ pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError>
     if !u.full {
         return Err(WireError::DeltaBase { epoch: u.epoch, base_seq: u.base_seq, held_epoch: 0, held_seq: 0 });
     }
-    let endpoints = u.endpoints.into_iter().map(endpoint_state_from_proto).collect::<Result<Vec<_>, _>>()?;
-    let mut seen = HashSet::with_capacity(endpoints.len());
-    if let Some(dup) = endpoints.iter().find(|e| !seen.insert(&e.endpoint.id)) {
-        return Err(WireError::Duplicate(dup.endpoint.id.to_string()));
+    let mut endpoints = u.endpoints.into_iter().map(endpoint_state_from_proto).collect::<Result<Vec<_>, _>>()?;
+    // Snapshots are ordered by id (deltas merge on that order); a sender that does not keep it
+    // is put in order here (found by fuzzing).
+    if !endpoints.is_sorted_by(|a, b| a.endpoint.id < b.endpoint.id) {
+        endpoints.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+    }
+    if let Some(dup) = endpoints.windows(2).find(|w| w[0].endpoint.id == w[1].endpoint.id) {
+        return Err(WireError::Duplicate(dup[0].endpoint.id.to_string()));
     }
     Ok(Snapshot {
         epoch: u.epoch,

@@ -74,7 +74,15 @@ impl fmt::Display for Selector {
                 if i > 0 {
                     f.write_str(",")?;
                 }
-                write!(f, "{k}={v:?}")?;
+                // The parser reads quoted values raw, up to the next quote (values never hold
+                // one): write them raw too. Debug escaping (`\\` for `\`) would not read back.
+                if is_bare_value(v) {
+                    // `k= ~v` is the value `~v`; `k=~v` would be a regex matcher.
+                    let gap = if v.starts_with('~') { " " } else { "" };
+                    write!(f, "{k}={gap}{v}")?;
+                } else {
+                    write!(f, "{k}=\"{v}\"")?;
+                }
             }
             f.write_str("}")?;
         }
@@ -92,6 +100,15 @@ impl fmt::Display for MetricSpec {
         }
         Ok(())
     }
+}
+
+/// A value that reads back the same without quotes. A value ending in an odd run of backslashes
+/// can only have been read unquoted, and stays bare: quoted, the parser would take the final
+/// `\"` for an escaped quote.
+fn is_bare_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.trim() == v
+        && !v.bytes().any(|b| b.is_ascii_whitespace() || matches!(b, b',' | b'"' | b'{' | b'}'))
 }
 
 /// Splits on the keyword `or` outside braces and quotes.
@@ -283,6 +300,19 @@ mod tests {
         for s in ["a", "a{b=\"c\"}", "a{b=\"c\",d=\"e f\"} or g"] {
             let spec = MetricSpec::parse_required(s).expect("ok");
             assert_eq!(MetricSpec::parse_required(&spec.to_string()).expect("ok"), spec);
+        }
+    }
+
+    /// Found by fuzzing (tests/it/fuzz.rs, target `spec`): Display escaped values Debug-style,
+    /// so `a\b` printed as `"a\\b"` and read back with two backslashes; and the value `~x`
+    /// printed as `k=~x`, which reads as a regex matcher.
+    #[test]
+    fn test_fuzz_display_round_trips_backslashes_and_odd_values() {
+        let cases = [r#"m{a="x\y",b="{}"} or n{c="a or b"}"#, r"m{a=x\}", r#"m{a="",b="é \\"}"#, "m{a=é}", r"m{a= ~\}"];
+        for s in cases {
+            let spec = MetricSpec::parse_required(s).expect(s);
+            let printed = spec.to_string();
+            assert_eq!(MetricSpec::parse_required(&printed).expect(&printed), spec, "{s} printed as {printed}");
         }
     }
 }

@@ -84,7 +84,8 @@ impl PickerView {
                     } else {
                         0
                     };
-                    mine + state.shared_sent_since_scrape.saturating_sub(own)
+                    // Saturating: the shared count comes from the wire (found by fuzzing).
+                    mine.saturating_add(state.shared_sent_since_scrape.saturating_sub(own))
                 },
                 // The snapshot's shared load already holds what this picker reported; count
                 // only the change since (the scorer adds the shared load and clamps at zero).

@@ -202,7 +202,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         total += value * scale;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    // Too large for a Duration is invalid, not a panic (found by fuzzing).
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn picker_n(p: PickerParams) -> usize {

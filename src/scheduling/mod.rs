@@ -292,7 +292,9 @@ impl Scheduler {
                         })
                         .map_or(0, |(i, _)| i),
                     None => {
-                        let k = rng.random_range(0..tied.clone().count());
+                        // NaN scores (metrics from the wire) tie with nothing: then the first
+                        // candidate, rather than a panic on an empty range (found by fuzzing).
+                        let k = rng.random_range(0..tied.clone().count().max(1));
                         tied.clone().nth(k).map_or(0, |(i, _)| i)
                     }
                 };

@@ -27,7 +27,9 @@ pub fn hash_blocks(
     block_size_tokens: usize,
     max_blocks: usize,
 ) -> Vec<u64> {
-    let block_bytes = block_size_tokens.max(1) * CHARS_PER_TOKEN;
+    // Saturating: `blockSizeTokens` is the operator's (a huge one means no block fits; found by
+    // fuzzing, it wrapped to 0 and `chunks` panicked).
+    let block_bytes = block_size_tokens.max(1).saturating_mul(CHARS_PER_TOKEN);
     if input.len() < block_bytes {
         return Vec::new();
     }

@@ -29,9 +29,10 @@ pub(super) fn candidate(
         queued: m.and_then(|m| m.queued).map_or(f64::NAN, |q| q as f64 + local.sent_since_scrape as f64),
         running: m.and_then(|m| m.running).map_or(f64::NAN, |r| r as f64),
         kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(f64::NAN),
+        // Saturating: the shared load comes from the wire (found by fuzzing).
         inflight: Load {
-            requests: (local.inflight.requests + state.shared_load.requests).max(0),
-            tokens: (local.inflight.tokens + state.shared_load.tokens).max(0),
+            requests: local.inflight.requests.saturating_add(state.shared_load.requests).max(0),
+            tokens: local.inflight.tokens.saturating_add(state.shared_load.tokens).max(0),
         },
         prefix_match,
         score: 0.0,

@@ -8,6 +8,7 @@ mod discovery;
 mod envoy;
 mod etcd;
 mod failover;
+mod fuzz;
 mod gateway;
 mod hostile;
 mod hostile_extproc;
