@@ -67,6 +67,8 @@ pub struct PickerMetrics {
     held: Arc<arc_swap::ArcSwap<Snapshot>>,
     /// The `name` label of the `inference_pool_*` gauges.
     pool: Arc<arc_swap::ArcSwap<String>>,
+    /// `inference_extension_plugin_duration_seconds{extension_point,plugin_type,plugin_name}`.
+    plugin_duration: Family<Labels, Histogram>,
 }
 
 impl PickerMetrics {
@@ -100,7 +102,13 @@ impl PickerMetrics {
             pending_header_bytes: Gauge::default(),
             held: Arc::new(arc_swap::ArcSwap::new(Snapshot::empty())),
             pool: Arc::new(arc_swap::ArcSwap::from_pointee(super::pool_metrics::DEFAULT_POOL_NAME.to_string())),
+            plugin_duration: Family::new_with_constructor(|| Histogram::new(SCHEDULER_BUCKETS)),
         };
+        registry.register(
+            "inference_extension_plugin_duration_seconds",
+            "Time each scheduling plugin took per decision",
+            m.plugin_duration.clone(),
+        );
         registry.register_collector(Box::new(super::pool_metrics::PoolGauges {
             held: m.held.clone(),
             pool: m.pool.clone(),
@@ -330,6 +338,29 @@ impl PickerMetrics {
         let published = s.published_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         self.snapshot_published.set(published.as_secs_f64());
         self.prefix_entries.set(prefix_entries as i64);
+    }
+}
+
+impl PickerMetrics {
+    /// A plugin timer for `plugins` (`(extension point, type)`, as `Scheduler::plugins` lists
+    /// them) with each histogram resolved once: a decision records without building labels.
+    pub fn plugin_timer(&self, plugins: &[(&'static str, &'static str)]) -> crate::scheduling::PluginTimer {
+        let handles: Vec<Histogram> = plugins
+            .iter()
+            .map(|(point, kind)| {
+                let labels = vec![
+                    ("extension_point".to_string(), point.to_string()),
+                    ("plugin_type".to_string(), kind.to_string()),
+                    ("plugin_name".to_string(), kind.to_string()),
+                ];
+                self.plugin_duration.get_or_create(&labels).clone()
+            })
+            .collect();
+        Arc::new(move |i, took| {
+            if let Some(h) = handles.get(i) {
+                h.observe(took.as_secs_f64());
+            }
+        })
     }
 }
 

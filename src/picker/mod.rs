@@ -124,6 +124,8 @@ const MAX_PENDING_ROUTED: usize = 10_000;
 
 impl Picker {
     pub fn new(scheduler: Scheduler, settings: PickerSettings, metrics: PickerMetrics) -> Self {
+        let timer = metrics.plugin_timer(&scheduler.plugins());
+        let scheduler = scheduler.with_plugin_timer(timer);
         let header_budget =
             limits::HeaderBudget::new(settings.limits.max_pending_header_bytes, metrics.pending_header_bytes());
         Picker {

@@ -39,6 +39,29 @@ pub enum ScorerKind {
     TokenLoad { threshold_tokens: f64 },
 }
 
+impl FilterKind {
+    /// The upstream plugin type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FilterKind::Detector(Detector::Utilization { .. }) => "utilization-detector",
+            FilterKind::Detector(Detector::Concurrency { .. }) => "concurrency-detector",
+            FilterKind::HeaderBasedTesting => "header-based-testing-filter",
+            FilterKind::PrefixAffinity { .. } => "prefix-cache-affinity-filter",
+        }
+    }
+}
+
+impl PickerKind {
+    /// The upstream plugin type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            PickerKind::MaxScore { .. } => "max-score-picker",
+            PickerKind::Random { .. } => "random-picker",
+            PickerKind::WeightedRandom { .. } => "weighted-random-picker",
+        }
+    }
+}
+
 impl ScorerKind {
     /// The upstream plugin type name.
     pub fn type_name(self) -> &'static str {

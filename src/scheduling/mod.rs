@@ -123,11 +123,42 @@ pub struct Candidate {
 
 pub struct Scheduler {
     pub config: SchedulerConfig,
+    /// Told how long each plugin ran (index into [`Scheduler::plugins`]), when set.
+    timer: Option<PluginTimer>,
 }
+
+/// Receives `(plugin index, time it took)` for every plugin that ran (the picker's
+/// `inference_extension_plugin_duration_seconds`, with handles resolved once).
+pub type PluginTimer = std::sync::Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler { config }
+        Scheduler { config, timer: None }
+    }
+
+    /// Times every plugin from now on.
+    pub fn with_plugin_timer(mut self, timer: PluginTimer) -> Self {
+        self.timer = Some(timer);
+        self
+    }
+
+    /// The profile's plugins, in the order a decision runs them: `(extension point, type)`;
+    /// the index is what the plugin timer receives.
+    pub fn plugins(&self) -> Vec<(&'static str, &'static str)> {
+        let p = &self.config.profile;
+        let filters = p.filters.iter().map(|f| ("Filter", f.type_name()));
+        let scorers = p.scorers.iter().map(|(s, _)| ("Scorer", s.type_name()));
+        filters.chain(scorers).chain(std::iter::once(("Picker", p.picker.type_name()))).collect()
+    }
+
+    fn time(&self, plugin: usize, started: Option<tokio::time::Instant>) {
+        if let (Some(timer), Some(t)) = (&self.timer, started) {
+            timer(plugin, t.elapsed());
+        }
+    }
+
+    fn clock(&self) -> Option<tokio::time::Instant> {
+        self.timer.as_ref().map(|_| tokio::time::Instant::now())
     }
 
     /// Schedules among `candidates` (snapshot indices already restricted by subset hints).
@@ -177,8 +208,11 @@ impl Scheduler {
         if req.priority < 0 && score::saturation(&self.config.detector, snapshot, &cands, now) >= 1.0 {
             return Err(ScheduleError::Saturated);
         }
-        for f in &self.config.profile.filters {
+        let n_filters = self.config.profile.filters.len();
+        for (i, f) in self.config.profile.filters.iter().enumerate() {
+            let t = self.clock();
             cands = score::filter(f, snapshot, cands, req, prefix_hashes.len(), now, rng);
+            self.time(i, t);
             if cands.is_empty() {
                 return Err(ScheduleError::AllFiltered);
             }
@@ -186,12 +220,14 @@ impl Scheduler {
         let load_agnostic = !cands.iter().any(|c| c.fresh);
         let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
-        for (scorer, weight) in &self.config.profile.scorers {
+        for (i, (scorer, weight)) in self.config.profile.scorers.iter().enumerate() {
             if load_agnostic && scorer.is_load() {
                 continue;
             }
             total_weight += weight;
+            let t = self.clock();
             score::add_scores(*scorer, *weight, snapshot, &mut cands, req, prefix_hashes.len());
+            self.time(n_filters + i, t);
         }
         // A prompt nobody is known to cache: ties follow its first block (see the module doc).
         let affinity = (matches.is_empty()
@@ -200,7 +236,9 @@ impl Scheduler {
         .flatten()
         .map(|h| (h, snapshot));
         let totals: Option<Vec<(usize, f64)>> = explain.then(|| cands.iter().map(|c| (c.index, c.score)).collect());
+        let t = self.clock();
         let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
+        self.time(n_filters + self.config.profile.scorers.len(), t);
         let explanation = match (unscored, totals, endpoints.first()) {
             (Some(unscored), Some(totals), Some(&primary)) => {
                 Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, prefix_hashes.len()))

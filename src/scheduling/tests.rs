@@ -400,3 +400,23 @@ fn test_a_metric_missing_from_the_page_is_unknown_not_idle() {
         assert_eq!(d.endpoints, vec![1], "seed {seed}: the endpoint with known load wins");
     }
 }
+
+#[test]
+fn every_plugin_that_runs_is_timed_once_per_decision() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let s =
+        default_scheduler().with_plugin_timer(std::sync::Arc::new(move |i, _| record.lock().expect("lock").push(i)));
+    assert_eq!(
+        s.plugins(),
+        [
+            ("Scorer", "queue-scorer"),
+            ("Scorer", "kv-cache-utilization-scorer"),
+            ("Scorer", "prefix-cache-scorer"),
+            ("Picker", "max-score-picker")
+        ]
+    );
+    let snap = snapshot(vec![state("a", Some(metrics(1, 0.2)), Duration::ZERO)]);
+    run(&s, &snap, &[], &req("m"), &PrefixIndex::new(), 1).expect("decision");
+    assert_eq!(*seen.lock().expect("lock"), [0, 1, 2, 3]);
+}

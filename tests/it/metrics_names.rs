@@ -134,6 +134,18 @@ async fn upstream_names_and_label_sets() {
     expect("switchyard_picker_picks", &["endpoint"]);
     expect("switchyard_picker_herd_share", &[]);
     expect("inference_extension_prefix_indexer_hit_ratio", &[]);
+    expect("inference_extension_plugin_duration_seconds", &["extension_point", "plugin_type", "plugin_name"]);
+    for (point, plugin) in [
+        ("Scorer", "queue-scorer"),
+        ("Scorer", "kv-cache-utilization-scorer"),
+        ("Scorer", "prefix-cache-scorer"),
+        ("Picker", "max-score-picker"),
+    ] {
+        let series = format!(
+            "inference_extension_plugin_duration_seconds_count{{extension_point=\"{point}\",plugin_type=\"{plugin}\",plugin_name=\"{plugin}\"}}"
+        );
+        assert!(text.contains(&series), "a series per plugin of the default profile: {series}\n{text}");
+    }
     let pick_series = text.lines().filter(|l| l.starts_with("switchyard_picker_picks_total{endpoint=")).count();
     assert_eq!(pick_series, 2, "a series per endpoint, before any pick\n{text}");
     assert!(!f["inference_pool_per_pod_queue_size"].is_empty(), "a series per pod\n{text}");
