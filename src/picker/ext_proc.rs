@@ -405,7 +405,11 @@ impl StreamState {
                 ScheduleError::AllFiltered => PickError::Unschedulable(e.to_string()),
             })?;
         let primary = decision.endpoints[0];
-        self.picker.metrics.record_prefix_hit(decision.prefix_matched_blocks, decision.prefix_hashes.len());
+        self.picker.metrics.record_prefix_hit(
+            decision.prefix_matched_blocks,
+            decision.prefix_hashes.len(),
+            decision.block_size_tokens.saturating_mul(crate::scheduling::prefix::CHARS_PER_TOKEN),
+        );
         super::trace::record_decision(&span, &view, primary, decision.load_agnostic, explanation.as_ref());
         let addresses: Vec<&str> =
             decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();

@@ -47,6 +47,8 @@ pub struct PickerMetrics {
     ntpot: Family<Labels, Histogram>,
     /// `inference_extension_prefix_indexer_hit_ratio`: longest known cached run / request blocks.
     prefix_hit_ratio: Histogram,
+    /// `inference_extension_prefix_indexer_hit_bytes`: prompt bytes the best match covers.
+    prefix_hit_bytes: Histogram,
     input_tokens: Family<Labels, Histogram>,
     output_tokens: Family<Labels, Histogram>,
     snapshot_seq: Gauge,
@@ -89,6 +91,8 @@ impl PickerMetrics {
             running: Family::default(),
             ntpot: Family::new_with_constructor(|| Histogram::new(NTPOT_BUCKETS.iter().copied())),
             prefix_hit_ratio: Histogram::new((0..=10).map(|i| f64::from(i) / 10.0)),
+            // 0 and powers of two from 16 bytes to 1 MiB (prompt prefixes).
+            prefix_hit_bytes: Histogram::new(std::iter::once(0.0).chain((4..=20).map(|p| f64::from(1u32 << p)))),
             input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
             output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
             snapshot_seq: Gauge::default(),
@@ -177,6 +181,11 @@ impl PickerMetrics {
             "inference_extension_prefix_indexer_hit_ratio",
             "Longest run of a request's prefix blocks an endpoint is known to cache, over the request's blocks",
             m.prefix_hit_ratio.clone(),
+        );
+        registry.register(
+            "inference_extension_prefix_indexer_hit_bytes",
+            "Prompt bytes covered by the best prefix match, per request with prefix blocks",
+            m.prefix_hit_bytes.clone(),
         );
         registry.register("inference_objective_input_tokens", "Prompt tokens per request", m.input_tokens.clone());
         registry.register(
@@ -321,9 +330,10 @@ impl PickerMetrics {
 
     /// `matched` of the request's `total` prefix blocks are cached somewhere (nothing recorded for
     /// a request without blocks).
-    pub(super) fn record_prefix_hit(&self, matched: usize, total: usize) {
+    pub(super) fn record_prefix_hit(&self, matched: usize, total: usize, block_bytes: usize) {
         if total > 0 {
             self.prefix_hit_ratio.observe(matched.min(total) as f64 / total as f64);
+            self.prefix_hit_bytes.observe(matched.min(total).saturating_mul(block_bytes) as f64);
         }
     }
 

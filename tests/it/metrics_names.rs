@@ -134,6 +134,7 @@ async fn upstream_names_and_label_sets() {
     expect("switchyard_picker_picks", &["endpoint"]);
     expect("switchyard_picker_herd_share", &[]);
     expect("inference_extension_prefix_indexer_hit_ratio", &[]);
+    expect("inference_extension_prefix_indexer_hit_bytes", &[]);
     expect("inference_extension_plugin_duration_seconds", &["extension_point", "plugin_type", "plugin_name"]);
     for (point, plugin) in [
         ("Scorer", "queue-scorer"),
