@@ -20,7 +20,7 @@ use tonic::transport::Server;
 
 use crate::aggregator::{Aggregator, AggregatorOutputs, Assigner, RemoteScraping};
 use crate::config::{self, MetricFlags};
-use crate::discovery::{DiscoveryError, DiscoveryMetrics, EndpointSource, PoolSource, Resolver};
+use crate::discovery::{DiscoveryMetrics, EndpointSource, PoolSource, Resolver};
 use crate::health::{HealthService, Readiness};
 use crate::metrics::EngineRegistry;
 use crate::model::Snapshot;
@@ -132,12 +132,8 @@ impl ControlPlane {
         remote_scrapers: bool,
         metrics_registry: &mut Registry,
     ) -> anyhow::Result<Self> {
-        // A config error stays one (exit code 2).
-        let source =
-            pool.start(resolver.clone(), DiscoveryMetrics::new(metrics_registry)).await.map_err(|e| match e {
-                DiscoveryError::Config(c) => anyhow::Error::from(c),
-                other => anyhow::Error::from(other),
-            })?;
+        // Exit code 2 for a config or flag error: main asks `DiscoveryError::is_config`.
+        let source = pool.start(resolver.clone(), DiscoveryMetrics::new(metrics_registry)).await?;
         // The actor's address exists before it runs: the scrapers publish to it, it assigns them.
         let ctx = Context::<Aggregator>::new();
         let sink = ScrapeSink { scraped: ctx.address().recipient(), failed: ctx.address().recipient() };

@@ -117,8 +117,8 @@ pub(crate) struct EtcdArgs {
 
 impl EtcdArgs {
     /// `None` without etcd endpoints; an error when a TLS file cannot be read.
-    pub(crate) fn settings(&self) -> anyhow::Result<Option<switchyard::aggregator::election::EtcdSettings>> {
-        use switchyard::aggregator::election::{EtcdSettings, EtcdTls};
+    pub(crate) fn settings(&self) -> anyhow::Result<Option<switchyard::etcd::EtcdSettings>> {
+        use switchyard::etcd::{EtcdSettings, EtcdTls};
         if self.etcd_endpoints.is_empty() {
             return Ok(None);
         }

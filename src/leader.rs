@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::etcd::{self as election, EtcdSettings};
+use crate::etcd::{self, EtcdSettings};
 
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,10 +50,10 @@ impl LeaderFinder {
     async fn elected(&mut self) -> Option<String> {
         let LeaderSource::Etcd(settings) = &self.source else { return None };
         if self.etcd.is_none() {
-            self.etcd = election::connect(settings).await.ok();
+            self.etcd = etcd::connect(settings).await.ok();
         }
         let client = self.etcd.as_mut()?;
-        match election::leader_value(client, &settings.election).await {
+        match etcd::leader_value(client, &settings.election).await {
             Ok(leader) => leader,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask etcd for the leader");

@@ -19,11 +19,12 @@ use switchyard_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 
-use crate::aggregator::election::{self, EtcdSettings};
+use crate::aggregator::election;
 use crate::aggregator::serve::ControlPlaneService;
 use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
 use crate::discovery::PoolSource;
+use crate::etcd::EtcdSettings;
 use crate::health::{HealthService, Readiness};
 use crate::metrics_auth::MetricsAuth;
 use crate::model::Snapshot;

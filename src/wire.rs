@@ -190,10 +190,10 @@ fn trace_ref_to_proto(r: Option<TraceRef>) -> Vec<u8> {
 
 /// A malformed reference is ignored (it only feeds trace links).
 fn trace_ref_from_proto(b: &[u8]) -> Option<TraceRef> {
-    let (t, s) = (b.get(..16)?, b.get(16..24)?);
-    (b.len() == 24).then(|| TraceRef {
-        trace_id: u128::from_be_bytes(t.try_into().unwrap_or([0; 16])),
-        span_id: u64::from_be_bytes(s.try_into().unwrap_or([0; 8])),
+    let (t, s) = <&[u8; 24]>::try_from(b).ok()?.split_at(16);
+    Some(TraceRef {
+        trace_id: u128::from_be_bytes(t.try_into().ok()?),
+        span_id: u64::from_be_bytes(s.try_into().ok()?),
     })
 }
 

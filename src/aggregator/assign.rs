@@ -116,11 +116,6 @@ impl RemoteScraping {
     pub fn disconnect_all(&self) {
         self.inner().scrapers.clear();
     }
-
-    /// Connected scraper ids.
-    pub fn scrapers(&self) -> Vec<String> {
-        self.inner().scrapers.keys().cloned().collect()
-    }
 }
 
 impl Remote {

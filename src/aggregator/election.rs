@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-pub use crate::etcd::{EtcdSettings, EtcdTls, connect, current_leader, leader_value};
+use crate::etcd::{EtcdSettings, connect};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeadershipEvent {

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::assign::RemoteScraping;
-use super::election::{self, EtcdSettings};
+use crate::etcd::{self, EtcdSettings};
 use crate::model::Snapshot;
 use crate::wire;
 
@@ -38,7 +38,7 @@ pub struct ControlPlaneService {
 impl ControlPlaneService {
     async fn not_leader(&self) -> Status {
         let leader = match &self.etcd {
-            Some(s) => election::current_leader(s).await.ok().flatten(),
+            Some(s) => etcd::current_leader(s).await.ok().flatten(),
             None => None,
         };
         Status::failed_precondition(format!("not the leader; leader: {}", leader.as_deref().unwrap_or("unknown")))

@@ -157,6 +157,13 @@ impl Scheduler {
         }
     }
 
+    /// The profile's scorers that count for a decision, with their position: load scorers are
+    /// left out when no candidate has fresh metrics.
+    fn active_scorers(&self, load_agnostic: bool) -> impl Iterator<Item = (usize, ScorerKind, f64)> + '_ {
+        let scorers = self.config.profile.scorers.iter().enumerate();
+        scorers.filter(move |(_, (s, _))| !(load_agnostic && s.is_load())).map(|(i, (s, w))| (i, *s, *w))
+    }
+
     fn clock(&self) -> Option<tokio::time::Instant> {
         self.timer.as_ref().map(|_| tokio::time::Instant::now())
     }
@@ -220,13 +227,10 @@ impl Scheduler {
         let load_agnostic = !cands.iter().any(|c| c.fresh);
         let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
-        for (i, (scorer, weight)) in self.config.profile.scorers.iter().enumerate() {
-            if load_agnostic && scorer.is_load() {
-                continue;
-            }
+        for (i, scorer, weight) in self.active_scorers(load_agnostic) {
             total_weight += weight;
             let t = self.clock();
-            score::add_scores(*scorer, *weight, snapshot, &mut cands, req, prefix_hashes.len());
+            score::add_scores(scorer, weight, snapshot, &mut cands, req, prefix_hashes.len());
             self.time(n_filters + i, t);
         }
         // A prompt nobody is known to cache: ties follow its first block (see the module doc).
@@ -266,12 +270,9 @@ impl Scheduler {
         let runner_up =
             totals.iter().filter(|(i, _)| *i != primary).max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| *i);
         let mut scores = Vec::new();
-        for (scorer, weight) in &self.config.profile.scorers {
-            if load_agnostic && scorer.is_load() {
-                continue;
-            }
+        for (_, scorer, weight) in self.active_scorers(load_agnostic) {
             let mut one = unscored.clone();
-            score::add_scores(*scorer, *weight, snapshot, &mut one, req, total_blocks);
+            score::add_scores(scorer, weight, snapshot, &mut one, req, total_blocks);
             let of = |idx: usize| one.iter().find(|c| c.index == idx).map(|c| c.score);
             scores.push((scorer.type_name(), of(primary).unwrap_or(0.0), runner_up.and_then(of)));
         }

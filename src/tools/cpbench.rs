@@ -219,12 +219,11 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(current > 0, "the picker never received a snapshot");
     let load = crate::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
-    let settings =
-        crate::aggregator::election::EtcdSettings::new(vec![etcd_url.clone()], "switchyard-aggregator", "", args.ttl);
+    let settings = crate::etcd::EtcdSettings::new(vec![etcd_url.clone()], "switchyard-aggregator", "", args.ttl);
     println!("failover: lease TTL {:?}, 2 aggregator processes, 1 picker under ext-proc load", args.ttl);
     let mut times = Vec::new();
     for round in 0..args.rounds {
-        let leader = crate::aggregator::election::current_leader(&settings).await?.unwrap_or_default();
+        let leader = crate::etcd::current_leader(&settings).await?.unwrap_or_default();
         let Some(victim) = replicas.iter().position(|(_, port)| leader.ends_with(&format!(":{port}"))) else {
             anyhow::bail!("leader {leader:?} is not one of ours");
         };

@@ -162,7 +162,6 @@ enum PoolStore {
 
 /// The source's state between ticks.
 struct Watching {
-    namespace: String,
     group: String,
     pods: Store<Pod>,
     pool: PoolStore,
@@ -219,7 +218,6 @@ pub fn start_with_client(
         }
     };
     let state = Watching {
-        namespace: ns.to_string(),
         group,
         pods,
         pool,
@@ -349,7 +347,6 @@ impl Watching {
                 .collect(),
             None => BTreeMap::new(),
         };
-        debug_assert_eq!(pool.namespace, self.namespace);
         EndpointSet { endpoints, synced: true, objectives }
     }
 
