@@ -89,14 +89,7 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
     let _ = send(&mut c, &HttpRequest::chat("meta-llama/Llama-3.1-8B-Instruct", "hello")).await;
     let bad = HttpRequest { body: b"{".to_vec(), path: "/v1/chat/completions".into(), chunks: 1, ..Default::default() };
     let _ = send(&mut c, &bad).await;
-    let text = crate::support::client()
-        .get(format!("http://{}/metrics", sb.epp().metrics_addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = crate::support::metrics_text(sb.epp().metrics_addr).await;
     let exported: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

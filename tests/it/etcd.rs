@@ -3,7 +3,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use switchyard::aggregator::election::{self, EtcdSettings, LeadershipEvent};
+use switchyard::aggregator::election::{self, LeadershipEvent};
+use switchyard::etcd::EtcdSettings;
 use tokio::sync::{mpsc, watch};
 
 /// A port nothing listens on now and not handed out before by this process: the OS can return
@@ -192,7 +193,7 @@ async fn one_leader_then_failover_with_a_higher_epoch() {
     let e1 = epoch(next(&mut a, Duration::from_secs(5)).await);
     let mut b = replica(settings(&etcd, "b:1"));
     assert_eq!(next(&mut b, Duration::from_millis(800)).await, None, "b waits while a leads");
-    assert_eq!(election::current_leader(&settings(&etcd, "x")).await.expect("leader").as_deref(), Some("a:1"));
+    assert_eq!(switchyard::etcd::current_leader(&settings(&etcd, "x")).await.expect("leader").as_deref(), Some("a:1"));
     // Graceful: a resigns, b takes over at once.
     let _ = a.stop.send(true);
     let e2 = epoch(next(&mut b, Duration::from_secs(3)).await);
@@ -239,7 +240,7 @@ async fn leader_steps_down_when_etcd_is_unreachable_and_reelection_follows() {
 
 #[tokio::test]
 async fn election_over_tls_with_a_client_certificate() {
-    use switchyard::aggregator::election::EtcdTls;
+    use switchyard::etcd::EtcdTls;
     let pki = Pki::new();
     let etcd = Etcd::start_tls(&pki).await;
     let tls = |cert: bool| {
@@ -250,26 +251,26 @@ async fn election_over_tls_with_a_client_certificate() {
     s.tls = Some(tls(true));
     let mut a = replica(s.clone());
     epoch(next(&mut a, Duration::from_secs(10)).await);
-    assert_eq!(election::current_leader(&s).await.expect("leader over TLS").as_deref(), Some("a:1"));
+    assert_eq!(switchyard::etcd::current_leader(&s).await.expect("leader over TLS").as_deref(), Some("a:1"));
 
     // A bare host:port is taken as https when TLS is configured.
     let mut bare = s.clone();
     bare.endpoints = vec![etcd.endpoint.trim_start_matches("https://").to_string()];
-    assert_eq!(election::current_leader(&bare).await.expect("leader").as_deref(), Some("a:1"));
+    assert_eq!(switchyard::etcd::current_leader(&bare).await.expect("leader").as_deref(), Some("a:1"));
 
     // etcd requires the client certificate, and plaintext reaches nothing.
     let mut no_cert = s.clone();
     no_cert.tls = Some(tls(false));
-    assert!(election::current_leader(&no_cert).await.is_err(), "no client certificate must be refused");
+    assert!(switchyard::etcd::current_leader(&no_cert).await.is_err(), "no client certificate must be refused");
     let mut plain = settings(&etcd, "x");
     plain.endpoints = vec![etcd.endpoint.replace("https://", "http://")];
-    assert!(election::current_leader(&plain).await.is_err(), "plaintext must not reach a TLS etcd");
+    assert!(switchyard::etcd::current_leader(&plain).await.is_err(), "plaintext must not reach a TLS etcd");
     let _ = a.stop.send(true);
 }
 
 #[test]
 fn tls_files_are_read_up_front_with_the_path_in_the_error() {
-    use switchyard::aggregator::election::EtcdTls;
+    use switchyard::etcd::EtcdTls;
     let missing = std::path::Path::new("/nonexistent/ca.pem");
     let err = EtcdTls::from_files(Some(missing), None, None).expect_err("missing CA file").to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");

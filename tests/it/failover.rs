@@ -2,7 +2,6 @@
 //! unreachable, a scraper killed, a picker with no leader that refuses to make up endpoints.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use switchyard::sim;
@@ -10,33 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::etcd::{Etcd, free_port};
-use crate::support::{client, wait_for};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Proc(Child);
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.0.id().to_string()]).status().expect("kill").success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[String]) -> Proc {
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn switchyard"))
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
+use crate::support::{Proc, client, strings, wait_for};
 
 /// The readiness a role's health port reports; `None` when it does not answer.
 async fn readiness(health_port: u16) -> Option<i32> {
@@ -108,7 +81,7 @@ fn aggregator(etcd: &Etcd, endpoints: &str, election: &str) -> Aggregator {
 
 fn aggregator_with(etcd: &Etcd, endpoints: &str, election: &str, extra: &[&str]) -> Aggregator {
     let (control, health) = (free_port(), free_port());
-    let mut args = s(&[
+    let mut args = strings(&[
         "aggregator",
         "--listen-host",
         "127.0.0.1",
@@ -129,23 +102,23 @@ fn aggregator_with(etcd: &Etcd, endpoints: &str, election: &str, extra: &[&str])
         "--log",
         "warn",
     ]);
-    args.extend(s(extra));
-    Aggregator { proc: spawn(&args), control, health }
+    args.extend(strings(extra));
+    Aggregator { proc: Proc::spawn(&args, &[]), control, health }
 }
 
 fn picker(etcd: &Etcd, election: &str) -> (Proc, u16, u16, u16) {
-    picker_with(&s(&["--etcd-endpoints", &etcd.endpoint, "--election-name", election, "--lease-ttl", "2s"]))
+    picker_with(&strings(&["--etcd-endpoints", &etcd.endpoint, "--election-name", election, "--lease-ttl", "2s"]))
 }
 
 /// A picker that finds the leader by trying `--aggregators` in turn.
 fn picker_listing(aggregators: &[&Aggregator]) -> (Proc, u16, u16, u16) {
     let list: Vec<String> = aggregators.iter().map(|a| format!("127.0.0.1:{}", a.control)).collect();
-    picker_with(&s(&["--aggregators", &list.join(",")]))
+    picker_with(&strings(&["--aggregators", &list.join(",")]))
 }
 
 fn picker_with(leader: &[String]) -> (Proc, u16, u16, u16) {
     let (grpc, health, metrics) = (free_port(), free_port(), free_port());
-    let mut args = s(&[
+    let mut args = strings(&[
         "picker",
         "--listen-host",
         "127.0.0.1",
@@ -160,7 +133,7 @@ fn picker_with(leader: &[String]) -> (Proc, u16, u16, u16) {
         "warn",
     ]);
     args.extend_from_slice(leader);
-    (spawn(&args), grpc, health, metrics)
+    (Proc::spawn(&args, &[]), grpc, health, metrics)
 }
 
 #[actix_rt::test]
@@ -173,13 +146,9 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     let (_p, grpc, health, metrics) = picker(&etcd, "it-failover");
     wait_for("picker ready", Duration::from_secs(20), || async move { ready(health).await.then_some(()) }).await;
     let first_epoch = wait_for("an epoch at the picker", Duration::from_secs(5), || picker_epoch(metrics)).await;
-    let settings = switchyard::aggregator::election::EtcdSettings::new(
-        vec![etcd.endpoint.clone()],
-        "it-failover",
-        "",
-        Duration::from_secs(2),
-    );
-    let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
+    let settings =
+        switchyard::etcd::EtcdSettings::new(vec![etcd.endpoint.clone()], "it-failover", "", Duration::from_secs(2));
+    let leader = switchyard::etcd::current_leader(&settings).await.expect("etcd").expect("a leader");
     let (mut victim, survivor) = if leader.ends_with(&format!(":{}", a.control)) { (a, b) } else { (b, a) };
 
     // Continuous ext-proc traffic through the failover.
@@ -202,7 +171,7 @@ async fn leader_killed_picker_keeps_answering_and_follows_the_new_leader() {
     assert!(ok > 50, "traffic flowed: {ok}");
     assert_eq!(failed, 0, "no failed picks during failover");
     assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
-    let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
+    let leader = switchyard::etcd::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", survivor.control)));
     // One full snapshot per leader, deltas in between.
     let full = picker_updates(metrics, "full").await.expect("full updates counted");
@@ -275,13 +244,8 @@ async fn fleet_file(dir: &std::path::Path) -> (Vec<sim::SimHandle>, String) {
     (fleet, file.display().to_string())
 }
 
-fn etcd_settings(etcd: &Etcd, election: &str) -> switchyard::aggregator::election::EtcdSettings {
-    switchyard::aggregator::election::EtcdSettings::new(
-        vec![etcd.endpoint.clone()],
-        election,
-        "",
-        Duration::from_secs(2),
-    )
+fn etcd_settings(etcd: &Etcd, election: &str) -> switchyard::etcd::EtcdSettings {
+    switchyard::etcd::EtcdSettings::new(vec![etcd.endpoint.clone()], election, "", Duration::from_secs(2))
 }
 
 /// The old leader is paused (SIGSTOP: its connections stay open, it just stops answering), a
@@ -297,7 +261,7 @@ async fn paused_leader_is_replaced_and_cannot_roll_pickers_back() {
     let (_p1, grpc1, health1, metrics1) = picker(&etcd, "it-pause");
     wait_for("picker ready", Duration::from_secs(20), || async move { ready(health1).await.then_some(()) }).await;
     let settings = etcd_settings(&etcd, "it-pause");
-    let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
+    let leader = switchyard::etcd::current_leader(&settings).await.expect("etcd").expect("a leader");
     let (old, new) = if leader.ends_with(&format!(":{}", a.control)) { (a, b) } else { (b, a) };
     let (_p2, grpc2, health2, metrics2) = picker_listing(&[&old, &new]);
     wait_for("listing picker ready", Duration::from_secs(20), || async move { ready(health2).await.then_some(()) })
@@ -348,7 +312,7 @@ async fn paused_leader_is_replaced_and_cannot_roll_pickers_back() {
         assert!(ok > 50, "picker {i}: traffic flowed: {ok}");
         assert_eq!(failed, 0, "picker {i}: no failed picks");
     }
-    let leader = switchyard::aggregator::election::current_leader(&settings).await.expect("etcd").expect("a leader");
+    let leader = switchyard::etcd::current_leader(&settings).await.expect("etcd").expect("a leader");
     assert!(leader.ends_with(&format!(":{}", new.control)), "the standby still leads: {leader}");
     assert!(not_ready(old.health).await, "the resumed old leader is a standby, not ready");
     assert!(ready(new.health).await);
@@ -400,23 +364,26 @@ async fn etcd_outage_leader_steps_down_pickers_keep_serving_then_one_leader() {
 
 fn scraper(etcd: &Etcd, election: &str, id: &str) -> (Proc, u16) {
     let metrics = free_port();
-    let p = spawn(&s(&[
-        "scraper",
-        "--scraper-id",
-        id,
-        "--listen-host",
-        "127.0.0.1",
-        "--metrics-port",
-        &metrics.to_string(),
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--election-name",
-        election,
-        "--refresh-metrics-interval",
-        "50ms",
-        "--log",
-        "warn",
-    ]));
+    let p = Proc::spawn(
+        &strings(&[
+            "scraper",
+            "--scraper-id",
+            id,
+            "--listen-host",
+            "127.0.0.1",
+            "--metrics-port",
+            &metrics.to_string(),
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--election-name",
+            election,
+            "--refresh-metrics-interval",
+            "50ms",
+            "--log",
+            "warn",
+        ]),
+        &[],
+    );
     (p, metrics)
 }
 

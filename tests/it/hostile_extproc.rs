@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::envoy::{HttpRequest, Sandbox, send};
-use crate::support::{client, vllm_fleet, wait_for};
+use crate::support::{vllm_fleet, wait_for};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const MIB: usize = 1024 * 1024;
@@ -91,8 +91,7 @@ impl Stream {
 }
 
 async fn metrics(sb: &Sandbox) -> String {
-    let url = format!("http://{}/metrics", sb.epp().metrics_addr);
-    client().get(url).send().await.expect("metrics").text().await.expect("text")
+    crate::support::metrics_text(sb.epp().metrics_addr).await
 }
 
 async fn pending_is(sb: &Sandbox, bytes: usize) {

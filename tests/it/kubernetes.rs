@@ -11,7 +11,7 @@ use switchyard::discovery::{DiscoveryMetrics, EndpointSet, EndpointSource, PoolS
 use switchyard::metrics::EngineRegistry;
 use tokio::sync::watch;
 
-use crate::support::{client, wait_for};
+use crate::support::wait_for;
 use switchyard::tools::kube_fake::FakeApiServer;
 
 const GROUP: &str = "inference.networking.k8s.io";
@@ -354,9 +354,8 @@ async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
     let engines: Vec<&str> = snapshot.endpoints.iter().map(|e| e.endpoint.engine.as_str()).collect();
     assert_eq!(engines, ["vllm", "sglang", "triton-tensorrt-llm"]);
     // The ext-proc side answers from it: readiness is on.
-    let http = client();
-    let text = http.get(format!("http://{}/metrics", standalone.metrics_addr)).send().await.expect("metrics");
-    assert!(text.text().await.expect("text").contains("switchyard_discovery_endpoints{source=\"kubernetes\"} 3"));
+    let text = crate::support::metrics_text(standalone.metrics_addr).await;
+    assert!(text.contains("switchyard_discovery_endpoints{source=\"kubernetes\"} 3"), "{text}");
     assert!(standalone.readiness.is_ready());
     assert_eq!(snapshot.objectives.get("batch"), Some(&-1));
 
@@ -379,7 +378,7 @@ async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
 /// publishes the pool at once, without listing again.
 #[actix_rt::test]
 async fn a_new_leader_publishes_the_pool_from_its_warm_reflector() {
-    use switchyard::aggregator::election::EtcdSettings;
+    use switchyard::etcd::EtcdSettings;
     use switchyard::roles::{AggregatorOptions, start_aggregator};
     let etcd = crate::etcd::Etcd::start().await;
     let fake = fake_with_crds().await;

@@ -276,8 +276,7 @@ async fn response_side_upstream_families() {
     let req = HttpRequest::chat(MODEL, &"a long enough prompt to fill blocks ".repeat(20));
     let mut ex = send(&mut c, &req).await;
     let dest = ex.routed.set_headers["x-gateway-destination-endpoint"].clone();
-    let url = format!("http://{}/metrics", sb.epp().metrics_addr);
-    let read = || async { client().get(&url).send().await.expect("metrics").text().await.expect("text") };
+    let read = || crate::support::metrics_text(sb.epp().metrics_addr);
     let during = read().await;
     assert!(during.contains(&format!("inference_objective_running_requests{{model_name=\"{MODEL}\"}} 1")), "{during}");
     let body = client()

@@ -331,14 +331,7 @@ async fn operator_metrics_are_exposed() {
         &HttpRequest { body: b"{".to_vec(), path: "/v1/chat/completions".into(), chunks: 1, ..Default::default() },
     )
     .await;
-    let text = client()
-        .get(format!("http://{}/metrics", sb.epp().metrics_addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = crate::support::metrics_text(sb.epp().metrics_addr).await;
     assert!(text.contains(&format!("switchyard_picker_picks_total{{endpoint=\"{name}\"}} 1")), "{text}");
     assert!(
         text.contains(

@@ -48,3 +48,45 @@ pub async fn vllm_fleet(n: usize, dir: &std::path::Path) -> (Vec<switchyard::sim
     let file = sim::write_endpoints_file(&fleet, dir).expect("endpoints file");
     (fleet, file)
 }
+
+/// The `/metrics` page served at `addr` (panics when it cannot be read).
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    client().get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text")
+}
+
+/// A `switchyard` child process, killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    /// Runs the binary under test with `args` and extra environment `env`, output discarded.
+    pub fn spawn(args: &[String], env: &[(&str, String)]) -> Proc {
+        use std::process::{Command, Stdio};
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn switchyard");
+        Proc(child)
+    }
+
+    /// Sends `sig` (e.g. `-STOP`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok =
+            std::process::Command::new("kill").args([sig, &self.0.id().to_string()]).status().expect("kill").success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Owned command-line arguments.
+pub fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}

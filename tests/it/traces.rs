@@ -2,44 +2,24 @@
 //! test: an aggregator process and a picker process export to it; a request routed with a
 //! `traceparent` continues the caller's trace, and the control plane's spans are linked.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use switchyard::tools::otlp_sink::Collector;
 
 use crate::envoy::{HttpRequest, send};
 use crate::etcd::free_port;
-use crate::support::{vllm_fleet, wait_for};
+use crate::support::{Proc, strings, vllm_fleet, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGTERM first: the process flushes its queued spans on the way out.
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
+/// A role exporting every span to the test's collector (it flushes every 50 ms).
 fn spawn(args: &[String], otlp_port: u16) -> Proc {
-    let child = Command::new(BIN)
-        .args(args)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}"))
-        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-        .env("OTEL_TRACES_SAMPLER_ARG", "1.0")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env_remove("OTEL_SERVICE_NAME")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn switchyard");
-    Proc(child)
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp_port}")),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.0".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".into()),
+        ("OTEL_SERVICE_NAME", String::new()),
+    ];
+    Proc::spawn(args, &env)
 }
 
 fn hex(bytes: &[u8]) -> String {
