@@ -579,6 +579,10 @@ pub(crate) struct SimArgs {
     /// `metrics-data-source` `scheme: https`).
     #[arg(long)]
     pub(crate) tls: bool,
+    /// Per server in start order, how many times slower it runs (e.g. `3` makes the first 3×
+    /// slower); servers past the list run at full speed.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) slowdown: Vec<f64>,
 }
 
 impl SimArgs {
@@ -602,6 +606,7 @@ impl SimArgs {
                 ..sim::ModelParams::default()
             },
             tls: self.tls,
+            slowdown: self.slowdown.clone(),
         })
     }
 }

@@ -51,7 +51,11 @@ fn main() -> ExitCode {
         Command::Crds(args) => crds(&args),
         command => {
             // The demo prints a table: role logs below warnings would land in the middle of it.
-            let quiet_demo = matches!(command, Command::Demo(_)) && cli.log.is_none() && cli.verbosity.is_none();
+            let prints_table = matches!(
+                command,
+                Command::Demo(_) | Command::Bench(switchyard::tools::bench::BenchCommand::Routing(_))
+            );
+            let quiet_demo = prints_table && cli.log.is_none() && cli.verbosity.is_none();
             let filter = if quiet_demo { "warn".to_string() } else { filter };
             run_async(command, Logging { filter, json, tracing: cli.tracing, metrics_auth })
         }

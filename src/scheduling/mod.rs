@@ -225,27 +225,27 @@ impl Scheduler {
             }
         }
         let load_agnostic = !cands.iter().any(|c| c.fresh);
+        let blocks = score::PromptBlocks { total: prefix_hashes.len(), size_tokens: block_size_tokens };
         let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
         for (i, scorer, weight) in self.active_scorers(load_agnostic) {
             total_weight += weight;
             let t = self.clock();
-            score::add_scores(scorer, weight, snapshot, &mut cands, req, prefix_hashes.len());
+            score::add_scores(scorer, weight, snapshot, &mut cands, req, blocks);
             self.time(n_filters + i, t);
         }
         // A prompt nobody is known to cache: ties follow its first block (see the module doc).
-        let affinity = (matches.is_empty()
-            && self.config.profile.scorers.iter().any(|(s, _)| *s == ScorerKind::PrefixCache))
-        .then(|| prefix_hashes.first().copied())
-        .flatten()
-        .map(|h| (h, snapshot));
+        let affinity = (matches.is_empty() && self.config.profile.scorers.iter().any(|(s, _)| s.is_prefix_aware()))
+            .then(|| prefix_hashes.first().copied())
+            .flatten()
+            .map(|h| (h, snapshot));
         let totals: Option<Vec<(usize, f64)>> = explain.then(|| cands.iter().map(|c| (c.index, c.score)).collect());
         let t = self.clock();
         let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
         self.time(n_filters + self.config.profile.scorers.len(), t);
         let explanation = match (unscored, totals, endpoints.first()) {
             (Some(unscored), Some(totals), Some(&primary)) => {
-                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, prefix_hashes.len()))
+                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, blocks))
             }
             _ => None,
         };
@@ -265,14 +265,14 @@ impl Scheduler {
         load_agnostic: bool,
         snapshot: &Snapshot,
         req: &RequestFeatures<'_>,
-        total_blocks: usize,
+        blocks: score::PromptBlocks,
     ) -> Explanation {
         let runner_up =
             totals.iter().filter(|(i, _)| *i != primary).max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| *i);
         let mut scores = Vec::new();
         for (_, scorer, weight) in self.active_scorers(load_agnostic) {
             let mut one = unscored.clone();
-            score::add_scores(scorer, weight, snapshot, &mut one, req, total_blocks);
+            score::add_scores(scorer, weight, snapshot, &mut one, req, blocks);
             let of = |idx: usize| one.iter().find(|c| c.index == idx).map(|c| c.score);
             scores.push((scorer.type_name(), of(primary).unwrap_or(0.0), runner_up.and_then(of)));
         }
@@ -370,6 +370,11 @@ impl Scheduler {
 }
 
 impl ScorerKind {
+    /// Scorers that read the prefix index.
+    pub fn is_prefix_aware(self) -> bool {
+        matches!(self, ScorerKind::PrefixCache | ScorerKind::PrefillCost { .. })
+    }
+
     /// Scorers that read load metrics (skipped when nothing is fresh).
     pub fn is_load(self) -> bool {
         matches!(self, ScorerKind::Queue | ScorerKind::KvCache | ScorerKind::RunningRequests)

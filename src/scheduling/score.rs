@@ -139,6 +139,15 @@ pub fn host(addr: &str) -> &str {
     }
 }
 
+/// The request's prompt as the prefix index sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PromptBlocks {
+    /// Blocks hashed (capped by `maxPrefixBlocksToMatch`).
+    pub total: usize,
+    /// Tokens per block.
+    pub size_tokens: usize,
+}
+
 /// Adds `weight × score` (score clamped to 0..=1) to every candidate, in one pass.
 pub(super) fn add_scores(
     s: ScorerKind,
@@ -146,8 +155,9 @@ pub(super) fn add_scores(
     snapshot: &Snapshot,
     cands: &mut [Candidate],
     req: &RequestFeatures<'_>,
-    total_blocks: usize,
+    blocks: PromptBlocks,
 ) {
+    let total_blocks = blocks.total;
     let add = |c: &mut Candidate, v: f64| c.score += weight * v.clamp(0.0, 1.0);
     match s {
         ScorerKind::Queue => min_max(cands, |c| c.queued, add),
@@ -169,6 +179,15 @@ pub(super) fn add_scores(
             let v = if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens };
             add(c, v)
         }),
+        ScorerKind::PrefillCost { prefill_weight, queue_weight } => {
+            let costs = prefill_costs(snapshot, cands, req, blocks, prefill_weight, queue_weight);
+            let need = need_blocks(req, blocks);
+            let min = costs.iter().copied().filter(|c| c.is_finite()).fold(f64::INFINITY, f64::min);
+            for (c, cost) in cands.iter_mut().zip(costs) {
+                let v = if cost.is_finite() { (min + need) / (cost + need) } else { 0.0 };
+                add(c, v)
+            }
+        }
         ScorerKind::LoraAffinity => cands.iter_mut().for_each(|c| {
             let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
             let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
@@ -187,6 +206,52 @@ pub(super) fn add_scores(
             add(c, v)
         }),
     }
+}
+
+/// KV blocks the request will hold: its prompt and output estimate (at least the hashed prompt).
+fn need_blocks(req: &RequestFeatures<'_>, blocks: PromptBlocks) -> f64 {
+    let estimated = req.estimated_tokens.max(0) as f64 / blocks.size_tokens.max(1) as f64;
+    estimated.ceil().max(blocks.total as f64).max(1.0)
+}
+
+/// Per candidate, the work in KV blocks that stands between the request and its first token:
+/// `prefill_weight × (prompt blocks the endpoint does not cache) + queue_weight × (queued requests
+/// × the request's blocks + the blocks that must be freed before it fits in the KV cache)`.
+/// Queued requests are assumed to be the size of this one; the cache capacity comes from the
+/// engine's cache config metric when it has one (else only the queue counts). A stale or unknown
+/// endpoint costs infinity, unless no candidate is fresh: then only the prefill term counts.
+fn prefill_costs(
+    snapshot: &Snapshot,
+    cands: &[Candidate],
+    req: &RequestFeatures<'_>,
+    blocks: PromptBlocks,
+    prefill_weight: f64,
+    queue_weight: f64,
+) -> Vec<f64> {
+    let need = need_blocks(req, blocks);
+    let any_fresh = cands.iter().any(|c| c.fresh && !c.queued.is_nan());
+    cands
+        .iter()
+        .map(|c| {
+            let prefill = blocks.total.saturating_sub(c.prefix_match) as f64;
+            let load = if !any_fresh {
+                0.0
+            } else if !c.fresh || c.queued.is_nan() {
+                f64::INFINITY
+            } else {
+                let capacity = snapshot.endpoints[c.index]
+                    .metrics
+                    .sample()
+                    .and_then(|s| s.metrics.cache_num_blocks)
+                    .filter(|b| *b > 0)
+                    .map(|b| b as f64);
+                let used = if c.kv_usage.is_nan() { 0.0 } else { c.kv_usage.clamp(0.0, 1.0) };
+                let overflow = capacity.map_or(0.0, |cap| (used * cap + need - cap).max(0.0));
+                c.queued.max(0.0) * need + overflow
+            };
+            prefill_weight * prefill + queue_weight * load
+        })
+        .collect()
 }
 
 fn distinct(a: &[String], b: &[String]) -> usize {

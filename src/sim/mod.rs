@@ -39,6 +39,9 @@ pub struct FleetConfig {
     pub params: ModelParams,
     /// Serve HTTPS (self-signed certificate for `localhost`) instead of plain HTTP.
     pub tls: bool,
+    /// Per server (in start order), how many times slower than `params` it runs (prefill rate
+    /// divided, decode times multiplied); servers past the end run at 1.
+    pub slowdown: Vec<f64>,
 }
 
 impl Default for FleetConfig {
@@ -53,6 +56,7 @@ impl Default for FleetConfig {
             adapters: Vec::new(),
             params: ModelParams::default(),
             tls: false,
+            slowdown: Vec::new(),
         }
     }
 }
@@ -98,7 +102,7 @@ pub async fn start_fleet(cfg: &FleetConfig) -> std::io::Result<Vec<SimHandle>> {
                 model: cfg.model.clone(),
                 // Every engine can serve adapters; only vLLM reports them in its metrics.
                 adapters: cfg.adapters.clone(),
-                params: cfg.params.clone(),
+                params: cfg.params.slowed(cfg.slowdown.get(handles.len()).copied().unwrap_or(1.0)),
                 seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(handles.len() as u64),
                 speed: cfg.speed,
                 tls: cfg.tls,

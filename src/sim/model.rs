@@ -47,6 +47,21 @@ impl Default for ModelParams {
     }
 }
 
+impl ModelParams {
+    /// The same server `factor` times slower (prefill rate divided, decode and LoRA load times
+    /// multiplied).
+    pub fn slowed(&self, factor: f64) -> ModelParams {
+        let f = if factor.is_finite() && factor > 0.0 { factor } else { 1.0 };
+        ModelParams {
+            prefill_tokens_per_s: self.prefill_tokens_per_s / f,
+            decode_base_s: self.decode_base_s * f,
+            decode_per_seq_s: self.decode_per_seq_s * f,
+            lora_load_s: self.lora_load_s * f,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimRequest {
     pub id: u64,

@@ -133,6 +133,12 @@ impl SimServer {
         lock(&self.core).waiting()
     }
 
+    /// Prefix-cache counters since start: (cached prompt tokens, prompt tokens admitted).
+    pub fn prefix_counters(&self) -> (u64, u64) {
+        let core = lock(&self.core);
+        (core.stats.prefix_hits, core.stats.prefix_queries)
+    }
+
     fn sim_now(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * self.cfg.speed
     }

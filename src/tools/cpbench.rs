@@ -112,16 +112,17 @@ pub struct FailoverArgs {
     pub rounds: usize,
 }
 
-struct Child(std::process::Child);
+/// A child process killed and reaped when dropped.
+pub(crate) struct ChildProcess(pub(crate) std::process::Child);
 
-impl Drop for Child {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -134,7 +135,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let (cport, pport) = (free_port()?, free_port()?);
     let etcd_url = format!("http://127.0.0.1:{cport}");
-    let _etcd = Child(
+    let _etcd = ChildProcess(
         Command::new("etcd")
             .args(["--name", "b", "--data-dir", &dir.join("etcd").display().to_string()])
             .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
@@ -158,10 +159,10 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 4)], ..Default::default() }).await?;
     let file = sim::write_endpoints_file(&fleet, &dir)?;
     let ttl = format!("{}ms", args.ttl.as_millis());
-    let spawn_aggregator = || -> anyhow::Result<(Child, u16)> {
+    let spawn_aggregator = || -> anyhow::Result<(ChildProcess, u16)> {
         let port = free_port()?;
         Ok((
-            Child(
+            ChildProcess(
                 Command::new(&exe)
                     .args(["aggregator", "--listen-host", "127.0.0.1", "--control-port", &port.to_string()])
                     .args(["--grpc-health-port", &free_port()?.to_string()])
@@ -175,7 +176,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         ))
     };
     let (grpc, metrics) = (free_port()?, free_port()?);
-    let _picker = Child(
+    let _picker = ChildProcess(
         Command::new(&exe)
             .args([
                 "picker",
@@ -400,7 +401,7 @@ pub async fn scrape_scaling(args: ScrapeScalingArgs) -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()?;
     let max = args.endpoints.iter().copied().max().unwrap_or(0);
-    let sim = Child(
+    let sim = ChildProcess(
         Command::new(&exe)
             .args(["sim", "--fleet", &format!("vllm-v1={max}"), "--base-port", &args.base_port.to_string()])
             .args(["--log", "warn"])
@@ -472,7 +473,7 @@ pub async fn scrape_scaling(args: ScrapeScalingArgs) -> anyhow::Result<()> {
                     .args([format!("{}ms", args.interval_ms), "--log".into(), "error".into()])
                     .stdout(Stdio::null())
                     .spawn()?;
-                scrapers.push((Child(child), port));
+                scrapers.push((ChildProcess(child), port));
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
             let http = reqwest::Client::new();
