@@ -114,6 +114,8 @@ pub struct Candidate {
     pub fresh: bool,
     /// Waiting requests, plus what this picker sent since the scrape.
     pub queued: f64,
+    /// Of `queued`, the requests sent since the scrape (which may well be running by now).
+    pub sent: f64,
     pub running: f64,
     pub kv_usage: f64,
     pub inflight: Load,

@@ -27,6 +27,7 @@ pub(super) fn candidate(
         // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
         // idle to a scorer because its page lacked the metric.
         queued: m.and_then(|m| m.queued).map_or(f64::NAN, |q| q as f64 + local.sent_since_scrape as f64),
+        sent: local.sent_since_scrape as f64,
         running: m.and_then(|m| m.running).map_or(f64::NAN, |r| r as f64),
         kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(f64::NAN),
         // Saturating: the shared load comes from the wire (found by fuzzing).
@@ -180,8 +181,8 @@ pub(super) fn add_scores(
             add(c, v)
         }),
         ScorerKind::PrefillCost { prefill_weight, queue_weight } => {
-            let costs = prefill_costs(snapshot, cands, req, blocks, prefill_weight, queue_weight);
-            let need = need_blocks(req, blocks);
+            let costs = prefill_costs(cands, snapshot, blocks, (prefill_weight, queue_weight));
+            let need = need_blocks(blocks);
             let min = costs.iter().copied().filter(|c| c.is_finite()).fold(f64::INFINITY, f64::min);
             for (c, cost) in cands.iter_mut().zip(costs) {
                 let v = if cost.is_finite() { (min + need) / (cost + need) } else { 0.0 };
@@ -208,27 +209,22 @@ pub(super) fn add_scores(
     }
 }
 
-/// KV blocks the request will hold: its prompt and output estimate (at least the hashed prompt).
-fn need_blocks(req: &RequestFeatures<'_>, blocks: PromptBlocks) -> f64 {
-    let estimated = req.estimated_tokens.max(0) as f64 / blocks.size_tokens.max(1) as f64;
-    estimated.ceil().max(blocks.total as f64).max(1.0)
+/// KV blocks the request will hold: its prompt and an output estimate of a quarter of it.
+fn need_blocks(blocks: PromptBlocks) -> f64 {
+    (blocks.total as f64 * 1.25).ceil().max(1.0)
 }
 
 /// Per candidate, the work in KV blocks that stands between the request and its first token:
-/// `prefill_weight × (prompt blocks the endpoint does not cache) + queue_weight × (queued requests
-/// × the request's blocks + the blocks that must be freed before it fits in the KV cache)`.
-/// Queued requests are assumed to be the size of this one; the cache capacity comes from the
-/// engine's cache config metric when it has one (else only the queue counts). A stale or unknown
-/// endpoint costs infinity, unless no candidate is fresh: then only the prefill term counts.
-fn prefill_costs(
-    snapshot: &Snapshot,
-    cands: &[Candidate],
-    req: &RequestFeatures<'_>,
-    blocks: PromptBlocks,
-    prefill_weight: f64,
-    queue_weight: f64,
-) -> Vec<f64> {
-    let need = need_blocks(req, blocks);
+///
+/// `prefill_weight × (prompt blocks the endpoint does not cache) + queue_weight × (waiting
+/// requests × the request's blocks + the blocks that must be freed before it fits)`.
+///
+/// Waiting requests are assumed to be the size of this one. Requests sent since the scrape are
+/// assumed admitted: they occupy KV blocks rather than queue. The capacity comes from the engine's
+/// cache config metric; without it, sent requests count as waiting. A stale or unknown endpoint
+/// costs infinity, unless no candidate is fresh: then only the prefill term counts.
+fn prefill_costs(cands: &[Candidate], snapshot: &Snapshot, blocks: PromptBlocks, weights: (f64, f64)) -> Vec<f64> {
+    let need = need_blocks(blocks);
     let any_fresh = cands.iter().any(|c| c.fresh && !c.queued.is_nan());
     cands
         .iter()
@@ -245,11 +241,16 @@ fn prefill_costs(
                     .and_then(|s| s.metrics.cache_num_blocks)
                     .filter(|b| *b > 0)
                     .map(|b| b as f64);
-                let used = if c.kv_usage.is_nan() { 0.0 } else { c.kv_usage.clamp(0.0, 1.0) };
-                let overflow = capacity.map_or(0.0, |cap| (used * cap + need - cap).max(0.0));
-                c.queued.max(0.0) * need + overflow
+                let waiting = (c.queued - c.sent).max(0.0);
+                match capacity {
+                    Some(cap) => {
+                        let used = if c.kv_usage.is_nan() { 0.0 } else { c.kv_usage.clamp(0.0, 1.0) * cap };
+                        waiting * need + (used + c.sent * need + need - cap).max(0.0)
+                    }
+                    None => c.queued.max(0.0) * need,
+                }
             };
-            prefill_weight * prefill + queue_weight * load
+            weights.0 * prefill + weights.1 * load
         })
         .collect()
 }
