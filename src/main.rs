@@ -200,6 +200,7 @@ async fn run_aggregator(args: AggregatorArgs, metrics_auth: MetricsAuth) -> anyh
         remote_scrapers: args.remote_scrapers,
         handshake_timeout: args.handshake_timeout,
         metrics_auth,
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;
@@ -236,6 +237,7 @@ async fn run_scraper(args: ScraperArgs, metrics_auth: MetricsAuth) -> anyhow::Re
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         scrape_timeout: args.scrape.scrape_timeout,
         metrics_auth,
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;
@@ -254,6 +256,7 @@ async fn run_picker(args: PickerArgs, metrics_auth: MetricsAuth) -> anyhow::Resu
         leader,
         picker: args.scheduling.settings(&args.inference_objectives)?,
         picker_id: format!("picker-{}", std::process::id()),
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;
