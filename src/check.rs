@@ -39,6 +39,7 @@ fn engines(resolver: &Resolver) -> String {
 fn check(command: &Command) -> anyhow::Result<String> {
     match command {
         Command::Standalone(a) => {
+            a.control_tls.refuse()?;
             let cfg = load(&a.config)?;
             let resolver = switchyard::app::resolver(&cfg, &a.metric_flags.to_flags())?;
             SchedulerConfig::build(&cfg, a.metrics_staleness_threshold)?;

@@ -427,6 +427,44 @@ pub(crate) struct StandaloneArgs {
     pub(crate) config: ConfigArgs,
     #[command(flatten)]
     pub(crate) scrape: ScrapeArgs,
+    #[command(flatten)]
+    pub(crate) control_tls: NoControlTlsArgs,
+}
+
+/// The control-plane TLS flags, hidden on standalone so that giving one is refused with the
+/// reason rather than clap's "unexpected argument".
+#[derive(Args)]
+pub(crate) struct NoControlTlsArgs {
+    #[arg(long = "control-plane-cert", hide = true)]
+    cert: Option<PathBuf>,
+    #[arg(long = "control-plane-key", hide = true)]
+    key: Option<PathBuf>,
+    #[arg(long = "control-plane-ca", hide = true)]
+    ca: Option<PathBuf>,
+    #[arg(long = "control-plane-server-name", hide = true)]
+    server_name: Option<String>,
+    #[arg(long = "control-plane-tls-require", hide = true)]
+    require: bool,
+}
+
+impl NoControlTlsArgs {
+    pub(crate) fn refuse(&self) -> Result<(), switchyard::config::ConfigError> {
+        let given = [
+            ("--control-plane-cert", self.cert.is_some()),
+            ("--control-plane-key", self.key.is_some()),
+            ("--control-plane-ca", self.ca.is_some()),
+            ("--control-plane-server-name", self.server_name.is_some()),
+            ("--control-plane-tls-require", self.require),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            None => Ok(()),
+            Some((flag, _)) => Err(switchyard::config::ConfigError::invalid(
+                *flag,
+                "standalone has no control-plane port (its roles talk in-process); the --control-plane-* flags \
+                 apply to `switchyard aggregator`, `picker` and `scraper` (docs/security.md)",
+            )),
+        }
+    }
 }
 
 /// Where the picker serves (upstream's flag names and ports).

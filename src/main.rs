@@ -155,6 +155,7 @@ fn run_async(command: Command, logging: Logging) -> ExitCode {
 
 async fn run_standalone(args: StandaloneArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::app::{self, StandaloneOptions};
+    args.control_tls.refuse()?;
     let picker = args.scheduling.settings(&args.inference_objectives)?;
     let _ = args.health_checking;
     let serve = args.serve.options();

@@ -7,6 +7,9 @@
 //! - `picker`: follows the leader's snapshot stream, reports its load, serves ext-proc from what
 //!   it holds.
 //! - `scraper`: scrapes what the leader assigns and streams the results back.
+//!
+//! With control-plane TLS settings ([`crate::control_tls`]) the aggregator's control port and
+//! the picker's and scraper's connections to it use TLS, with the files reloaded as they change.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,10 @@
 //! TLS for the ext-proc port: a certificate from `--cert-path` (reloaded when its files change,
 //! with `--enable-cert-reload`) or a self-signed one generated at start-up. Handshakes happen in
 //! an accept loop beside the gRPC server; a failed handshake drops that connection only.
+//!
+//! The file watcher ([`watch_files`]) and the accept loop ([`incoming_with`]: configuration taken
+//! per connection, plaintext HTTP/2 answered with a gRPC error) also serve the control plane's
+//! TLS ([`crate::control_tls`]), which owns its own configurations.
 
 use std::io;
 use std::path::{Path, PathBuf};

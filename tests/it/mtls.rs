@@ -281,3 +281,43 @@ async fn rotated_files_apply_to_new_connections_while_streams_keep_going() {
     streaming.shutdown(Duration::from_secs(1)).await;
     agg.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The binary's flags: inconsistent ones exit 2 naming the flag before anything is bound;
+/// `--check-config` reports the mode; standalone, which has no control-plane port, refuses them.
+#[test]
+fn the_flags_are_checked_at_start_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoints = dir.path().join("endpoints.yaml");
+    std::fs::write(&endpoints, "endpoints: []\n").expect("write");
+    let files = Ca::new("control plane CA").issue(dir.path(), "aggregator", &[SERVER_NAME]);
+    let path = |p: &Option<PathBuf>| p.as_ref().expect("path").display().to_string();
+    let (cert, key, ca) = (path(&files.cert), path(&files.key), path(&files.ca));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let eps = endpoints.display().to_string();
+    let aggregator = ["aggregator", "--endpoints-file", &eps, "--listen-host", "127.0.0.1"];
+
+    let (code, text) =
+        run(&[&aggregator[..], &["--control-plane-tls-require", "--control-plane-ca", &ca, "--check-config"]].concat());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--control-plane-tls-require") && text.contains("--control-plane-cert"), "{text}");
+
+    let (code, text) = run(&[&aggregator[..], &["--control-plane-ca", &ca, "--check-config"]].concat());
+    assert_eq!(code, Some(2), "an aggregator needs a certificate: {text}");
+
+    let mtls = ["--control-plane-cert", &cert, "--control-plane-key", &key, "--control-plane-ca", &ca];
+    let required = [&mtls[..], &["--control-plane-tls-require", "--check-config"]].concat();
+    let (code, text) = run(&[&aggregator[..], &required].concat());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("control plane mutual TLS required"), "{text}");
+    let picker = ["picker", "--aggregators", "127.0.0.1:9010", "--secure-serving=false"];
+    let (code, text) = run(&[&picker[..], &required, &["--control-plane-server-name", SERVER_NAME]].concat());
+    assert_eq!(code, Some(0), "{text}");
+
+    let (code, text) = run(&[&["standalone", "--endpoints-file", &eps][..], &mtls, &["--check-config"]].concat());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--control-plane-cert: standalone has no control-plane port"), "{text}");
+}
