@@ -39,6 +39,7 @@ fn engines(resolver: &Resolver) -> String {
 fn check(command: &Command) -> anyhow::Result<String> {
     match command {
         Command::Standalone(a) => {
+            a.control_tls.refuse()?;
             let cfg = load(&a.config)?;
             let resolver = switchyard::app::resolver(&cfg, &a.metric_flags.to_flags())?;
             SchedulerConfig::build(&cfg, a.metrics_staleness_threshold)?;
@@ -55,7 +56,8 @@ fn check(command: &Command) -> anyhow::Result<String> {
                 Some(s) => format!("etcd election {:?} on {}", s.election, s.endpoints.join(",")),
                 None => "leading alone (no etcd)".into(),
             };
-            Ok(format!("aggregator: config ok, {}; pool: {pool}; {etcd}", engines(&resolver)))
+            let tls = control_tls(&a.control_tls, true)?;
+            Ok(format!("aggregator: config ok, {}; pool: {pool}; {etcd}; {tls}", engines(&resolver)))
         }
         Command::Picker(a) => {
             let cfg = load(&a.config)?;
@@ -63,13 +65,15 @@ fn check(command: &Command) -> anyhow::Result<String> {
             a.scheduling.settings(&a.inference_objectives)?;
             let leader = crate::leader_source(&a.etcd, &a.aggregators)?;
             check_serving(&a.serve)?;
-            Ok(format!("picker: config ok; leader from {}", describe(&leader)))
+            let tls = control_tls(&a.control_tls, false)?;
+            Ok(format!("picker: config ok; leader from {}; {tls}", describe(&leader)))
         }
         Command::Scraper(a) => {
             let cfg = load(&a.config)?;
             let resolver = switchyard::app::resolver(&cfg, &a.metric_flags.to_flags())?;
             let leader = crate::leader_source(&a.etcd, &a.aggregators)?;
-            Ok(format!("scraper: config ok, {}; leader from {}", engines(&resolver), describe(&leader)))
+            let tls = control_tls(&a.control_tls, false)?;
+            Ok(format!("scraper: config ok, {}; leader from {}; {tls}", engines(&resolver), describe(&leader)))
         }
         _ => Err(config::ConfigError::invalid(
             "--check-config",
@@ -84,6 +88,23 @@ fn describe(leader: &switchyard::leader::LeaderSource) -> String {
         switchyard::leader::LeaderSource::Addresses(a) => format!("addresses {}", a.join(",")),
         switchyard::leader::LeaderSource::Etcd(s) => format!("etcd election {:?}", s.election),
     }
+}
+
+/// The control-plane TLS flags must be consistent and their files usable, as the server (an
+/// aggregator) or a client (picker, scraper) reads them.
+fn control_tls(args: &ControlTlsArgs, server: bool) -> anyhow::Result<&'static str> {
+    use switchyard::control_tls::{ClientTls, ServerTls};
+    let settings = args.settings();
+    let on = if server {
+        ServerTls::load(&settings).map_err(config::ConfigError::from)?.is_some()
+    } else {
+        ClientTls::load(&settings).map_err(config::ConfigError::from)?.is_some()
+    };
+    Ok(match (on, settings.require) {
+        (false, _) => "control plane plaintext",
+        (true, false) => "control plane TLS",
+        (true, true) => "control plane mutual TLS required",
+    })
 }
 
 /// A certificate directory given must hold a usable certificate.

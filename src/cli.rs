@@ -137,6 +137,42 @@ impl EtcdArgs {
     }
 }
 
+/// mTLS on the control plane (aggregator port; picker and scraper clients): docs/security.md.
+#[derive(Args, Clone)]
+pub(crate) struct ControlTlsArgs {
+    /// This process's certificate chain (PEM): the aggregator serves TLS with it, pickers and
+    /// scrapers present it as their client certificate. Reloaded when the file changes.
+    #[arg(long, requires = "control_plane_key")]
+    pub(crate) control_plane_cert: Option<PathBuf>,
+    /// The private key of --control-plane-cert (PEM).
+    #[arg(long, requires = "control_plane_cert")]
+    pub(crate) control_plane_key: Option<PathBuf>,
+    /// CA bundle (PEM) peers are verified against: client certificates on the aggregator, the
+    /// aggregator's certificate on pickers and scrapers (default there: the system roots).
+    #[arg(long)]
+    pub(crate) control_plane_ca: Option<PathBuf>,
+    /// Pickers and scrapers: the name the aggregator's certificate must carry (default: the host
+    /// they dial, usually the leader's IP from etcd).
+    #[arg(long)]
+    pub(crate) control_plane_server_name: Option<String>,
+    /// Refuse to start without --control-plane-cert, --control-plane-key and --control-plane-ca;
+    /// the aggregator then refuses clients without a certificate signed by the CA.
+    #[arg(long)]
+    pub(crate) control_plane_tls_require: bool,
+}
+
+impl ControlTlsArgs {
+    pub(crate) fn settings(&self) -> switchyard::control_tls::ControlTls {
+        switchyard::control_tls::ControlTls {
+            cert: self.control_plane_cert.clone(),
+            key: self.control_plane_key.clone(),
+            ca: self.control_plane_ca.clone(),
+            server_name: self.control_plane_server_name.clone(),
+            require: self.control_plane_tls_require,
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct AggregatorArgs {
     #[arg(long, default_value = "0.0.0.0")]
@@ -164,6 +200,8 @@ pub(crate) struct AggregatorArgs {
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
+    pub(crate) control_tls: ControlTlsArgs,
+    #[command(flatten)]
     pub(crate) metric_flags: MetricFlagArgs,
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
@@ -187,6 +225,8 @@ pub(crate) struct ScraperArgs {
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
     #[command(flatten)]
+    pub(crate) control_tls: ControlTlsArgs,
+    #[command(flatten)]
     pub(crate) metric_flags: MetricFlagArgs,
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
@@ -209,6 +249,8 @@ pub(crate) struct PickerArgs {
     pub(crate) scheduling: SchedulingArgs,
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
+    #[command(flatten)]
+    pub(crate) control_tls: ControlTlsArgs,
     #[command(flatten)]
     pub(crate) serve: ServeArgs,
     #[command(flatten)]
@@ -385,6 +427,44 @@ pub(crate) struct StandaloneArgs {
     pub(crate) config: ConfigArgs,
     #[command(flatten)]
     pub(crate) scrape: ScrapeArgs,
+    #[command(flatten)]
+    pub(crate) control_tls: NoControlTlsArgs,
+}
+
+/// The control-plane TLS flags, hidden on standalone so that giving one is refused with the
+/// reason rather than clap's "unexpected argument".
+#[derive(Args)]
+pub(crate) struct NoControlTlsArgs {
+    #[arg(long = "control-plane-cert", hide = true)]
+    cert: Option<PathBuf>,
+    #[arg(long = "control-plane-key", hide = true)]
+    key: Option<PathBuf>,
+    #[arg(long = "control-plane-ca", hide = true)]
+    ca: Option<PathBuf>,
+    #[arg(long = "control-plane-server-name", hide = true)]
+    server_name: Option<String>,
+    #[arg(long = "control-plane-tls-require", hide = true)]
+    require: bool,
+}
+
+impl NoControlTlsArgs {
+    pub(crate) fn refuse(&self) -> Result<(), switchyard::config::ConfigError> {
+        let given = [
+            ("--control-plane-cert", self.cert.is_some()),
+            ("--control-plane-key", self.key.is_some()),
+            ("--control-plane-ca", self.ca.is_some()),
+            ("--control-plane-server-name", self.server_name.is_some()),
+            ("--control-plane-tls-require", self.require),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            None => Ok(()),
+            Some((flag, _)) => Err(switchyard::config::ConfigError::invalid(
+                *flag,
+                "standalone has no control-plane port (its roles talk in-process); the --control-plane-* flags \
+                 apply to `switchyard aggregator`, `picker` and `scraper` (docs/security.md)",
+            )),
+        }
+    }
 }
 
 /// Where the picker serves (upstream's flag names and ports).

@@ -17,6 +17,7 @@
 pub mod aggregator;
 pub mod app;
 pub mod config;
+pub mod control_tls;
 pub mod discovery;
 pub mod etcd;
 pub mod gateway;

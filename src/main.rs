@@ -159,6 +159,7 @@ fn run_async(command: Command, logging: Logging) -> ExitCode {
 
 async fn run_standalone(args: StandaloneArgs, metrics_auth: MetricsAuth) -> anyhow::Result<()> {
     use switchyard::app::{self, StandaloneOptions};
+    args.control_tls.refuse()?;
     let picker = args.scheduling.settings(&args.inference_objectives)?;
     let _ = args.health_checking;
     let serve = args.serve.options();
@@ -204,6 +205,7 @@ async fn run_aggregator(args: AggregatorArgs, metrics_auth: MetricsAuth) -> anyh
         remote_scrapers: args.remote_scrapers,
         handshake_timeout: args.handshake_timeout,
         metrics_auth,
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;
@@ -240,6 +242,7 @@ async fn run_scraper(args: ScraperArgs, metrics_auth: MetricsAuth) -> anyhow::Re
         refresh_metrics_interval: args.scrape.refresh_metrics_interval,
         scrape_timeout: args.scrape.scrape_timeout,
         metrics_auth,
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;
@@ -258,6 +261,7 @@ async fn run_picker(args: PickerArgs, metrics_auth: MetricsAuth) -> anyhow::Resu
         leader,
         picker: args.scheduling.settings(&args.inference_objectives)?,
         picker_id: format!("picker-{}", std::process::id()),
+        control_tls: args.control_tls.settings(),
     })
     .await?;
     shutdown_signal().await;

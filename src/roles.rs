@@ -7,6 +7,9 @@
 //! - `picker`: follows the leader's snapshot stream, reports its load, serves ext-proc from what
 //!   it holds.
 //! - `scraper`: scrapes what the leader assigns and streams the results back.
+//!
+//! With control-plane TLS settings ([`crate::control_tls`]) the aggregator's control port and
+//! the picker's and scraper's connections to it use TLS, with the files reloaded as they change.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use crate::aggregator::election;
 use crate::aggregator::serve::ControlPlaneService;
 use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
+use crate::control_tls::{ClientTls, ControlTls, PLAINTEXT_REFUSAL, ServerTls};
 use crate::discovery::PoolSource;
 use crate::etcd::EtcdSettings;
 use crate::health::{HealthService, Readiness};
@@ -59,6 +63,8 @@ pub struct AggregatorOptions {
     pub handshake_timeout: Duration,
     /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
     pub metrics_auth: MetricsAuth,
+    /// TLS on the control port (default: plaintext).
+    pub control_tls: ControlTls,
 }
 
 impl AggregatorOptions {
@@ -81,6 +87,7 @@ impl AggregatorOptions {
             remote_scrapers: false,
             handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             metrics_auth: MetricsAuth::disabled(),
+            control_tls: ControlTls::default(),
         }
     }
 }
@@ -109,6 +116,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let resolver = app::resolver(&cfg, &opts.metric_flags)?;
+    let server_tls = ServerTls::load(&opts.control_tls).map_err(config::ConfigError::from)?;
 
     let control = app::bind(opts.host, opts.control_port, "--control-port").await?;
     let health_listener = app::bind(opts.host, opts.grpc_health_port, "--grpc-health-port").await?;
@@ -166,11 +174,25 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let router =
+        Server::builder().add_service(ControlPlaneServer::new(svc).max_encoding_message_size(256 * 1024 * 1024));
+    if let Some(server_tls) = &server_tls {
+        tasks.push(tokio::spawn(server_tls.clone().reload_loop(stop_rx.clone())));
+    }
+    let tls_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let r = Server::builder()
-            .add_service(ControlPlaneServer::new(svc).max_encoding_message_size(256 * 1024 * 1024))
-            .serve_with_incoming_shutdown(preface::deadline(crate::nodelay_incoming(control), handshake), signal)
-            .await;
+        let r = match server_tls {
+            None => {
+                let incoming = preface::deadline(crate::nodelay_incoming(control), handshake);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            Some(server_tls) => {
+                let config = move || server_tls.config();
+                let refusal = Some(Arc::from(PLAINTEXT_REFUSAL));
+                let tls = crate::picker::tls::incoming_with(control, config, tls_stop, handshake, refusal);
+                router.serve_with_incoming_shutdown(preface::deadline(tls, handshake), signal).await
+            }
+        };
         if let Err(e) = r {
             tracing::error!(error = %e, "control-plane server failed");
         }
@@ -220,6 +242,8 @@ pub struct PickerOptions {
     pub leader: LeaderSource,
     pub picker: PickerSettings,
     pub picker_id: String,
+    /// TLS to the aggregators' control port (default: plaintext).
+    pub control_tls: ControlTls,
 }
 
 impl PickerOptions {
@@ -242,6 +266,7 @@ impl PickerOptions {
             leader: LeaderSource::Addresses(vec![aggregator.to_string()]),
             picker: PickerSettings { seed, ..PickerSettings::default() },
             picker_id: picker_id.to_string(),
+            control_tls: ControlTls::default(),
         }
     }
 }
@@ -264,14 +289,19 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let scheduler = Scheduler::new(SchedulerConfig::build(&cfg, opts.metrics_staleness_threshold)?);
+    let client_tls = ClientTls::load(&opts.control_tls).map_err(config::ConfigError::from)?;
     let mut metrics_registry = Registry::default();
     crate::telemetry::register_metrics(&mut metrics_registry);
     let picker = Arc::new(Picker::new(scheduler, opts.picker.clone(), PickerMetrics::new(&mut metrics_registry)));
     let readiness = Arc::new(Readiness::default());
     app::follow_snapshots(picker.clone(), readiness.clone());
     let servers = app::serve_picker(picker.clone(), readiness.clone(), metrics_registry, &opts.serve).await?;
+    if let Some(client_tls) = &client_tls {
+        tokio::spawn(client_tls.clone().reload_loop(servers.stop.subscribe()));
+    }
     tokio::spawn(subscribe::follow_leader(
         opts.leader.clone(),
+        client_tls.clone(),
         opts.picker_id.clone(),
         picker.clone(),
         servers.stop.subscribe(),
@@ -279,6 +309,7 @@ pub async fn start_picker(opts: PickerOptions) -> anyhow::Result<PickerHandle> {
     tokio::spawn(crate::picker::report::run(
         picker.clone(),
         opts.leader.clone(),
+        client_tls,
         opts.picker_id.clone(),
         crate::picker::report::ReportTiming::default(),
         servers.stop.subscribe(),
@@ -300,6 +331,8 @@ pub struct ScraperOptions {
     pub scrape_timeout: Duration,
     /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
     pub metrics_auth: MetricsAuth,
+    /// TLS to the aggregators' control port (default: plaintext).
+    pub control_tls: ControlTls,
 }
 
 pub struct ScraperHandle {
@@ -324,6 +357,7 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
     crate::ensure_crypto_provider();
     let cfg = config::load(opts.config_file.as_deref(), opts.config_text.as_deref())?;
     let resolver = app::resolver(&cfg, &opts.metric_flags)?;
+    let client_tls = ClientTls::load(&opts.control_tls).map_err(config::ConfigError::from)?;
     let mut metrics_registry = Registry::default();
     crate::telemetry::register_metrics(&mut metrics_registry);
     let role_metrics = ScraperRoleMetrics::new(&mut metrics_registry);
@@ -348,8 +382,12 @@ pub async fn start_scraper(opts: ScraperOptions) -> anyhow::Result<ScraperHandle
         };
         app::serve_metrics(metrics_listener, Arc::new(metrics_registry), opts.metrics_auth.clone(), signal)
     };
+    if let Some(client_tls) = &client_tls {
+        tokio::spawn(client_tls.clone().reload_loop(stop_rx.clone()));
+    }
     let task = tokio::spawn(remote::run(
         opts.leader.clone(),
+        client_tls,
         opts.scraper_id.clone(),
         reports,
         supervisor.clone(),

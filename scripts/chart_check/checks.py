@@ -19,7 +19,9 @@ BINARY = "/usr/local/bin/switchyard"
 SWITCHYARD_ROLES = ("standalone", "aggregator", "picker", "scraper")
 DISCOVERY_ROLES = ("standalone", "aggregator")
 PORT_FLAGS = ("grpc-port", "grpc-health-port", "metrics-port", "control-port")
-FILE_FLAGS = ("config-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file", "cert-path")
+FILE_FLAGS = ("config-file", "etcd-ca-file", "etcd-cert-file", "etcd-key-file", "cert-path", "control-plane-cert",
+              "control-plane-key", "control-plane-ca")
+CONTROL_TLS_FILES = ("control-plane-cert", "control-plane-key", "control-plane-ca")
 POOL_FLAGS = ("pool-name", "pool-namespace", "pool-group", "endpoint-selector", "endpoint-target-ports")
 ETCD_FLAGS = ("etcd-endpoints", "election-name", "lease-ttl")
 DISCOVERY_RULES = {
@@ -163,6 +165,22 @@ def check_containers(rel: Release) -> list[str]:
                 out.append(f"{where}: --remote-scrapers must follow scraper.enabled")
         if role == "scraper" and one(fl, "scraper-id") != "$(POD_NAME)":
             out.append(f"{where}: --scraper-id should be the pod name")
+        out += _control_tls(where, role, fl, rel.values["controlPlane"]["tls"])
+    return out
+
+
+def _control_tls(where: str, role: str, fl: dict[str, Any], tls: dict[str, Any]) -> list[str]:
+    """controlPlane.tls reaches every distributed role: the files, the server name on the clients
+    only (an aggregator refuses it), and require as set; standalone has no control port."""
+    on = bool(tls["secretName"]) and role != "standalone"
+    have = [f for f in CONTROL_TLS_FILES if f in fl]
+    if have != (list(CONTROL_TLS_FILES) if on else []):
+        return [f"{where}: control-plane TLS flags {have} for role {role} with secretName {tls['secretName']!r}"]
+    out = []
+    if ("control-plane-server-name" in fl) != (on and role != "aggregator"):
+        out.append(f"{where}: --control-plane-server-name on role {role} (clients only, when TLS is on)")
+    if ("control-plane-tls-require" in fl) != (on and tls["require"]):
+        out.append(f"{where}: --control-plane-tls-require does not follow controlPlane.tls.require")
     return out
 
 

@@ -71,6 +71,14 @@ def matrix() -> list[tuple[str, dict[str, Any]]]:
         "inferenceExtension": {"pluginsConfigFile": "mine.yaml", "pluginsCustomConfig": {"mine.yaml": custom},
                                "secureServing": False},
     }))
+    cases.append(("control-plane mTLS, remote scrapers", {
+        "mode": "distributed", "etcd": {"deploy": True}, "scraper": {"enabled": True},
+        "controlPlane": {"tls": {"secretName": "switchyard-control-plane"}},
+    }))
+    cases.append(("control-plane TLS not required, own server name", {
+        "mode": "distributed", "etcd": {"deploy": True},
+        "controlPlane": {"tls": {"secretName": "cp", "serverName": "aggregator.example", "require": False}},
+    }))
     cases.append(("existing pool, default values otherwise", {"inferencePool": {"create": False, "name": "shared"}}))
     return cases
 

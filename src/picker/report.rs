@@ -11,6 +11,7 @@ use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::{mpsc, watch};
 
 use super::Picker;
+use crate::control_tls::ClientTls;
 use crate::leader::LeaderSource;
 use crate::wire;
 
@@ -58,10 +59,11 @@ impl Default for ReportTiming {
     }
 }
 
-/// Sends reports to the current leader until `stop`.
+/// Sends reports to the current leader until `stop` (over TLS with `tls`).
 pub async fn run(
     picker: Arc<Picker>,
     source: LeaderSource,
+    tls: Option<Arc<ClientTls>>,
     picker_id: String,
     timing: ReportTiming,
     stop: watch::Receiver<bool>,
@@ -88,5 +90,5 @@ pub async fn run(
             }
         }
     };
-    crate::leader::follow(source, stop, "reports", session, || {}).await;
+    crate::leader::follow(source, tls, stop, "reports", session, || {}).await;
 }

@@ -13,6 +13,7 @@ use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::watch;
 
 use super::Picker;
+use crate::control_tls::ClientTls;
 pub use crate::leader::LeaderSource;
 use crate::model::Snapshot;
 use crate::wire;
@@ -28,8 +29,14 @@ pub fn apply_if_newer(held: &Snapshot, update: pb::SnapshotUpdate) -> Result<Opt
     wire::apply_update(held, update).map(Some)
 }
 
-/// Follows the leader's snapshot stream into `picker` until `stop`.
-pub async fn follow_leader(source: LeaderSource, picker_id: String, picker: Arc<Picker>, stop: watch::Receiver<bool>) {
+/// Follows the leader's snapshot stream into `picker` until `stop` (over TLS with `tls`).
+pub async fn follow_leader(
+    source: LeaderSource,
+    tls: Option<Arc<ClientTls>>,
+    picker_id: String,
+    picker: Arc<Picker>,
+    stop: watch::Receiver<bool>,
+) {
     let session = |channel, target: String| {
         let (picker, picker_id) = (picker.clone(), picker_id.clone());
         async move {
@@ -41,7 +48,8 @@ pub async fn follow_leader(source: LeaderSource, picker_id: String, picker: Arc<
                 have_epoch: held.epoch,
                 have_seq: held.seq,
             };
-            let mut stream = client.watch_snapshots(request).await.map_err(|s| s.message().to_string())?.into_inner();
+            let mut stream =
+                client.watch_snapshots(request).await.map_err(|s| crate::leader::status_error(&s))?.into_inner();
             tracing::info!(leader = %target, "following the aggregator leader");
             loop {
                 match stream.message().await {
@@ -67,12 +75,12 @@ pub async fn follow_leader(source: LeaderSource, picker_id: String, picker: Arc<
                         }
                     }
                     Ok(None) => return Err("stream ended".to_string()),
-                    Err(status) => return Err(status.message().to_string()),
+                    Err(status) => return Err(crate::leader::status_error(&status)),
                 }
             }
         }
     };
-    crate::leader::follow(source, stop, "snapshots", session, || {}).await;
+    crate::leader::follow(source, tls, stop, "snapshots", session, || {}).await;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use switchyard_proto::v1::control_plane_client::ControlPlaneClient;
 use tokio::sync::{mpsc, watch};
 
 use super::{AssignEndpoints, ScrapeSink, ScrapeSupervisor};
+use crate::control_tls::ClientTls;
 use crate::leader::LeaderSource;
 use crate::wire;
 
@@ -90,10 +91,11 @@ pub fn sink(scraper_id: &str, metrics: &ScraperRoleMetrics) -> (ScrapeSink, mpsc
     (ScrapeSink { scraped: actor.clone().recipient(), failed: actor.recipient() }, rx)
 }
 
-/// Streams to the current leader until `stop`: the hello, then every report of `reports`;
-/// assignments go to `supervisor`.
+/// Streams to the current leader until `stop` (over TLS with `tls`): the hello, then every report
+/// of `reports`; assignments go to `supervisor`.
 pub async fn run(
     leader: LeaderSource,
+    tls: Option<Arc<ClientTls>>,
     scraper_id: String,
     reports: mpsc::Receiver<pb::MetricsReport>,
     supervisor: Addr<ScrapeSupervisor>,
@@ -122,7 +124,7 @@ pub async fn run(
             let mut inbound = client
                 .scrape(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
-                .map_err(|s| s.message().to_string())?
+                .map_err(|s| crate::leader::status_error(&s))?
                 .into_inner();
             tracing::info!(leader = %target, "scraping for the aggregator leader");
             metrics.connected.set(1);
@@ -134,7 +136,7 @@ pub async fn run(
                         supervisor.do_send(AssignEndpoints(eps));
                     }
                     Ok(None) => return Err("assignment stream ended".to_string()),
-                    Err(s) => return Err(s.message().to_string()),
+                    Err(s) => return Err(crate::leader::status_error(&s)),
                 }
             }
         }
@@ -145,7 +147,7 @@ pub async fn run(
         metrics.connected.set(0);
         metrics.assigned.set(0);
     };
-    crate::leader::follow(leader, stop, "scrape", session, ended).await;
+    crate::leader::follow(leader, tls, stop, "scrape", session, ended).await;
 }
 
 /// Aborts the task when dropped (a session cut off mid-way stops its pump).

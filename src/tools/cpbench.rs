@@ -60,7 +60,7 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
             let picker = bench_picker()?;
             let mut rx = picker.snapshots();
             let source = LeaderSource::Addresses(vec![agg.control_addr.to_string()]);
-            tokio::spawn(subscribe::follow_leader(source, format!("bench-{i}"), picker, stop_rx.clone()));
+            tokio::spawn(subscribe::follow_leader(source, None, format!("bench-{i}"), picker, stop_rx.clone()));
             let mut stop_rx = stop_rx.clone();
             collectors.push(tokio::spawn(async move {
                 let mut delays = Vec::new();

@@ -98,6 +98,7 @@ async fn remote_scrapers_are_reassigned_when_the_set_changes() {
         refresh_metrics_interval: POLL,
         scrape_timeout: Duration::from_secs(1),
         metrics_auth: Default::default(),
+        control_tls: Default::default(),
     })
     .await
     .expect("scraper");

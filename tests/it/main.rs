@@ -16,6 +16,7 @@ mod https_scrape;
 mod kube_fake;
 mod kubernetes;
 mod metrics_names;
+mod mtls;
 mod picker;
 mod scrape;
 mod scrapers;

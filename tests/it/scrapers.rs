@@ -27,6 +27,7 @@ async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
         refresh_metrics_interval: Duration::from_millis(50),
         scrape_timeout: Duration::from_secs(1),
         metrics_auth: Default::default(),
+        control_tls: Default::default(),
     };
     let a = start_scraper(scraper("scraper-a")).await.expect("a");
     let b = start_scraper(scraper("scraper-b")).await.expect("b");

@@ -104,6 +104,11 @@ etcd-tls: etcd.tls.enabled
 election-name: etcd.electionName
 lease-ttl: etcd.leaseTTL
 advertise-address: aggregator.controlPort (the pod IP is used)
+control-plane-cert: controlPlane.tls.secretName
+control-plane-key: controlPlane.tls.secretName
+control-plane-ca: controlPlane.tls.secretName
+control-plane-server-name: controlPlane.tls.serverName
+control-plane-tls-require: controlPlane.tls.require
 aggregators: etcd (pickers and scrapers find the leader through the election)
 remote-scrapers: scraper.enabled
 scraper-id: scraper (the pod name is used)
@@ -275,6 +280,47 @@ chart also sets (--v, --zap-encoder, --tracing) replaces the chart's. Call with
     secretKeyRef:
       name: {{ $a.secretName }}
       key: {{ $a.passwordKey }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Control-plane TLS flags of one distributed role; call with (dict "ctx" $ "role" "picker").
+The aggregator serves with the Secret's certificate; pickers and scrapers present it and verify
+the aggregator's against serverName.
+*/}}
+{{- define "switchyard.controlTlsFlags" -}}
+{{- $t := .ctx.Values.controlPlane.tls -}}
+{{- $flags := list -}}
+{{- if $t.secretName -}}
+{{- $flags = list "--control-plane-cert=/etc/switchyard/control-plane-tls/tls.crt" "--control-plane-key=/etc/switchyard/control-plane-tls/tls.key" "--control-plane-ca=/etc/switchyard/control-plane-tls/ca.crt" -}}
+{{- if ne .role "aggregator" -}}
+{{- $flags = append $flags (printf "--control-plane-server-name=%s" ($t.serverName | default (printf "%s-aggregator.%s.svc" (include "switchyard.fullname" .ctx) .ctx.Release.Namespace))) -}}
+{{- end -}}
+{{- if $t.require -}}{{- $flags = append $flags "--control-plane-tls-require" -}}{{- end -}}
+{{- end -}}
+{{- toJson $flags -}}
+{{- end -}}
+
+{{- define "switchyard.controlTlsMount" -}}
+{{- if .Values.controlPlane.tls.secretName }}
+- name: control-plane-tls
+  mountPath: /etc/switchyard/control-plane-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "switchyard.controlTlsVolume" -}}
+{{- with .Values.controlPlane.tls.secretName }}
+- name: control-plane-tls
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 {{- end -}}
 
