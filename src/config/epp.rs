@@ -14,9 +14,6 @@ pub const KIND: &str = "EndpointPickerConfig";
 /// Feature gates upstream accepts; `dataLayer` is a no-op kept for compatibility.
 const FEATURE_GATES: [&str; 3] = ["dataLayer", "enableLegacyMetrics", "flowControl"];
 
-/// Plugin types only Switchyard has (docs/config.md).
-pub const SWITCHYARD_PLUGIN_TYPES: [&str; 1] = ["prefill-cost-scorer"];
-
 /// Plugin types upstream registers. Types Switchyard does not implement are rejected at
 /// instantiation with a clear message rather than silently ignored.
 pub const PLUGIN_TYPES: [&str; 33] = [
@@ -247,7 +244,7 @@ impl EndpointPickerConfig {
             if p.type_.trim().is_empty() {
                 return Err(ConfigError::invalid(format!("plugins[{i}].type"), "plugin type must not be empty"));
             }
-            if !PLUGIN_TYPES.contains(&p.type_.as_str()) && !SWITCHYARD_PLUGIN_TYPES.contains(&p.type_.as_str()) {
+            if !PLUGIN_TYPES.contains(&p.type_.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("plugins[{i}].type"),
                     format!("unknown plugin type {:?}", p.type_),

@@ -36,15 +36,7 @@ pub enum ScorerKind {
     RunningRequests,
     LoraAffinity,
     PrefixCache,
-    TokenLoad {
-        threshold_tokens: f64,
-    },
-    /// Switchyard's `prefill-cost-scorer`: the KV blocks of work ahead of the request's first
-    /// token on each endpoint (see `score::prefill_costs`).
-    PrefillCost {
-        prefill_weight: f64,
-        queue_weight: f64,
-    },
+    TokenLoad { threshold_tokens: f64 },
 }
 
 impl FilterKind {
@@ -80,7 +72,6 @@ impl ScorerKind {
             ScorerKind::LoraAffinity => "lora-affinity-scorer",
             ScorerKind::PrefixCache => "prefix-cache-scorer",
             ScorerKind::TokenLoad { .. } => "token-load-scorer",
-            ScorerKind::PrefillCost { .. } => "prefill-cost-scorer",
         }
     }
 }
@@ -150,15 +141,6 @@ pub struct SchedulerConfig {
 struct PickerParams {
     #[serde(default)]
     max_num_of_endpoints: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PrefillCostParams {
-    #[serde(default)]
-    prefill_weight: Option<f64>,
-    #[serde(default)]
-    queue_weight: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,18 +250,6 @@ fn instantiate(spec: &PluginSpec, i: usize) -> Result<Plugin, ConfigError> {
             let p: TokenLoadParams = params(spec, i)?;
             let thr = p.queue_threshold_tokens.filter(|t| *t > 0).unwrap_or(4_194_304);
             Plugin::Scorer(ScorerKind::TokenLoad { threshold_tokens: thr as f64 })
-        }
-        "prefill-cost-scorer" => {
-            let p: PrefillCostParams = params(spec, i)?;
-            let weight = |v: Option<f64>, key: &str| match v {
-                None => Ok(1.0),
-                Some(w) if w.is_finite() && w >= 0.0 => Ok(w),
-                Some(_) => Err(ConfigError::invalid(path(key), "must be a finite number >= 0")),
-            };
-            Plugin::Scorer(ScorerKind::PrefillCost {
-                prefill_weight: weight(p.prefill_weight, "prefillWeight")?,
-                queue_weight: weight(p.queue_weight, "queueWeight")?,
-            })
         }
         "approx-prefix-cache-producer" => Plugin::Prefix(prefix_params(params(spec, i)?, i)?),
         "utilization-detector" => {

@@ -114,8 +114,6 @@ pub struct Candidate {
     pub fresh: bool,
     /// Waiting requests, plus what this picker sent since the scrape.
     pub queued: f64,
-    /// Of `queued`, the requests sent since the scrape (which may well be running by now).
-    pub sent: f64,
     pub running: f64,
     pub kv_usage: f64,
     pub inflight: Load,
@@ -227,27 +225,27 @@ impl Scheduler {
             }
         }
         let load_agnostic = !cands.iter().any(|c| c.fresh);
-        let blocks = score::PromptBlocks { total: prefix_hashes.len(), size_tokens: block_size_tokens };
         let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
         for (i, scorer, weight) in self.active_scorers(load_agnostic) {
             total_weight += weight;
             let t = self.clock();
-            score::add_scores(scorer, weight, snapshot, &mut cands, req, blocks);
+            score::add_scores(scorer, weight, snapshot, &mut cands, req, prefix_hashes.len());
             self.time(n_filters + i, t);
         }
         // A prompt nobody is known to cache: ties follow its first block (see the module doc).
-        let affinity = (matches.is_empty() && self.config.profile.scorers.iter().any(|(s, _)| s.is_prefix_aware()))
-            .then(|| prefix_hashes.first().copied())
-            .flatten()
-            .map(|h| (h, snapshot));
+        let affinity = (matches.is_empty()
+            && self.config.profile.scorers.iter().any(|(s, _)| *s == ScorerKind::PrefixCache))
+        .then(|| prefix_hashes.first().copied())
+        .flatten()
+        .map(|h| (h, snapshot));
         let totals: Option<Vec<(usize, f64)>> = explain.then(|| cands.iter().map(|c| (c.index, c.score)).collect());
         let t = self.clock();
         let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
         self.time(n_filters + self.config.profile.scorers.len(), t);
         let explanation = match (unscored, totals, endpoints.first()) {
             (Some(unscored), Some(totals), Some(&primary)) => {
-                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, blocks))
+                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, prefix_hashes.len()))
             }
             _ => None,
         };
@@ -267,14 +265,14 @@ impl Scheduler {
         load_agnostic: bool,
         snapshot: &Snapshot,
         req: &RequestFeatures<'_>,
-        blocks: score::PromptBlocks,
+        total_blocks: usize,
     ) -> Explanation {
         let runner_up =
             totals.iter().filter(|(i, _)| *i != primary).max_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| *i);
         let mut scores = Vec::new();
         for (_, scorer, weight) in self.active_scorers(load_agnostic) {
             let mut one = unscored.clone();
-            score::add_scores(scorer, weight, snapshot, &mut one, req, blocks);
+            score::add_scores(scorer, weight, snapshot, &mut one, req, total_blocks);
             let of = |idx: usize| one.iter().find(|c| c.index == idx).map(|c| c.score);
             scores.push((scorer.type_name(), of(primary).unwrap_or(0.0), runner_up.and_then(of)));
         }
@@ -372,11 +370,6 @@ impl Scheduler {
 }
 
 impl ScorerKind {
-    /// Scorers that read the prefix index.
-    pub fn is_prefix_aware(self) -> bool {
-        matches!(self, ScorerKind::PrefixCache | ScorerKind::PrefillCost { .. })
-    }
-
     /// Scorers that read load metrics (skipped when nothing is fresh).
     pub fn is_load(self) -> bool {
         matches!(self, ScorerKind::Queue | ScorerKind::KvCache | ScorerKind::RunningRequests)

@@ -27,7 +27,6 @@ pub(super) fn candidate(
         // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
         // idle to a scorer because its page lacked the metric.
         queued: m.and_then(|m| m.queued).map_or(f64::NAN, |q| q as f64 + local.sent_since_scrape as f64),
-        sent: local.sent_since_scrape as f64,
         running: m.and_then(|m| m.running).map_or(f64::NAN, |r| r as f64),
         kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(f64::NAN),
         // Saturating: the shared load comes from the wire (found by fuzzing).
@@ -140,15 +139,6 @@ pub fn host(addr: &str) -> &str {
     }
 }
 
-/// The request's prompt as the prefix index sees it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PromptBlocks {
-    /// Blocks hashed (capped by `maxPrefixBlocksToMatch`).
-    pub total: usize,
-    /// Tokens per block.
-    pub size_tokens: usize,
-}
-
 /// Adds `weight × score` (score clamped to 0..=1) to every candidate, in one pass.
 pub(super) fn add_scores(
     s: ScorerKind,
@@ -156,9 +146,8 @@ pub(super) fn add_scores(
     snapshot: &Snapshot,
     cands: &mut [Candidate],
     req: &RequestFeatures<'_>,
-    blocks: PromptBlocks,
+    total_blocks: usize,
 ) {
-    let total_blocks = blocks.total;
     let add = |c: &mut Candidate, v: f64| c.score += weight * v.clamp(0.0, 1.0);
     match s {
         ScorerKind::Queue => min_max(cands, |c| c.queued, add),
@@ -180,21 +169,19 @@ pub(super) fn add_scores(
             let v = if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens };
             add(c, v)
         }),
-        ScorerKind::PrefillCost { prefill_weight, queue_weight } => {
-            let costs = prefill_costs(cands, snapshot, blocks, (prefill_weight, queue_weight));
-            let need = need_blocks(blocks);
-            let min = costs.iter().copied().filter(|c| c.is_finite()).fold(f64::INFINITY, f64::min);
-            for (c, cost) in cands.iter_mut().zip(costs) {
-                let v = if cost.is_finite() { (min + need) / (cost + need) } else { 0.0 };
-                add(c, v)
-            }
-        }
         ScorerKind::LoraAffinity => cands.iter_mut().for_each(|c| {
             let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
             let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
             let waiting = m.and_then(|m| m.waiting_lora.as_deref()).unwrap_or_default();
-            let max = m.and_then(|m| m.max_lora).unwrap_or(0) as usize;
             let model = req.target_model;
+            // An engine that reports no LoRA state at all (SGLang, Triton pages) is unknown, not
+            // full: upstream scores it 0, which steers every request of a mixed pool, base-model
+            // ones included, onto the engines that do report (found by `bench routing`'s
+            // heterogeneous workload). It gets the score of a free slot.
+            let Some(max) = m.and_then(|m| m.max_lora).map(|x| x as usize) else {
+                add(c, 0.8);
+                return;
+            };
             let v = if running.iter().any(|a| a == model) {
                 1.0
             } else if distinct(running, waiting) < max {
@@ -207,52 +194,6 @@ pub(super) fn add_scores(
             add(c, v)
         }),
     }
-}
-
-/// KV blocks the request will hold: its prompt and an output estimate of a quarter of it.
-fn need_blocks(blocks: PromptBlocks) -> f64 {
-    (blocks.total as f64 * 1.25).ceil().max(1.0)
-}
-
-/// Per candidate, the work in KV blocks that stands between the request and its first token:
-///
-/// `prefill_weight × (prompt blocks the endpoint does not cache) + queue_weight × (waiting
-/// requests × the request's blocks + the blocks that must be freed before it fits)`.
-///
-/// Waiting requests are assumed to be the size of this one. Requests sent since the scrape are
-/// assumed admitted: they occupy KV blocks rather than queue. The capacity comes from the engine's
-/// cache config metric; without it, sent requests count as waiting. A stale or unknown endpoint
-/// costs infinity, unless no candidate is fresh: then only the prefill term counts.
-fn prefill_costs(cands: &[Candidate], snapshot: &Snapshot, blocks: PromptBlocks, weights: (f64, f64)) -> Vec<f64> {
-    let need = need_blocks(blocks);
-    let any_fresh = cands.iter().any(|c| c.fresh && !c.queued.is_nan());
-    cands
-        .iter()
-        .map(|c| {
-            let prefill = blocks.total.saturating_sub(c.prefix_match) as f64;
-            let load = if !any_fresh {
-                0.0
-            } else if !c.fresh || c.queued.is_nan() {
-                f64::INFINITY
-            } else {
-                let capacity = snapshot.endpoints[c.index]
-                    .metrics
-                    .sample()
-                    .and_then(|s| s.metrics.cache_num_blocks)
-                    .filter(|b| *b > 0)
-                    .map(|b| b as f64);
-                let waiting = (c.queued - c.sent).max(0.0);
-                match capacity {
-                    Some(cap) => {
-                        let used = if c.kv_usage.is_nan() { 0.0 } else { c.kv_usage.clamp(0.0, 1.0) * cap };
-                        waiting * need + (used + c.sent * need + need - cap).max(0.0)
-                    }
-                    None => c.queued.max(0.0) * need,
-                }
-            };
-            weights.0 * prefill + weights.1 * load
-        })
-        .collect()
 }
 
 fn distinct(a: &[String], b: &[String]) -> usize {

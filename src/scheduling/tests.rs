@@ -286,6 +286,28 @@ fn lora_affinity_prefers_loaded_adapters() {
     );
 }
 
+/// Upstream trap: an engine whose page has no LoRA state (SGLang, Triton) scores 0 as if its
+/// slots were full, so a mixed pool sends every request to the engines that report LoRA.
+#[test]
+fn test_an_engine_without_lora_metrics_is_not_a_full_one() {
+    let s = scheduler_from(&format!("{HEAD}plugins:\n- type: lora-affinity-scorer\n- type: max-score-picker\n"));
+    let vllm = EndpointMetrics {
+        running_lora: Some(vec![]),
+        waiting_lora: Some(vec![]),
+        max_lora: Some(3),
+        ..metrics(0, 0.1)
+    };
+    let snap = snapshot(vec![
+        state("vllm", Some(vllm), Duration::ZERO),
+        state("sglang", Some(metrics(0, 0.1)), Duration::ZERO),
+    ]);
+    let mut counts = [0; 2];
+    for seed in 0..200 {
+        counts[run(&s, &snap, &[], &req("base-model"), &PrefixIndex::new(), seed).expect("d").endpoints[0]] += 1;
+    }
+    assert!(counts.iter().all(|&c| c > 60), "both engines take base-model requests: {counts:?}");
+}
+
 #[test]
 fn picker_returns_fallbacks_and_filters_apply() {
     let s = scheduler_from(&format!(
@@ -419,84 +441,4 @@ fn every_plugin_that_runs_is_timed_once_per_decision() {
     let snap = snapshot(vec![state("a", Some(metrics(1, 0.2)), Duration::ZERO)]);
     run(&s, &snap, &[], &req("m"), &PrefixIndex::new(), 1).expect("decision");
     assert_eq!(*seen.lock().expect("lock"), [0, 1, 2, 3]);
-}
-
-fn best_scheduler() -> Scheduler {
-    let text = include_str!("../../deploy/examples/switchyard-best.yaml");
-    let cfg = EndpointPickerConfig::from_yaml(text).expect("best profile");
-    Scheduler::new(SchedulerConfig::build(&cfg, STALE).expect("best profile builds"))
-}
-
-/// A 1,600-token prompt (100 blocks of 16) cached on "bb".
-fn cached_on_bb(s: &Scheduler, snap: &Snapshot, prompt: &str) -> PrefixIndex {
-    let r = RequestFeatures { target_model: "m", prefix_input: prompt.as_bytes(), ..RequestFeatures::default() };
-    let first = run(s, snap, &[], &r, &PrefixIndex::new(), 1).expect("decision");
-    let index = PrefixIndex::new();
-    index.insert(&EndpointId::new("bb"), &first.prefix_hashes, 100_000);
-    index
-}
-
-#[test]
-fn prefill_cost_keeps_a_cached_prompt_on_its_holder_while_its_queue_is_cheaper_than_a_prefill() {
-    let s = best_scheduler();
-    let prompt = "x".repeat(6400);
-    let r = RequestFeatures { target_model: "m", prefix_input: prompt.as_bytes(), ..RequestFeatures::default() };
-    // Upstream's default sends it to the holder whatever the holder's queue (short of the worst):
-    // a queue of 1 against 0 already costs the full queue score there.
-    let light = snapshot(vec![
-        state("a", Some(metrics(0, 0.1)), Duration::ZERO),
-        state("bb", Some(metrics(0, 0.3)), Duration::ZERO),
-    ]);
-    let index = cached_on_bb(&s, &light, &prompt);
-    for seed in 0..10 {
-        assert_eq!(run(&s, &light, &[], &r, &index, seed).expect("decision").endpoints, vec![1], "seed {seed}");
-    }
-    // Three waiting requests of this size cost more than prefilling 100 blocks elsewhere.
-    let queued = snapshot(vec![
-        state("a", Some(metrics(0, 0.1)), Duration::ZERO),
-        state("bb", Some(metrics(3, 0.3)), Duration::ZERO),
-    ]);
-    for seed in 0..10 {
-        assert_eq!(run(&s, &queued, &[], &r, &index, seed).expect("decision").endpoints, vec![0], "seed {seed}");
-    }
-    // A full KV cache is a queue too: 99 % of 1,000 blocks leaves 10 of the 125 the request
-    // needs; freeing the other 115 costs more than prefilling 100 elsewhere.
-    let full = snapshot(vec![
-        state("a", Some(metrics(0, 0.1)), Duration::ZERO),
-        state("bb", Some(metrics(0, 0.99)), Duration::ZERO),
-    ]);
-    assert_eq!(run(&s, &full, &[], &r, &index, 1).expect("decision").endpoints, vec![0]);
-}
-
-#[test]
-fn prefill_cost_counts_requests_sent_since_the_scrape_as_occupying_the_cache() {
-    let s = best_scheduler();
-    let prompt = "y".repeat(6400);
-    let r = RequestFeatures { target_model: "m", prefix_input: prompt.as_bytes(), ..RequestFeatures::default() };
-    let snap = snapshot(vec![
-        state("a", Some(metrics(0, 0.1)), Duration::ZERO),
-        state("bb", Some(metrics(0, 0.3)), Duration::ZERO),
-    ]);
-    let index = cached_on_bb(&s, &snap, &prompt);
-    let sent = |n| [LocalLoad::default(), LocalLoad { sent_since_scrape: n, ..LocalLoad::default() }];
-    // Two sent since the scrape still fit beside 300 used blocks: the holder keeps the prompt.
-    assert_eq!(run(&s, &snap, &sent(2), &r, &index, 1).expect("decision").endpoints, vec![1]);
-    // Six do not (300 + 6 × 125 + 125 > 1,000): the overflow costs more than a re-prefill.
-    assert_eq!(run(&s, &snap, &sent(6), &r, &index, 1).expect("decision").endpoints, vec![0]);
-}
-
-#[test]
-fn prefill_cost_gives_stale_endpoints_nothing_and_parameters_are_checked() {
-    let s = best_scheduler();
-    let snap = snapshot(vec![
-        state("stale-idle", Some(metrics(0, 0.0)), Duration::from_secs(30)),
-        state("fresh", Some(metrics(4, 0.6)), Duration::ZERO),
-    ]);
-    assert_eq!(run(&s, &snap, &[], &req("m"), &PrefixIndex::new(), 1).expect("decision").endpoints, vec![1]);
-    let bad = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: prefill-cost-scorer\n  parameters: {prefillWeight: -1}\n";
-    let e = SchedulerConfig::build(&EndpointPickerConfig::from_yaml(bad).expect("parses"), STALE).unwrap_err();
-    assert!(e.to_string().contains("plugins[0].parameters.prefillWeight"), "{e}");
-    let unknown = bad.replace("prefillWeight: -1", "prefilWeight: 1");
-    let e = SchedulerConfig::build(&EndpointPickerConfig::from_yaml(&unknown).expect("parses"), STALE).unwrap_err();
-    assert!(e.to_string().contains("prefilWeight"), "{e}");
 }

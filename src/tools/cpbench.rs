@@ -260,14 +260,19 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Clone)]
 pub struct SharedViewArgs {
-    #[arg(long, default_value_t = 300)]
-    pub requests: usize,
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
+    /// Seconds of arrivals per run.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Offered load as a fraction of round-robin saturation.
+    #[arg(long, default_value_t = 0.8)]
+    pub load: f64,
+    /// Skip the ramp: round-robin saturation in requests per second.
+    #[arg(long)]
+    pub saturation: Option<f64>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Runs per picker count (seeds `seed`, `seed + 1`, …; the order of 1 and 4 alternates), pooled
-    /// into one figure each: one run's TTFT p90 rests on ~15 requests.
+    /// Runs per picker count (seeds `seed`, `seed + 1`, …; the order of the two counts alternates),
+    /// pooled into one figure each.
     #[arg(long, default_value_t = 1)]
     pub repeat: u64,
     /// The two picker counts compared (`1,1` measures the noise of the comparison itself).
@@ -275,102 +280,69 @@ pub struct SharedViewArgs {
     pub pickers: Vec<usize>,
 }
 
-/// The demo workload through the gateway with 1 picker and with 4 pickers (streams spread
-/// round-robin over them), each on a fresh identical fleet with one aggregator leader: prefix-cache
-/// hit rate and TTFT should not degrade with more pickers.
+/// The scoreboard's shared-prefix workload (`bench routing`), open loop, through the gateway with
+/// N pickers and with M pickers following one aggregator, each run on a fresh identical fleet:
+/// prefix-cache hit rate and TTFT should not degrade with more pickers.
 pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
+    use crate::tools::routing::{self, Kind, Policy, Rig, RunSpec, report::Figures, workload};
     anyhow::ensure!(args.pickers.len() == 2, "--pickers takes two counts, e.g. 1,4");
-    let demo = crate::tools::demo::DemoArgs {
-        requests: args.requests,
-        concurrency: args.concurrency,
-        seed: args.seed,
-        serve: false,
-        port: 0,
+    crate::ensure_crypto_provider();
+    let kind = Some(Kind::SharedPrefix);
+    let saturation = match args.saturation {
+        Some(s) => s,
+        None => {
+            let ramp = workload::generate(Kind::SharedPrefix, 4000, args.seed + 1000);
+            routing::measure_saturation(kind, &ramp, args.seed).await?
+        }
     };
+    let rate = args.load * saturation;
     println!(
-        "shared view: demo workload ({} requests, {} clients) through the gateway, {} vs {} pickers, {} run(s) each",
-        args.requests, args.concurrency, args.pickers[0], args.pickers[1], args.repeat
+        "shared view: shared-prefix workload at {rate:.1} req/s ({:.0} % of round-robin saturation), {} vs {} pickers, {} run(s) each",
+        100.0 * args.load,
+        args.pickers[0],
+        args.pickers[1],
+        args.repeat
     );
-    let mut runs: [Vec<crate::tools::demo::RunResult>; 2] = [Vec::new(), Vec::new()];
+    let rig = Rig::new(std::env::current_exe()?);
+    let mut runs: [Vec<crate::tools::routing::report::RunData>; 2] = [Vec::new(), Vec::new()];
     for r in 0..args.repeat {
+        let seed = args.seed + r;
+        let records = workload::generate(Kind::SharedPrefix, ((rate * args.seconds).ceil() as usize).max(10), seed);
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for arm in order {
-            let n = args.pickers[arm];
-            let seed = args.seed + r;
-            let run = shared_view_run(n, seed, &crate::tools::demo::DemoArgs { seed, ..demo.clone() }).await?;
+            let spec =
+                RunSpec { kind, policy: Policy::Switchyard, pickers: args.pickers[arm], records: &records, rate, seed };
+            let run = routing::run_once(&spec, &rig).await?;
+            let f = Figures::from_runs("", std::slice::from_ref(&run), 1000.0);
+            println!(
+                "{} picker(s), seed {seed}: prefix hit {:.1} %, TTFT p50 {:.0} ms, p90 {:.0} ms, failed {}",
+                args.pickers[arm],
+                100.0 * f.hit_rate,
+                f.ttft_ms[0],
+                f.ttft_ms[1],
+                f.requests - f.ok
+            );
             runs[arm].push(run);
         }
     }
-    let [one, four] = runs.map(|r| {
-        let pooled = crate::tools::demo::RunResult::pooled(r);
-        let all = &crate::tools::demo::rows(&pooled, &[])["all"];
-        (all.hit, all.p50, all.p90, all.requests)
-    });
+    let [one, many] = runs.map(|r| Figures::from_runs("", &r, 1000.0));
     let (a, b) = (args.pickers[0], args.pickers[1]);
-    for (n, r) in [(a, one), (b, four)] {
+    for (n, f) in [(a, &one), (b, &many)] {
         println!(
             "{n} picker(s), pooled: prefix hit {:.1} %, TTFT p50 {:.0} ms, p90 {:.0} ms ({} requests)",
-            r.0, r.1, r.2, r.3
+            100.0 * f.hit_rate,
+            f.ttft_ms[0],
+            f.ttft_ms[1],
+            f.requests
         );
     }
     println!(
         "{b} pickers vs {a}: prefix hit {:+.1} points ({:.1} % relative), TTFT p90 {:+.1} %",
-        four.0 - one.0,
-        100.0 * (four.0 - one.0) / one.0.max(1e-9),
-        100.0 * (four.2 - one.2) / one.2.max(1e-9)
+        100.0 * (many.hit_rate - one.hit_rate),
+        100.0 * (many.hit_rate - one.hit_rate) / one.hit_rate.max(1e-9),
+        100.0 * (many.ttft_ms[1] - one.ttft_ms[1]) / one.ttft_ms[1].max(1e-9)
     );
     Ok(())
-}
-
-/// One run of the shared-view workload with `n` pickers on a fresh fleet.
-async fn shared_view_run(
-    n: usize,
-    seed: u64,
-    demo: &crate::tools::demo::DemoArgs,
-) -> anyhow::Result<crate::tools::demo::RunResult> {
-    use crate::gateway::{self, FailureMode, GatewayConfig};
-    use crate::roles::{PickerOptions, start_picker};
-    let fleet = sim::start_fleet(&crate::tools::demo::fleet_config(seed)).await?;
-    let dir = std::env::temp_dir().join(format!("switchyard-shared-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let agg = start_aggregator(AggregatorOptions::local(sim::write_endpoints_file(&fleet, &dir)?)).await?;
-    let mut pickers = Vec::new();
-    for i in 0..n {
-        let p = start_picker(PickerOptions::local(agg.control_addr, &format!("picker-{i}"), seed + i as u64)).await?;
-        while !p.readiness.is_ready() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        pickers.push(p);
-    }
-    let (stop, stop_rx) = watch::channel(false);
-    let cfg = GatewayConfig {
-        ext_proc: pickers.iter().map(|p| format!("http://{}", p.servers.ext_proc_addr)).collect(),
-        failure_mode: FailureMode::Close,
-        pool: fleet.iter().map(|h| h.addr.to_string()).collect(),
-        message_timeout: Duration::from_secs(10),
-    };
-    let (gw, _task) = gateway::start(cfg, "127.0.0.1:0".parse()?, stop_rx).await?;
-    let cpu = || crate::tools::bench::cpu_seconds("self").unwrap_or(0.0);
-    let cpu_before = cpu();
-    let r = crate::tools::demo::run_workload(&format!("{n} picker(s)"), &format!("http://{gw}"), &fleet, demo).await;
-    let cpu_used = cpu() - cpu_before;
-    let names: Vec<String> = fleet.iter().map(|h| h.name.clone()).collect();
-    let rows = crate::tools::demo::rows(&r, &names);
-    let all = &rows["all"];
-    let failed = r.outcomes.iter().filter(|o| !o.ok).count();
-    let max_queue = names.iter().map(|n| rows[n].queue).fold(0.0, f64::max);
-    println!(
-        "{n} picker(s), seed {seed}: prefix hit {:.1} %, TTFT p50 {:.0} ms, p90 {:.0} ms, failed {failed}, \
-         mean queue {:.2} (busiest server {max_queue:.2}), process CPU {cpu_used:.1} s",
-        all.hit, all.p50, all.p90, all.queue
-    );
-    let _ = stop.send(true);
-    for p in pickers {
-        p.shutdown(Duration::from_secs(1)).await;
-    }
-    agg.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(r)
 }
 
 #[derive(Args, Clone)]

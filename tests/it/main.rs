@@ -18,6 +18,7 @@ mod kubernetes;
 mod metrics_names;
 mod mtls;
 mod picker;
+mod routing;
 mod scrape;
 mod scrapers;
 mod shared;

@@ -102,11 +102,14 @@ pub struct Rig {
     pub exe: PathBuf,
     /// EndpointPickerConfig of the `switchyard` policies.
     pub switchyard_config: String,
+    /// Simulated seconds per wall-clock second of the sims (below 1 the fleet is slower and
+    /// saturates at a lower rate: the test suite's short version runs this way).
+    pub speed: f64,
 }
 
 impl Rig {
     pub fn new(exe: PathBuf) -> Rig {
-        Rig { exe, switchyard_config: policy::BEST.to_string() }
+        Rig { exe, switchyard_config: policy::BEST.to_string(), speed: 1.0 }
     }
 }
 
@@ -152,35 +155,42 @@ fn records(kind: Option<Kind>, trace: &[workload::TraceRecord], n: usize, seed: 
     }
 }
 
-/// Prefix-cache counters summed over the fleet.
-fn cache_counters(fleet: &[SimHandle]) -> (u64, u64) {
-    fleet.iter().map(|h| h.server.prefix_counters()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+/// One run: a workload's records at a rate through a policy with a number of pickers.
+pub struct RunSpec<'a> {
+    pub kind: Option<Kind>,
+    pub policy: Policy,
+    /// Picker processes (the policy's own count unless a bench compares counts).
+    pub pickers: usize,
+    pub records: &'a [workload::TraceRecord],
+    pub rate: f64,
+    pub seed: u64,
 }
 
-/// Runs `records` at `rate` through `policy` on a fresh fleet.
-pub async fn run_once(
-    kind: Option<Kind>,
-    policy: Policy,
-    records: &[workload::TraceRecord],
-    rate: f64,
-    seed: u64,
-    rig: &Rig,
-) -> anyhow::Result<RunData> {
-    let fleet = sim::start_fleet(&fleet_config(kind, seed)).await?;
-    let dir = std::env::temp_dir().join(format!("switchyard-routing-{}-{seed}", std::process::id()));
+/// Runs `spec` on a fresh fleet.
+pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> {
+    let fleet = sim::start_fleet(&sim::FleetConfig { speed: rig.speed, ..fleet_config(spec.kind, spec.seed) }).await?;
+    let dir = std::env::temp_dir().join(format!("switchyard-routing-{}-{}", std::process::id(), spec.seed));
     std::fs::create_dir_all(&dir)?;
     let file = sim::write_endpoints_file(&fleet, &dir)?;
-    let path = policy::DataPath::start(policy, &fleet, &file, rig, seed).await?;
-    let (cache0, cpu0) = (cache_counters(&fleet), path.cpu_seconds());
-    let schedule = Arc::new(drive::schedule(records, rate, MODEL, 0));
+    let path = policy::DataPath::start(spec.policy, spec.pickers, &fleet, &file, rig, spec.seed).await?;
+    let counters =
+        |fleet: &[SimHandle]| -> Vec<(u64, u64)> { fleet.iter().map(|h| h.server.prefix_counters()).collect() };
+    let (cache0, cpu0) = (counters(&fleet), path.cpu_seconds());
+    let schedule = Arc::new(drive::schedule(spec.records, spec.rate, MODEL, 0));
     let outcomes =
         drive::run_open_loop(format!("{}/v1/chat/completions", path.url), schedule, Duration::from_secs(30)).await;
-    let (cache1, cpu1) = (cache_counters(&fleet), path.cpu_seconds());
+    let (cache1, cpu1) = (counters(&fleet), path.cpu_seconds());
     path.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+    let per_server: Vec<(String, (u64, u64))> = fleet
+        .iter()
+        .zip(cache0.iter().zip(&cache1))
+        .map(|(h, (a, b))| (h.name.clone(), (b.0 - a.0, b.1 - a.1)))
+        .collect();
     Ok(RunData {
         outcomes,
-        cache: (cache1.0 - cache0.0, cache1.1 - cache0.1),
+        cache: per_server.iter().fold((0, 0), |(c, p), (_, (h, q))| (c + h, p + q)),
+        per_server,
         cpu_seconds: cpu1 - cpu0,
         endpoints: fleet.len(),
     })
@@ -295,14 +305,25 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
             for k in 0..policies.len() {
                 let i = (k + s as usize) % policies.len();
                 eprintln!("  {name} seed {seed}: {}", policies[i].name());
-                runs[i].push(run_once(kind, policies[i], &recs, rate, seed, &rig).await?);
+                let p = policies[i];
+                let spec = RunSpec { kind, policy: p, pickers: p.pickers(), records: &recs, rate, seed };
+                runs[i].push(run_once(&spec, &rig).await?);
             }
         }
         let figures: Vec<Figures> =
             policies.iter().zip(&runs).map(|(p, r)| Figures::from_runs(p.name(), r, args.slo_ms)).collect();
         let unloaded_critical_ttft_p90 = if kind == Some(Kind::Overload) {
             let recs = records(kind, &trace, ((0.2 * saturation * args.seconds) as usize).max(20), args.seed);
-            let r = run_once(kind, Policy::Switchyard, &recs, 0.2 * saturation, args.seed, &rig).await?;
+            let p = Policy::Switchyard;
+            let spec = RunSpec {
+                kind,
+                policy: p,
+                pickers: p.pickers(),
+                records: &recs,
+                rate: 0.2 * saturation,
+                seed: args.seed,
+            };
+            let r = run_once(&spec, &rig).await?;
             Figures::from_runs("unloaded", &[r], args.slo_ms).by_objective.get("critical").map(|c| c.2)
         } else {
             None

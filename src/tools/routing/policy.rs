@@ -53,7 +53,7 @@ impl Policy {
     }
 
     /// Picker processes (0: no picker).
-    fn pickers(self) -> usize {
+    pub fn pickers(self) -> usize {
         match self {
             Policy::RoundRobin | Policy::SmgCacheAware => 0,
             Policy::Switchyard4p => 4,
@@ -119,6 +119,7 @@ pub fn ensure_smg() -> anyhow::Result<PathBuf> {
 impl DataPath {
     pub async fn start(
         policy: Policy,
+        pickers: usize,
         fleet: &[SimHandle],
         endpoints_file: &Path,
         rig: &Rig,
@@ -133,9 +134,9 @@ impl DataPath {
         let mut pids = Vec::new();
         let mut ext_proc = Vec::new();
         let mut aggregator = None;
-        if policy.pickers() > 0 {
+        if pickers > 0 {
             let agg = start_aggregator(AggregatorOptions::local(endpoints_file.to_path_buf())).await?;
-            for i in 0..policy.pickers() {
+            for i in 0..pickers {
                 let port = free_port()?;
                 let mut cmd = Command::new(&rig.exe);
                 cmd.args(["picker", "--listen-host", "127.0.0.1", "--grpc-port", &port.to_string()])
@@ -241,14 +242,12 @@ async fn start_smg(pool: &[String]) -> anyhow::Result<DataPath> {
 mod tests {
     use super::*;
 
-    const HEADER: &str = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n";
-
     #[test]
     fn every_policy_config_loads() {
         let rig = Rig::new(PathBuf::new());
         for p in [Policy::Random, Policy::LeastQueue, Policy::Switchyard] {
             let text = p.config(&rig).unwrap_or_default();
-            assert!(text.starts_with(HEADER));
+            assert!(!text.is_empty(), "{}", p.name());
             crate::config::load(None, Some(text)).unwrap_or_else(|e| panic!("{}: {e}", p.name()));
         }
     }

@@ -42,6 +42,8 @@ pub struct RunData {
     pub outcomes: Vec<Outcome>,
     /// (cached tokens, prompt tokens) counted by the sims during the run.
     pub cache: (u64, u64),
+    /// The same per server, by name.
+    pub per_server: Vec<(String, (u64, u64))>,
     pub cpu_seconds: f64,
     pub endpoints: usize,
 }
@@ -188,8 +190,11 @@ mod tests {
             o(0.03, "a", 429, 0.0),
             o(0.50, "b", 200, 2000.0),
         ];
-        let f =
-            Figures::from_runs("p", &[RunData { outcomes, cache: (30, 100), cpu_seconds: 0.5, endpoints: 2 }], 1000.0);
+        let f = Figures::from_runs(
+            "p",
+            &[RunData { outcomes, cache: (30, 100), per_server: vec![], cpu_seconds: 0.5, endpoints: 2 }],
+            1000.0,
+        );
         assert_eq!((f.requests, f.ok, f.rejected_429), (5, 4, 1));
         assert_eq!(f.ttft_ms[0], 200.0);
         assert_eq!(f.goodput, 3.0 / 5.0);

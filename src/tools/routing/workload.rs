@@ -238,8 +238,17 @@ fn shared_prefix_record(rng: &mut SmallRng, at: f64, groups: usize) -> TraceReco
     }
 }
 
-/// `n` requests of workload `kind` at one request per second on average.
+/// `n` requests of workload `kind` at one request per second on average (arrivals rounded to
+/// microseconds, so a written trace reads back identical).
 pub fn generate(kind: Kind, n: usize, seed: u64) -> Vec<TraceRecord> {
+    let mut records = generate_exact(kind, n, seed);
+    for r in &mut records {
+        r.at = (r.at * 1e6).round() / 1e6;
+    }
+    records
+}
+
+fn generate_exact(kind: Kind, n: usize, seed: u64) -> Vec<TraceRecord> {
     let mut rng = SmallRng::seed_from_u64(seed ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     match kind {
         Kind::SharedPrefix | Kind::Heterogeneous => {
