@@ -260,7 +260,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Clone)]
 pub struct SharedViewArgs {
-    /// Seconds of arrivals per run.
+    /// Seconds of arrivals per run, after a 5 s warm-up that is not counted.
     #[arg(long, default_value_t = 20.0)]
     pub seconds: f64,
     /// Offered load as a fraction of round-robin saturation.
@@ -307,11 +307,19 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
     let mut runs: [Vec<crate::tools::routing::report::RunData>; 2] = [Vec::new(), Vec::new()];
     for r in 0..args.repeat {
         let seed = args.seed + r;
-        let records = workload::generate(Kind::SharedPrefix, ((rate * args.seconds).ceil() as usize).max(10), seed);
+        let records =
+            workload::generate(Kind::SharedPrefix, ((rate * (args.seconds + 5.0)).ceil() as usize).max(10), seed);
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for arm in order {
-            let spec =
-                RunSpec { kind, policy: Policy::Switchyard, pickers: args.pickers[arm], records: &records, rate, seed };
+            let spec = RunSpec {
+                kind,
+                policy: Policy::Switchyard,
+                pickers: args.pickers[arm],
+                records: &records,
+                rate,
+                seed,
+                warmup_s: 5.0,
+            };
             let run = routing::run_once(&spec, &rig).await?;
             let f = Figures::from_runs("", std::slice::from_ref(&run), 1000.0);
             println!(

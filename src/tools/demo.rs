@@ -22,7 +22,7 @@ use crate::tools::routing::{self, Kind, MODEL, Policy, Rig, RunSpec, workload};
 
 #[derive(Args, Clone)]
 pub struct DemoArgs {
-    /// Seconds of arrivals per policy.
+    /// Seconds of arrivals per policy (after a 5 s warm-up that is not counted).
     #[arg(long, default_value_t = 20.0)]
     pub seconds: f64,
     /// Offered load as a fraction of round-robin saturation.
@@ -42,6 +42,8 @@ pub struct DemoArgs {
 }
 
 const KIND: Kind = Kind::Heterogeneous;
+/// Seconds of arrivals at the start of each run that are sent but not counted.
+const WARMUP_S: f64 = 5.0;
 
 /// Per endpoint: requests, prefix-cache hit %, TTFT p50 and p90 (ms).
 fn per_endpoint(run: &RunData) -> BTreeMap<String, (usize, f64, f64, f64)> {
@@ -84,19 +86,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let rate = args.load * saturation;
-    let records = workload::generate(KIND, ((rate * args.seconds).ceil() as usize).max(10), args.seed);
+    let records = workload::generate(KIND, ((rate * (args.seconds + WARMUP_S)).ceil() as usize).max(10), args.seed);
     println!(
-        "\nworkload: {} streaming chat requests over {:.0} s, open loop at {rate:.1} req/s ({:.0} % of round-robin \
+        "\nworkload: {} streaming chat requests over {:.0} s (the first 5 s not counted), open loop at {rate:.1} req/s ({:.0} % of round-robin \
          saturation {saturation:.1} req/s), 16 shared 1,500-token system prompts",
         records.len(),
-        args.seconds,
+        args.seconds + WARMUP_S,
         100.0 * args.load
     );
     let mut runs = Vec::new();
     for policy in [Policy::Switchyard, Policy::RoundRobin] {
         eprintln!("running {} ...", policy.name());
-        let spec =
-            RunSpec { kind: Some(KIND), policy, pickers: policy.pickers(), records: &records, rate, seed: args.seed };
+        let spec = RunSpec {
+            kind: Some(KIND),
+            policy,
+            pickers: policy.pickers(),
+            records: &records,
+            rate,
+            seed: args.seed,
+            warmup_s: WARMUP_S,
+        };
         runs.push(routing::run_once(&spec, &rig).await?);
     }
     let (sy, rr) = (&runs[0], &runs[1]);

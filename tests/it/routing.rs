@@ -14,7 +14,7 @@ use switchyard::tools::routing::{Kind, Policy, Rig, RunSpec, run_once, workload}
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[actix_rt::test]
 async fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_up() {
     let rig = Rig { speed: 0.25, ..Rig::new(BIN.into()) };
     // Round-robin saturates this fleet at about 32 req/s at full speed (docs/benchmarks.md):
@@ -24,11 +24,12 @@ async fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_u
     let arms = [(Policy::RoundRobin, 0), (Policy::UpstreamDefault, 1), (Policy::UpstreamDefault, 4)];
     let mut runs: Vec<Vec<RunData>> = arms.iter().map(|_| Vec::new()).collect();
     for seed in seeds {
-        let records = workload::generate(Kind::SharedPrefix, (rate * 15.0) as usize, seed);
+        let records = workload::generate(Kind::SharedPrefix, (rate * 28.0) as usize, seed);
         let all = futures::future::join_all(arms.iter().map(|&(policy, pickers)| {
             let (rig, records) = (&rig, &records);
             async move {
-                let spec = RunSpec { kind: Some(Kind::SharedPrefix), policy, pickers, records, rate, seed };
+                let spec =
+                    RunSpec { kind: Some(Kind::SharedPrefix), policy, pickers, records, rate, seed, warmup_s: 8.0 };
                 run_once(&spec, rig).await.expect("run")
             }
         }))

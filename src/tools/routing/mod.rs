@@ -52,9 +52,12 @@ pub struct RoutingArgs {
     /// Skip the ramp: round-robin saturation in requests per second.
     #[arg(long)]
     pub saturation: Option<f64>,
-    /// Seconds of arrivals per run.
+    /// Seconds of arrivals per run, after the warm-up.
     #[arg(long, default_value_t = 30.0)]
     pub seconds: f64,
+    /// Seconds of arrivals at the start of each run that are not counted (caches fill).
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup: f64,
     /// Runs per policy (seeds `seed`, `seed + 1`, …), pooled.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -85,6 +88,7 @@ impl Default for RoutingArgs {
             load: 0.8,
             saturation: None,
             seconds: 30.0,
+            warmup: 5.0,
             seeds: 3,
             seed: 1,
             slo_ms: 1000.0,
@@ -164,21 +168,33 @@ pub struct RunSpec<'a> {
     pub records: &'a [workload::TraceRecord],
     pub rate: f64,
     pub seed: u64,
+    /// Seconds at the start whose requests are sent but not counted.
+    pub warmup_s: f64,
 }
 
 /// Runs `spec` on a fresh fleet.
 pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> {
     let fleet = sim::start_fleet(&sim::FleetConfig { speed: rig.speed, ..fleet_config(spec.kind, spec.seed) }).await?;
-    let dir = std::env::temp_dir().join(format!("switchyard-routing-{}-{}", std::process::id(), spec.seed));
+    // Runs may be concurrent (the test suite's short version): one directory each.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchyard-routing-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = sim::write_endpoints_file(&fleet, &dir)?;
     let path = policy::DataPath::start(spec.policy, spec.pickers, &fleet, &file, rig, spec.seed).await?;
     let counters =
         |fleet: &[SimHandle]| -> Vec<(u64, u64)> { fleet.iter().map(|h| h.server.prefix_counters()).collect() };
-    let (cache0, cpu0) = (counters(&fleet), path.cpu_seconds());
     let schedule = Arc::new(drive::schedule(spec.records, spec.rate, MODEL, 0));
-    let outcomes =
-        drive::run_open_loop(format!("{}/v1/chat/completions", path.url), schedule, Duration::from_secs(30)).await;
+    let load = tokio::spawn(drive::run_open_loop(
+        format!("{}/v1/chat/completions", path.url),
+        schedule,
+        Duration::from_secs(30),
+    ));
+    // Figures count what arrives after the warm-up (cold caches are not the steady state).
+    tokio::time::sleep(Duration::from_secs_f64(spec.warmup_s)).await;
+    let (cache0, cpu0) = (counters(&fleet), path.cpu_seconds());
+    let mut outcomes = load.await.unwrap_or_default();
+    outcomes.retain(|o| o.sent_at >= spec.warmup_s);
     let (cache1, cpu1) = (counters(&fleet), path.cpu_seconds());
     path.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -296,7 +312,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
         let load = if kind == Some(Kind::Overload) { 1.1 } else { args.load };
         let rate = saturation * load;
         eprintln!("{name}: round-robin saturation {saturation:.1} req/s, offering {rate:.1} req/s");
-        let n = ((rate * args.seconds).ceil() as usize).max(10);
+        let n = ((rate * (args.seconds + args.warmup)).ceil() as usize).max(10);
         let mut runs: Vec<Vec<RunData>> = policies.iter().map(|_| Vec::new()).collect();
         for s in 0..args.seeds {
             let seed = args.seed + s;
@@ -306,14 +322,23 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
                 let i = (k + s as usize) % policies.len();
                 eprintln!("  {name} seed {seed}: {}", policies[i].name());
                 let p = policies[i];
-                let spec = RunSpec { kind, policy: p, pickers: p.pickers(), records: &recs, rate, seed };
+                let spec = RunSpec {
+                    kind,
+                    policy: p,
+                    pickers: p.pickers(),
+                    records: &recs,
+                    rate,
+                    seed,
+                    warmup_s: args.warmup,
+                };
                 runs[i].push(run_once(&spec, &rig).await?);
             }
         }
         let figures: Vec<Figures> =
             policies.iter().zip(&runs).map(|(p, r)| Figures::from_runs(p.name(), r, args.slo_ms)).collect();
         let unloaded_critical_ttft_p90 = if kind == Some(Kind::Overload) {
-            let recs = records(kind, &trace, ((0.2 * saturation * args.seconds) as usize).max(20), args.seed);
+            let n = ((0.2 * saturation * (args.seconds + args.warmup)) as usize).max(20);
+            let recs = records(kind, &trace, n, args.seed);
             let p = Policy::Switchyard;
             let spec = RunSpec {
                 kind,
@@ -322,6 +347,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
                 records: &recs,
                 rate: 0.2 * saturation,
                 seed: args.seed,
+                warmup_s: args.warmup,
             };
             let r = run_once(&spec, &rig).await?;
             Figures::from_runs("unloaded", &[r], args.slo_ms).by_objective.get("critical").map(|c| c.2)
