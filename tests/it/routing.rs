@@ -6,22 +6,43 @@
 //! To stay cheap in a debug build beside the other tests, the sims run at a quarter speed (the
 //! fleet saturates at a quarter of the rate, so the routing path does a quarter of the work per
 //! second) and every arm of one seed runs at the same time, each on its own fleet, so that
-//! whatever else the machine does hits all arms alike. Figures are pooled over the seeds; the
-//! margins and seed count are explained next to the assertions.
+//! whatever else the machine does hits all arms alike. Figures are pooled over two seeds after a
+//! warm-up. Two seeds of ~120 counted requests each leave TTFT p90 with a sampling noise of about
+//! 10 % (measured: 4 vs 1 pickers +11 % in one run, while the scoreboard's 3-seed runs show them
+//! equal), so the 4-vs-1 gate runs a second identical 1-picker arm and allows the gap between the
+//! two on top of the 10 %: noise cannot fail it, a real regression of 4 pickers still does.
+//! Switchyard against round-robin needs no allowance (TTFT p90 about 3× apart, hit rate 85 % vs
+//! 65 %).
 
 use switchyard::tools::routing::report::{Figures, RunData};
 use switchyard::tools::routing::{Kind, Policy, Rig, RunSpec, run_once, workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-#[actix_rt::test]
-async fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_up() {
+/// The roles' actors on a multi-threaded runtime, as `main` runs them (a test's single thread
+/// would be the bottleneck of three fleets, gateways and aggregators).
+#[test]
+fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_up() {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    });
+    system.block_on(shared_prefix_gate());
+}
+
+async fn shared_prefix_gate() {
     let rig = Rig { speed: 0.25, ..Rig::new(BIN.into()) };
     // Round-robin saturates this fleet at about 32 req/s at full speed (docs/benchmarks.md):
     // 80 % of a quarter of that.
     let rate = 0.8 * 32.0 * 0.25;
     let seeds = [11, 12];
-    let arms = [(Policy::RoundRobin, 0), (Policy::UpstreamDefault, 1), (Policy::UpstreamDefault, 4)];
+    // The fourth arm repeats the second: the gap between two identical arms of the same run is
+    // the noise the 4-vs-1 comparison is allowed on top of its 10 %.
+    let arms = [
+        (Policy::RoundRobin, 0),
+        (Policy::UpstreamDefault, 1),
+        (Policy::UpstreamDefault, 4),
+        (Policy::UpstreamDefault, 1),
+    ];
     let mut runs: Vec<Vec<RunData>> = arms.iter().map(|_| Vec::new()).collect();
     for seed in seeds {
         let records = workload::generate(Kind::SharedPrefix, (rate * 28.0) as usize, seed);
@@ -40,7 +61,7 @@ async fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_u
     }
     let f: Vec<Figures> =
         runs.iter().zip(arms).map(|(r, (p, n))| Figures::from_runs(&format!("{}x{n}", p.name()), r, 4000.0)).collect();
-    let (rr, one, four) = (&f[0], &f[1], &f[2]);
+    let (rr, one, four, again) = (&f[0], &f[1], &f[2], &f[3]);
     for x in &f {
         eprintln!(
             "{}: {} requests, {} ok, TTFT p50/p90 {:.0}/{:.0} ms, hit {:.1} %",
@@ -60,10 +81,18 @@ async fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_u
         rr.ttft_ms[1]
     );
     assert!(one.hit_rate > rr.hit_rate, "hit rate: switchyard {:.3} vs round-robin {:.3}", one.hit_rate, rr.hit_rate);
-    assert!(four.hit_rate >= 0.9 * one.hit_rate, "hit rate: 4 pickers {:.3} vs 1 {:.3}", four.hit_rate, one.hit_rate);
+    let noise = |a: f64, b: f64| (a - b).abs();
+    let hit_noise = noise(one.hit_rate, again.hit_rate);
     assert!(
-        four.ttft_ms[1] <= 1.1 * one.ttft_ms[1],
-        "TTFT p90: 4 pickers {:.0} ms vs 1 {:.0} ms",
+        four.hit_rate >= 0.9 * one.hit_rate - hit_noise,
+        "hit rate: 4 pickers {:.3} vs 1 {:.3} (A/A gap {hit_noise:.3})",
+        four.hit_rate,
+        one.hit_rate
+    );
+    let p90_noise = noise(one.ttft_ms[1], again.ttft_ms[1]);
+    assert!(
+        four.ttft_ms[1] <= 1.1 * one.ttft_ms[1] + p90_noise,
+        "TTFT p90: 4 pickers {:.0} ms vs 1 {:.0} ms (A/A gap {p90_noise:.0} ms)",
         four.ttft_ms[1],
         one.ttft_ms[1]
     );
