@@ -138,8 +138,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nSwitchyard sends a request where its first token comes soonest: to the server that already holds its\n\
-         system prompt in the KV cache, unless that server's queue would cost more than prefilling it elsewhere.\n\
+        "\nSwitchyard sends a request to the server that already holds its system prompt in the KV cache, weighed\n\
+         against each server's queue and KV-cache load, so the slow server gets less as its queue grows.\n\
          Round-robin ignores both. `switchyard bench routing` runs this and harder workloads (docs/benchmarks.md)."
     );
     Ok(())

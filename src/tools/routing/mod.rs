@@ -212,8 +212,9 @@ pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> 
     })
 }
 
-/// Round-robin saturation: offered load rises ×1.25 every 5 s on one fleet until the servers'
-/// waiting queues grow (mean waiting per server above 2 and higher than in the step before) or
+/// Round-robin saturation: offered load rises ×1.25 in 5 s steps on one fleet until a server's
+/// waiting queue grows (the longest above 2 at the end of a step and longer than at the end of
+/// the step before: with a slow server in the fleet, round-robin saturates when that one does) or
 /// requests stop finishing; saturation is the last rate that kept up.
 pub async fn measure_saturation(
     kind: Option<Kind>,
@@ -247,7 +248,7 @@ pub async fn measure_saturation(
         offset += n;
         let run = tokio::spawn(drive::run_open_loop(url.clone(), Arc::new(sched), Duration::from_secs(20)));
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let waiting = fleet.iter().map(|h| h.server.queue_depth()).sum::<usize>() as f64 / fleet.len() as f64;
+        let waiting = fleet.iter().map(|h| h.server.queue_depth()).max().unwrap_or(0) as f64;
         let outcomes = run.await.unwrap_or_default();
         let finished = outcomes.iter().filter(|o| o.ok()).count() as f64 / n as f64;
         if (waiting > 2.0 && waiting > last_waiting) || finished < 0.95 {
