@@ -30,6 +30,8 @@ pub enum BenchCommand {
     Failover(crate::tools::cpbench::FailoverArgs),
     /// Routing quality with 1 and 4 pickers sharing one view through the leader.
     SharedView(crate::tools::cpbench::SharedViewArgs),
+    /// The distributed roles for minutes under load and churn: memory, failed picks, gauges.
+    Soak(crate::tools::soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -56,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Propagation(args) => crate::tools::cpbench::propagation(args).await,
         BenchCommand::Failover(args) => crate::tools::cpbench::failover(args).await,
         BenchCommand::SharedView(args) => crate::tools::cpbench::shared_view(args).await,
+        BenchCommand::Soak(args) => crate::tools::soak::soak(args).await,
     }
 }
 

@@ -9,3 +9,5 @@ pub mod kube_fake;
 pub mod loadgen;
 pub mod otlp_sink;
 pub mod parse;
+pub mod procs;
+pub mod soak;
