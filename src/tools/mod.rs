@@ -6,6 +6,7 @@ pub mod board;
 pub mod cpbench;
 pub mod demo;
 pub mod kube_fake;
+pub mod load;
 pub mod loadgen;
 pub mod otlp_sink;
 pub mod parse;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::time::Instant;
 
-use crate::tools::loadgen::{BackgroundLoad, LoadShape};
+use crate::tools::load::{BackgroundLoad, LoadShape};
 use crate::tools::procs::{
     self, Child, Etcd, Role, Roles, endpoint_label_values, metrics_text, sample_max, sample_sum, series_count,
 };
@@ -195,12 +195,13 @@ impl Run {
     /// Memory of every process alive and the roles' gauges, now.
     async fn sample(&mut self, churn: &Churn, load: &BackgroundLoad) -> Sample {
         let now = Instant::now();
+        let mut values = BTreeMap::new();
         for r in self.records.iter_mut().filter(|r| r.ended_s.is_none()) {
             if let Some(kib) = procs::rss_kib(r.pid) {
                 r.observe(kib);
+                values.insert(format!("rss_mib.{}", r.name), kib as f64 / 1024.0);
             }
         }
-        let mut values = BTreeMap::new();
         let dead = churn.listed.iter().filter(|l| l.dead).count();
         values.insert("file.endpoints".to_string(), churn.listed.len() as f64);
         values.insert("file.dead_endpoints".to_string(), dead as f64);
@@ -470,7 +471,11 @@ async fn run(args: &SoakArgs, dir: &Path) -> anyhow::Result<SoakReport> {
     for (i, timing) in failovers {
         kills[i].failover_ms = timing.await.ok().flatten();
     }
-    let keys: std::collections::BTreeSet<String> = samples.iter().flat_map(|s| s.values.keys().cloned()).collect();
+    // Memory trends of the long-lived processes only (the others are summarized per role).
+    let short: std::collections::BTreeSet<String> =
+        run.records.iter().filter(|r| !r.long_lived()).map(|r| format!("rss_mib.{}", r.name)).collect();
+    let keys: std::collections::BTreeSet<String> =
+        samples.iter().flat_map(|s| s.values.keys().cloned()).filter(|k| !short.contains(k)).collect();
     let trends = keys.iter().filter_map(|k| report::trend(&samples, k)).collect();
     run.latencies.sort_by(f64::total_cmp);
     Ok(SoakReport {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::tools::loadgen::LoadFailure;
+use crate::tools::load::LoadFailure;
 
 /// One process of the run; times in seconds from the start of the measured window (negative:
 /// during the warm-up).
@@ -71,8 +71,22 @@ pub struct Trend {
     pub last: f64,
     pub min: f64,
     pub max: f64,
-    /// Least-squares slope, per minute.
+    /// Least-squares slope, per minute, over the whole window and over its second half (a leak
+    /// keeps its slope; a high-water mark flattens).
     pub slope_per_min: f64,
+    pub slope_second_half_per_min: f64,
+}
+
+/// Least-squares slope of `points` (x in minutes); 0 with fewer than two distinct x.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx > 0.0 { sxy / sxx } else { 0.0 }
 }
 
 /// The trend of `key` over the samples that have it; `None` without two of them.
@@ -81,17 +95,16 @@ pub fn trend(samples: &[Sample], key: &str) -> Option<Trend> {
     if points.len() < 2 {
         return None;
     }
-    let n = points.len() as f64;
-    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let mid = (points[0].0 + points[points.len() - 1].0) / 2.0;
+    let second: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 >= mid).collect();
     Some(Trend {
         name: key.to_string(),
         first: points[0].1,
         last: points[points.len() - 1].1,
         min: points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
         max: points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
-        slope_per_min: if sxx > 0.0 { sxy / sxx } else { 0.0 },
+        slope_per_min: slope(&points),
+        slope_second_half_per_min: slope(&second),
     })
 }
 
@@ -194,17 +207,23 @@ impl SoakReport {
                 mib(procs.iter().map(|p| p.rss_max_kib).max()),
             );
         }
-        println!("\ngauges over the measured window (leader.*: whichever aggregator led at each sample)");
-        println!("{:<44} {:>10} {:>10} {:>10} {:>10} {:>10}", "series", "first", "last", "min", "max", "slope/min");
+        println!(
+            "\nover the measured window (rss_mib.*: the processes above; leader.*: whichever aggregator led at each sample)"
+        );
+        println!(
+            "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "series", "first", "last", "min", "max", "slope/min", "2nd half"
+        );
         for t in &self.trends {
             println!(
-                "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10.2}",
+                "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10.2} {:>10.2}",
                 t.name,
                 num(t.first),
                 num(t.last),
                 num(t.min),
                 num(t.max),
-                t.slope_per_min
+                t.slope_per_min,
+                t.slope_second_half_per_min
             );
         }
     }
@@ -230,6 +249,14 @@ mod tests {
         let t = trend(&samples, "x").expect("trend");
         assert_eq!((t.first, t.last, t.min, t.max), (10.0, 26.0, 10.0, 26.0));
         assert!((t.slope_per_min - 8.0).abs() < 1e-9, "{t:?}");
+        assert!((t.slope_second_half_per_min - 8.0).abs() < 1e-9, "{t:?}");
+        // Up, then flat: the second half says so.
+        let mut flat = samples.clone();
+        for s in flat.iter_mut().skip(2) {
+            s.values.insert("x".into(), 18.0);
+        }
+        let t = trend(&flat, "x").expect("trend");
+        assert!(t.slope_per_min > 0.0 && t.slope_second_half_per_min == 0.0, "{t:?}");
         assert!(trend(&samples, "y").is_none());
     }
 
