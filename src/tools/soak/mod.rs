@@ -187,7 +187,8 @@ impl Run {
 
     /// Kills scraper b and starts a replacement under a new identity.
     fn kill_scraper(&mut self) -> anyhow::Result<Kill> {
-        let next = self.start_scraper(&format!("scraper-b-{}", self.started_scrapers))?;
+        // Scraper a and the first b were the first two started.
+        let next = self.start_scraper(&format!("scraper-b-{}", self.started_scrapers.saturating_sub(1)))?;
         let old = std::mem::replace(&mut self.scrapers[1], next);
         Ok(self.kill(old))
     }
