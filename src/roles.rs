@@ -139,6 +139,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     let outputs = control_plane.outputs.clone();
     crate::aggregator::metrics::AggregatorMetrics::register_routed(&mut metrics_registry, &outputs.routed);
     crate::aggregator::metrics::AggregatorMetrics::register_metrics_age(&mut metrics_registry, &outputs);
+    outputs.gauges.register(&mut metrics_registry);
 
     let (stop, stop_rx) = watch::channel(false);
     let handshake = opts.handshake_timeout;
@@ -167,6 +168,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         etcd: etcd.clone(),
         remote: control_plane.remote.clone(),
         reports: Some(control_plane.aggregator.clone().recipient()),
+        subscribers: outputs.gauges.subscribers.clone(),
     };
     let signal = {
         let mut rx = stop_rx.clone();

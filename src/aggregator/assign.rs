@@ -52,6 +52,14 @@ impl Assigner {
         }
     }
 
+    /// Scraper processes connected (0 when this process scrapes itself).
+    pub fn remote_scrapers(&self) -> usize {
+        match self {
+            Assigner::Local(_) => 0,
+            Assigner::Remote(remote) => remote.inner().scrapers.len(),
+        }
+    }
+
     /// Stops every local scraper (shutdown).
     pub fn stop(&self) {
         if let Assigner::Local(supervisor) = self {

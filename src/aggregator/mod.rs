@@ -53,6 +53,7 @@ pub struct Aggregator {
     source: Option<watch::Receiver<Arc<EndpointSet>>>,
     synced: watch::Sender<bool>,
     assigner: Assigner,
+    gauges: metrics::StateGauges,
 }
 
 /// What an aggregator publishes: snapshots, the prefix blocks each carried, whether it currently
@@ -63,6 +64,8 @@ pub struct AggregatorOutputs {
     pub routed: Arc<RoutedLog>,
     pub leading: watch::Receiver<bool>,
     pub synced: watch::Receiver<bool>,
+    /// What the leader holds (its role registers them).
+    pub gauges: metrics::StateGauges,
 }
 
 /// The prefix blocks of the recent snapshots. The `watch` channel keeps only the latest snapshot;
@@ -108,6 +111,12 @@ impl RoutedLog {
                 log.hashes -= hash_count(&blocks);
             }
         }
+    }
+
+    /// Snapshots and hashes held.
+    pub fn held(&self) -> (usize, usize) {
+        let log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        (log.entries.len(), log.hashes)
     }
 
     /// The blocks of snapshots `after < seq <= upto` of `epoch`, or `None` when some of them are
@@ -156,6 +165,7 @@ impl Aggregator {
         let (leading, leading_rx) = watch::channel(false);
         let (synced, synced_rx) = watch::channel(false);
         let routed = Arc::new(RoutedLog::default());
+        let gauges = metrics::StateGauges::default();
         let agg = Aggregator {
             state: AggregatorState::new(0),
             tx,
@@ -165,8 +175,9 @@ impl Aggregator {
             source: Some(source),
             synced,
             assigner,
+            gauges: gauges.clone(),
         };
-        (agg, AggregatorOutputs { snapshots, routed, leading: leading_rx, synced: synced_rx })
+        (agg, AggregatorOutputs { snapshots, routed, leading: leading_rx, synced: synced_rx, gauges })
     }
 
     fn on_endpoint_set(&mut self, set: &EndpointSet) {
@@ -199,6 +210,7 @@ impl Aggregator {
             self.routed.hashes_over_budget.inc_by(std::mem::take(&mut self.state.over_budget_hashes));
             self.routed.push(&snapshot);
             self.tx.send_replace(Arc::new(snapshot));
+            self.gauges.set(&self.state.sizes(), self.routed.held(), self.assigner.remote_scrapers());
         }
     }
 }

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use prometheus_client::metrics::gauge::Gauge;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_plane_server::ControlPlane;
 use tokio::sync::{mpsc, watch};
@@ -33,6 +34,24 @@ pub struct ControlPlaneService {
     pub remote: Option<Arc<RemoteScraping>>,
     /// Where picker reports go (the aggregator actor).
     pub reports: Option<actix::Recipient<super::PickerReported>>,
+    /// `WatchSnapshots` streams open (`switchyard_aggregator_subscribers`).
+    pub subscribers: Gauge,
+}
+
+/// Counts one open stream in a gauge for as long as it lives, whichever way its task ends.
+struct Open(Gauge);
+
+impl Open {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ControlPlaneService {
@@ -114,7 +133,9 @@ impl ControlPlane for ControlPlaneService {
         let picker = request.picker_id;
         let (tx, rx) = mpsc::channel(4);
         let (mut snapshots, mut leading, routed) = (self.snapshots.clone(), self.leading.clone(), self.routed.clone());
+        let open = Open::new(&self.subscribers);
         tokio::spawn(async move {
+            let _open = open;
             tracing::debug!(%picker, "picker subscribed");
             // The last snapshot sent: deltas are built on top of it.
             let mut sent: Option<Arc<Snapshot>> = None;

@@ -79,6 +79,19 @@ impl SharedTotals {
     }
 }
 
+/// Entries held in each of the state's maps, for the leader's gauges: under steady churn each
+/// stays bounded by the endpoint set and the live pickers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSizes {
+    pub endpoints: usize,
+    pub metrics: usize,
+    pub picker_loads: usize,
+    pub inflight_totals: usize,
+    /// Per-scrape send counts over all endpoints.
+    pub sent_totals: usize,
+    pub pending_blocks: usize,
+}
+
 /// Picker loads older than this are forgotten (the picker is gone).
 const PICKER_LOAD_TTL: Duration = Duration::from_secs(2);
 /// At most this many routed hashes wait for the next snapshot.
@@ -103,6 +116,17 @@ impl AggregatorState {
             over_budget_hashes: 0,
             dirty: true,
             objectives: Default::default(),
+        }
+    }
+
+    pub fn sizes(&self) -> StateSizes {
+        StateSizes {
+            endpoints: self.endpoints.len(),
+            metrics: self.metrics.len(),
+            picker_loads: self.picker_loads.len(),
+            inflight_totals: self.totals.inflight.len(),
+            sent_totals: self.totals.sent.values().map(HashMap::len).sum(),
+            pending_blocks: self.pending_blocks.len(),
         }
     }
 

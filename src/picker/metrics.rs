@@ -56,6 +56,8 @@ pub struct PickerMetrics {
     snapshot_endpoints: Gauge,
     snapshot_published: Gauge<f64, AtomicU64>,
     prefix_entries: Gauge,
+    /// Endpoints whose counters the view builder keeps (listed, or gone with requests in flight).
+    tracked_endpoints: Gauge,
     /// Routed-block entries not reported because too many waited for the next report.
     routed_dropped: Counter,
     /// Snapshot updates applied from the leader's stream, `kind` = `full` | `delta`.
@@ -100,6 +102,7 @@ impl PickerMetrics {
             snapshot_endpoints: Gauge::default(),
             snapshot_published: Gauge::default(),
             prefix_entries: Gauge::default(),
+            tracked_endpoints: Gauge::default(),
             routed_dropped: Counter::default(),
             updates: Family::default(),
             limit_refusals: Family::default(),
@@ -217,6 +220,11 @@ impl PickerMetrics {
             "inference_extension_prefix_indexer_size",
             "Entries in the prefix index",
             m.prefix_entries.clone(),
+        );
+        registry.register(
+            "switchyard_picker_tracked_endpoints",
+            "Endpoints whose pick and in-flight counters this picker keeps: those listed, plus those gone with requests in flight",
+            m.tracked_endpoints.clone(),
         );
         registry.register(
             "switchyard_picker_routed_blocks_dropped",
@@ -348,6 +356,7 @@ impl PickerMetrics {
         let published = s.published_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         self.snapshot_published.set(published.as_secs_f64());
         self.prefix_entries.set(prefix_entries as i64);
+        self.tracked_endpoints.set(view.tracked as i64);
     }
 }
 

@@ -49,6 +49,9 @@ pub struct PickerView {
     baseline: Vec<u64>,
     /// When those metrics were scraped, in µs since the epoch (0: never).
     scraped_micros: Vec<i64>,
+    /// Endpoints whose counters the builder keeps when this view was built: those listed plus
+    /// those that left with requests still in flight (`switchyard_picker_tracked_endpoints`).
+    pub tracked: usize,
 }
 
 impl PickerView {
@@ -58,6 +61,7 @@ impl PickerView {
             counters: Vec::new(),
             baseline: Vec::new(),
             scraped_micros: Vec::new(),
+            tracked: 0,
         }
     }
 
@@ -136,7 +140,7 @@ impl ViewBuilder {
         }
         // Forget endpoints that left the pool once nothing is in flight to them.
         self.counters.retain(|_, (c, _, _, listed)| *listed == view || c.inflight_requests.load(Ordering::Relaxed) > 0);
-        Some(PickerView { snapshot, counters, baseline, scraped_micros })
+        Some(PickerView { snapshot, counters, baseline, scraped_micros, tracked: self.counters.len() })
     }
 }
 
@@ -204,10 +208,12 @@ mod tests {
         let empty = Arc::new(Snapshot { seq: 2, endpoints: vec![], ..snapshot(2, 100, 0).as_ref().clone() });
         let view = builder.next(&view, empty).expect("view");
         assert_eq!(builder.counters.len(), 1, "a request is still in flight to it");
+        assert_eq!(view.tracked, 1, "and the view says so (switchyard_picker_tracked_endpoints)");
         counters.finish(10);
         let empty = Arc::new(Snapshot { seq: 3, endpoints: vec![], ..snapshot(3, 100, 0).as_ref().clone() });
         let view = builder.next(&view, empty).expect("view");
         assert!(builder.counters.is_empty(), "forgotten once idle");
+        assert_eq!(view.tracked, 0);
         let back = builder.next(&view, snapshot(4, 100, 0)).expect("view");
         assert!(!Arc::ptr_eq(&back.counters[0], &counters), "a returning endpoint starts afresh");
     }

@@ -121,6 +121,30 @@ pub fn register_metrics(registry: &mut Registry) {
         m.dropped.clone(),
     );
     registry.register("switchyard_trace_spans_export_failed", "Spans whose export failed", m.export_errors.clone());
+    registry.register_collector(Box::new(RuntimeTasks));
+}
+
+/// `switchyard_runtime_alive_tasks`: tasks alive on the runtime serving `/metrics` (the process's
+/// one multi-thread runtime; actors run on it too), read at each scrape. A task that should end
+/// with its stream or connection and does not shows here as growth under steady traffic.
+#[derive(Debug)]
+struct RuntimeTasks;
+
+impl prometheus_client::collector::Collector for RuntimeTasks {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let alive = i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX);
+        let gauge = encoder.encode_descriptor(
+            "switchyard_runtime_alive_tasks",
+            "Tasks alive on the tokio runtime",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(alive).encode(gauge)
+    }
 }
 
 /// Changes the log filter of the running process (`RUST_LOG` syntax).

@@ -32,6 +32,8 @@ pub enum BenchCommand {
     SharedView(crate::tools::cpbench::SharedViewArgs),
     /// Routing quality: policies (and the peer router) on hard workloads at a fixed offered load.
     Routing(crate::tools::routing::RoutingArgs),
+    /// The distributed roles for minutes under load and churn: memory, failed picks, gauges.
+    Soak(crate::tools::soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -59,6 +61,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(args) => crate::tools::cpbench::failover(args).await,
         BenchCommand::SharedView(args) => crate::tools::cpbench::shared_view(args).await,
         BenchCommand::Routing(args) => crate::tools::routing::run(args).await.map(|_| ()),
+        BenchCommand::Soak(args) => crate::tools::soak::soak(args).await,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::picker::subscribe::{self, LeaderSource};
 use crate::roles::{AggregatorOptions, start_aggregator};
 use crate::sim::{self, Flavor};
 use crate::tools::bench::percentile;
+use crate::tools::procs::{Child, Etcd, Roles, free_port, metrics_text, sample_sum};
 
 #[derive(Args, Clone)]
 pub struct PropagationArgs {
@@ -112,103 +113,30 @@ pub struct FailoverArgs {
     pub rounds: usize,
 }
 
-/// A child process killed and reaped when dropped.
-pub(crate) struct ChildProcess(pub(crate) std::process::Child);
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// SIGKILLs the leader aggregator while a picker serves ext-proc traffic; measures the time until
 /// the picker holds a snapshot from the new leader, and counts failed picks. Needs `etcd` on PATH.
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("switchyard-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (cport, pport) = (free_port()?, free_port()?);
-    let etcd_url = format!("http://127.0.0.1:{cport}");
-    let _etcd = ChildProcess(
-        Command::new("etcd")
-            .args(["--name", "b", "--data-dir", &dir.join("etcd").display().to_string()])
-            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{pport}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{pport}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("b=http://127.0.0.1:{pport}"),
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", free_port()?),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start etcd (apt-get install etcd-server): {e}"))?,
-    );
+    let etcd = Etcd::start(&dir).await?;
     let fleet = sim::start_fleet(&sim::FleetConfig { fleet: vec![(Flavor::VllmV1, 4)], ..Default::default() }).await?;
     let file = sim::write_endpoints_file(&fleet, &dir)?;
-    let ttl = format!("{}ms", args.ttl.as_millis());
-    let spawn_aggregator = || -> anyhow::Result<(ChildProcess, u16)> {
-        let port = free_port()?;
-        Ok((
-            ChildProcess(
-                Command::new(&exe)
-                    .args(["aggregator", "--listen-host", "127.0.0.1", "--control-port", &port.to_string()])
-                    .args(["--grpc-health-port", &free_port()?.to_string()])
-                    .args(["--metrics-port", &free_port()?.to_string()])
-                    .args(["--endpoints-file", &file.display().to_string()])
-                    .args(["--etcd-endpoints", &etcd_url, "--lease-ttl", &ttl, "--log", "error"])
-                    .stdout(Stdio::null())
-                    .spawn()?,
-            ),
-            port,
-        ))
+    let roles = Roles {
+        exe: std::env::current_exe()?,
+        etcd_url: etcd.url.clone(),
+        election: "switchyard-aggregator".into(),
+        ttl: format!("{}ms", args.ttl.as_millis()),
+        log: "error".into(),
+        logs: None,
     };
-    let (grpc, metrics) = (free_port()?, free_port()?);
-    let _picker = ChildProcess(
-        Command::new(&exe)
-            .args([
-                "picker",
-                "--listen-host",
-                "127.0.0.1",
-                "--grpc-port",
-                &grpc.to_string(),
-                "--grpc-health-port",
-                &free_port()?.to_string(),
-            ])
-            .args([
-                "--metrics-port",
-                &metrics.to_string(),
-                "--secure-serving=false",
-                "--etcd-endpoints",
-                &etcd_url,
-                "--lease-ttl",
-                &ttl,
-                "--log",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let picker = roles.picker("picker", &[])?;
+    let (grpc, metrics) = (picker.port, picker.metrics);
     let http = reqwest::Client::new();
     let epoch = |http: reqwest::Client| async move {
-        let text = http.get(format!("http://127.0.0.1:{metrics}/metrics")).send().await.ok()?.text().await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("switchyard_picker_snapshot_epoch "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let text = metrics_text(&http, metrics).await?;
+        sample_sum(&text, "switchyard_picker_snapshot_epoch").map(|e| e as u64)
     };
-    let mut replicas = vec![spawn_aggregator()?, spawn_aggregator()?];
+    let mut replicas = vec![roles.aggregator("aggregator", &file, &[])?, roles.aggregator("aggregator", &file, &[])?];
     // Wait for the first leader's snapshot at the picker.
     let mut current = 0;
     for _ in 0..300 {
@@ -220,19 +148,17 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(current > 0, "the picker never received a snapshot");
     let load = crate::tools::loadgen::BackgroundLoad::start(([127, 0, 0, 1], grpc).into(), 4);
-    let settings = crate::etcd::EtcdSettings::new(vec![etcd_url.clone()], "switchyard-aggregator", "", args.ttl);
+    let settings = crate::etcd::EtcdSettings::new(vec![etcd.url.clone()], "switchyard-aggregator", "", args.ttl);
     println!("failover: lease TTL {:?}, 2 aggregator processes, 1 picker under ext-proc load", args.ttl);
     let mut times = Vec::new();
     for round in 0..args.rounds {
         let leader = crate::etcd::current_leader(&settings).await?.unwrap_or_default();
-        let Some(victim) = replicas.iter().position(|(_, port)| leader.ends_with(&format!(":{port}"))) else {
+        let Some(victim) = replicas.iter().position(|r| leader.ends_with(&format!(":{}", r.port))) else {
             anyhow::bail!("leader {leader:?} is not one of ours");
         };
-        let (mut v, _) = replicas.remove(victim);
         let killed = tokio::time::Instant::now();
-        let _ = v.0.kill(); // SIGKILL: no resignation
-        drop(v);
-        replicas.push(spawn_aggregator()?);
+        drop(replicas.remove(victim)); // SIGKILL: no resignation
+        replicas.push(roles.aggregator("aggregator", &file, &[])?);
         let mut next = current;
         while next <= current && killed.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -381,7 +307,7 @@ pub async fn scrape_scaling(args: ScrapeScalingArgs) -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe()?;
     let max = args.endpoints.iter().copied().max().unwrap_or(0);
-    let sim = ChildProcess(
+    let sim = Child(
         Command::new(&exe)
             .args(["sim", "--fleet", &format!("vllm-v1={max}"), "--base-port", &args.base_port.to_string()])
             .args(["--log", "warn"])
@@ -453,7 +379,7 @@ pub async fn scrape_scaling(args: ScrapeScalingArgs) -> anyhow::Result<()> {
                     .args([format!("{}ms", args.interval_ms), "--log".into(), "error".into()])
                     .stdout(Stdio::null())
                     .spawn()?;
-                scrapers.push((ChildProcess(child), port));
+                scrapers.push((Child(child), port));
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
             let http = reqwest::Client::new();

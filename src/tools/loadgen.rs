@@ -33,6 +33,7 @@ use crate::model::{Endpoint, EndpointId, EndpointMetrics, EndpointState, Metrics
 use crate::picker::{ExtProcService, Picker, PickerMetrics, PickerSettings, proto};
 use crate::scheduling::{Scheduler, SchedulerConfig};
 use crate::tools::bench::percentile;
+pub use crate::tools::load::{BackgroundLoad, FAILURES_KEPT, LoadFailure, LoadShape};
 
 #[derive(Args, Clone)]
 pub struct ExtProcBenchArgs {
@@ -247,52 +248,6 @@ async fn next(inbound: &mut Streaming<ProcessingResponse>) -> Result<Answer, Str
         .map_err(|e| e.to_string())?
         .and_then(|m| m.response)
         .ok_or_else(|| "stream ended".to_string())
-}
-
-/// Continuous ext-proc traffic (1 KiB chat bodies, Envoy-style exchanges) until stopped,
-/// counting answered and failed exchanges.
-pub struct BackgroundLoad {
-    ok: Arc<std::sync::atomic::AtomicU64>,
-    failed: Arc<std::sync::atomic::AtomicU64>,
-    running: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl BackgroundLoad {
-    pub fn start(addr: SocketAddr, streams: usize) -> Self {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let (ok, failed, running) =
-            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
-        let tasks = (0..streams)
-            .map(|_| {
-                let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
-                tokio::spawn(async move {
-                    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-                        return;
-                    };
-                    let mut c = ExternalProcessorClient::new(endpoint.connect_lazy());
-                    let body = chat_body(1);
-                    while running.load(Ordering::Relaxed) {
-                        match one_exchange(&mut c, &body, b"{}").await {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                })
-            })
-            .collect();
-        BackgroundLoad { ok, failed, running, tasks }
-    }
-
-    /// Stops the traffic; returns (answered, failed).
-    pub async fn stop(self) -> (u64, u64) {
-        use std::sync::atomic::Ordering;
-        self.running.store(false, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
-    }
 }
 
 pub struct LoadResult {

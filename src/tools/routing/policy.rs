@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::gateway::{self, FailureMode, GatewayConfig};
 use crate::roles::{AggregatorHandle, AggregatorOptions, start_aggregator};
 use crate::sim::SimHandle;
-use crate::tools::cpbench::{ChildProcess, free_port};
+use crate::tools::procs::{Child, free_port};
 
 use super::Rig;
 use super::workload::OBJECTIVES;
@@ -88,7 +88,7 @@ pub struct DataPath {
     pub url: String,
     /// PIDs of the routing processes (pickers, or the peer's gateway).
     pub pids: Vec<u32>,
-    children: Vec<ChildProcess>,
+    children: Vec<Child>,
     aggregator: Option<AggregatorHandle>,
     stop: Option<watch::Sender<bool>>,
 }
@@ -155,7 +155,7 @@ impl DataPath {
                 if let Some(cfg) = policy.config(rig) {
                     cmd.args(["--config-text", cfg]);
                 }
-                let child = ChildProcess(cmd.stdout(Stdio::null()).spawn()?);
+                let child = Child(cmd.stdout(Stdio::null()).spawn()?);
                 pids.push(child.0.id());
                 children.push(child);
                 ext_proc.push(format!("http://127.0.0.1:{port}"));
@@ -226,7 +226,7 @@ async fn start_smg(pool: &[String]) -> anyhow::Result<DataPath> {
         .args(pool.iter().map(|a| format!("http://{a}")))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = ChildProcess(cmd.spawn()?);
+    let child = Child(cmd.spawn()?);
     let path = DataPath {
         url: format!("http://127.0.0.1:{port}"),
         pids: vec![child.0.id()],
