@@ -30,7 +30,12 @@ fn main() {
         "{:>9} {:>7} | {:>22} | {:>16} | {:>16} | {:>14}",
         "endpoints", "pickers", "build() p50 / p99 (us)", "one report (us)", "full encode (us)", "10% delta (us)"
     );
-    for (e, p) in [(100, 4), (1000, 10), (1000, 50)] {
+    // `cargo bench --bench aggregate -- 10000x200` runs only the sizes named.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    for (e, p) in [(100, 4), (1000, 10), (1000, 50), (10000, 200)] {
+        if !only.is_empty() && !only.contains(&format!("{e}x{p}")) {
+            continue;
+        }
         let now = SystemTime::now();
         let endpoints = switchyard::tools::loadgen::synthetic_snapshot(e).endpoints.into_iter().map(|s| s.endpoint);
         let ids: Vec<EndpointId> = endpoints.clone().map(|x| x.id).collect();

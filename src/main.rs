@@ -200,6 +200,7 @@ async fn run_aggregator(args: AggregatorArgs, metrics_auth: MetricsAuth) -> anyh
         remote_scrapers: args.remote_scrapers,
         handshake_timeout: args.handshake_timeout,
         metrics_auth,
+        slow_subscriber_timeout: switchyard::aggregator::serve::SLOW_AFTER,
     })
     .await?;
     shutdown_signal().await;

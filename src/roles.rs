@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus_client::registry::Registry;
-use switchyard_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 
 use crate::aggregator::election;
-use crate::aggregator::serve::ControlPlaneService;
+use crate::aggregator::serve::{ControlPlaneRoutes, ControlPlaneService, Subscribers};
 use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
 use crate::discovery::PoolSource;
@@ -59,6 +58,8 @@ pub struct AggregatorOptions {
     pub handshake_timeout: Duration,
     /// Who may read `/metrics` and use `/debug/*` (`--metrics-endpoint-auth`).
     pub metrics_auth: MetricsAuth,
+    /// A picker whose snapshot stream stays full this long is cut off (it reconnects).
+    pub slow_subscriber_timeout: Duration,
 }
 
 impl AggregatorOptions {
@@ -81,6 +82,7 @@ impl AggregatorOptions {
             remote_scrapers: false,
             handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             metrics_auth: MetricsAuth::disabled(),
+            slow_subscriber_timeout: crate::aggregator::serve::SLOW_AFTER,
         }
     }
 }
@@ -159,7 +161,9 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         etcd: etcd.clone(),
         remote: control_plane.remote.clone(),
         reports: Some(control_plane.aggregator.clone().recipient()),
+        subscribers: Arc::new(Subscribers::new(opts.slow_subscriber_timeout)),
     };
+    crate::aggregator::metrics::AggregatorMetrics::register_subscribers(&mut metrics_registry, &svc.subscribers);
     let signal = {
         let mut rx = stop_rx.clone();
         async move {
@@ -168,7 +172,7 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
     };
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
-            .add_service(ControlPlaneServer::new(svc).max_encoding_message_size(256 * 1024 * 1024))
+            .add_service(ControlPlaneRoutes::new(svc, 256 * 1024 * 1024))
             .serve_with_incoming_shutdown(preface::deadline(crate::nodelay_incoming(control), handshake), signal)
             .await;
         if let Err(e) = r {

@@ -138,13 +138,44 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
 /// The delta that turns `base` into `next` (same epoch, `next` newer): the endpoints that joined
 /// or changed, the ids that left, and `routed`, the prefix blocks routed between the two.
 pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks]) -> pb::SnapshotUpdate {
-    debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
-    let objectives_changed = !Arc::ptr_eq(&base.objectives, &next.objectives) && base.objectives != next.objectives;
+    let (endpoints, removed) = changed_endpoints(base, next);
+    delta(base, next, routed, endpoints, removed)
+}
+
+/// [`snapshot_delta_to_proto`] when the caller knows which positions of `next` may differ from
+/// `base` (ascending; a superset is fine): the two hold the same endpoints in the same order, so
+/// only those positions are compared, O(changed) instead of O(endpoints). When the snapshots
+/// turn out not to be aligned at those positions, every endpoint is compared instead.
+pub fn snapshot_delta_to_proto_at(
+    base: &Snapshot,
+    next: &Snapshot,
+    routed: &[RoutedBlocks],
+    positions: &[u32],
+) -> pb::SnapshotUpdate {
+    let mut endpoints = Vec::new();
+    if base.endpoints.len() == next.endpoints.len() {
+        for &p in positions {
+            match (base.endpoints.get(p as usize), next.endpoints.get(p as usize)) {
+                (Some(a), Some(b)) if a.endpoint.id == b.endpoint.id => {
+                    if !same_on_the_wire(a, b) {
+                        endpoints.push(endpoint_state_to_proto(b));
+                    }
+                }
+                _ => return snapshot_delta_to_proto(base, next, routed),
+            }
+        }
+        return delta(base, next, routed, endpoints, Vec::new());
+    }
+    snapshot_delta_to_proto(base, next, routed)
+}
+
+/// The endpoints of `next` that joined or differ from `base`, and the ids that left.
+fn changed_endpoints(base: &Snapshot, next: &Snapshot) -> (Vec<pb::EndpointState>, Vec<String>) {
     // Usually the endpoint set did not change: compare position by position (ids share their
     // allocation along the pipeline, so equal ids compare by pointer).
     let aligned = base.endpoints.len() == next.endpoints.len()
         && base.endpoints.iter().zip(&next.endpoints).all(|(a, b)| a.endpoint.id == b.endpoint.id);
-    let (endpoints, removed) = if aligned {
+    if aligned {
         let changed = base.endpoints.iter().zip(&next.endpoints).filter(|(a, b)| !same_on_the_wire(a, b));
         (changed.map(|(_, b)| endpoint_state_to_proto(b)).collect(), Vec::new())
     } else {
@@ -163,7 +194,18 @@ pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[Route
             .map(|e| e.endpoint.id.to_string())
             .collect();
         (endpoints, removed)
-    };
+    }
+}
+
+fn delta(
+    base: &Snapshot,
+    next: &Snapshot,
+    routed: &[RoutedBlocks],
+    endpoints: Vec<pb::EndpointState>,
+    removed: Vec<String>,
+) -> pb::SnapshotUpdate {
+    debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
+    let objectives_changed = !Arc::ptr_eq(&base.objectives, &next.objectives) && base.objectives != next.objectives;
     pb::SnapshotUpdate {
         version: PROTOCOL_VERSION,
         epoch: next.epoch,
