@@ -1,23 +1,27 @@
-//! The control-plane gRPC service as mounted on the server: `WatchSnapshots` is served with a
-//! codec that writes the shared, already encoded updates as they are (one copy into the stream's
-//! buffer, no protobuf encoding per stream); `Scrape` and `Report` go to the generated server.
-//! The wire format is the generated one: clients use the generated client unchanged.
+//! The control-plane gRPC service as mounted on the server: `WatchSnapshots` writes the shared,
+//! already encoded updates to each stream as they are (gRPC framing around the same bytes: no
+//! protobuf encoding and no copy per stream; HTTP/2 sends them from the shared buffer), while
+//! `Scrape` and `Report` go to the generated server. The wire format is the generated one: clients
+//! use the generated client unchanged.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::BufMut as _;
+use bytes::Bytes;
+use futures::Stream as _;
+use hyper::body::Frame;
 use prost::Message as _;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_plane_server::{ControlPlaneServer, SERVICE_NAME};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, ServerStreamingService};
-use tonic::{Request, Response, Status};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 
 use super::ControlPlaneService;
-use super::updates::{EncodedUpdate, Subscription};
+use super::updates::Subscription;
 
 const WATCH_SNAPSHOTS: &str = "/switchyard.v1.ControlPlane/WatchSnapshots";
 
@@ -60,58 +64,121 @@ where
         if req.uri().path() != WATCH_SNAPSHOTS {
             return self.generated.call(req);
         }
-        let (watch, max) = (Watch(self.service.clone()), self.max_encoding);
+        let (service, max) = (self.service.clone(), self.max_encoding);
         Box::pin(async move {
-            let mut grpc = Grpc::new(SharedCodec).apply_max_message_size_config(None, Some(max));
-            Ok(grpc.server_streaming(watch, req).await)
+            // The request's one message, decoded as tonic does (a compressed one is refused).
+            let mut request = Streaming::new_request(RequestCodec, req.into_body(), None, None);
+            let request = match request.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(Status::internal("missing request message").into_http()),
+                Err(status) => return Ok(status.into_http()),
+            };
+            Ok(match service.subscribe(request).await {
+                Ok(updates) => {
+                    let body = UpdatesBody { updates, payload: None, done: false, max };
+                    let mut response = http::Response::new(tonic::body::Body::new(body));
+                    response.headers_mut().insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
         })
     }
 }
 
-struct Watch(Arc<ControlPlaneService>);
+/// A `WatchSnapshots` response body: each update as a gRPC message (the 5-byte prefix, then the
+/// shared bytes), then the status in trailers.
+struct UpdatesBody {
+    updates: Subscription,
+    /// The bytes of the message whose prefix was just sent.
+    payload: Option<Bytes>,
+    done: bool,
+    max: usize,
+}
 
-impl ServerStreamingService<pb::WatchRequest> for Watch {
-    type Response = EncodedUpdate;
-    type ResponseStream = Subscription;
-    type Future = BoxFuture<Response<Subscription>, Status>;
+impl UpdatesBody {
+    /// Below this a message is copied behind its prefix (one frame); above, sent as it is.
+    const COPY_BELOW: usize = 4096;
+}
 
-    fn call(&mut self, request: Request<pb::WatchRequest>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.subscribe(request.into_inner()).await.map(Response::new) })
+impl hyper::body::Body for UpdatesBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(payload) = self.payload.take() {
+            return Poll::Ready(Some(Ok(Frame::data(payload))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(Pin::new(&mut self.updates).poll_next(cx)) {
+            Some(Ok(update)) => {
+                let bytes = update.bytes();
+                match u32::try_from(bytes.len()) {
+                    Ok(len) if bytes.len() <= self.max => {
+                        let mut message = Vec::with_capacity(5 + bytes.len().min(Self::COPY_BELOW));
+                        message.push(0); // not compressed
+                        message.extend_from_slice(&len.to_be_bytes());
+                        if bytes.len() < Self::COPY_BELOW {
+                            message.extend_from_slice(bytes);
+                        } else {
+                            self.payload = Some(bytes.clone());
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(message)))));
+                    }
+                    _ => Status::out_of_range(format!(
+                        "snapshot update of {} bytes is over the {} byte limit",
+                        bytes.len(),
+                        self.max
+                    )),
+                }
+            }
+            Some(Err(status)) => status,
+            None => Status::new(Code::Ok, ""),
+        };
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from(status.code() as i32));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.payload.is_none()
     }
 }
 
-/// Decodes the `WatchRequest`; writes an [`EncodedUpdate`]'s bytes as they are.
+/// Decodes the `WatchRequest` (tonic's request decoding wants a whole codec).
 #[derive(Debug, Clone, Copy, Default)]
-struct SharedCodec;
+struct RequestCodec;
 
-impl Codec for SharedCodec {
-    type Encode = EncodedUpdate;
+impl Codec for RequestCodec {
+    type Encode = pb::WatchRequest;
     type Decode = pb::WatchRequest;
-    type Encoder = SharedCodec;
-    type Decoder = SharedCodec;
+    type Encoder = RequestCodec;
+    type Decoder = RequestCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
-        SharedCodec
+        RequestCodec
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        SharedCodec
+        RequestCodec
     }
 }
 
-impl Encoder for SharedCodec {
-    type Item = EncodedUpdate;
+impl Encoder for RequestCodec {
+    type Item = pb::WatchRequest;
     type Error = Status;
 
-    fn encode(&mut self, item: EncodedUpdate, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.bytes().len());
-        dst.put_slice(item.bytes());
-        Ok(())
+    fn encode(&mut self, item: pb::WatchRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
-impl Decoder for SharedCodec {
+impl Decoder for RequestCodec {
     type Item = pb::WatchRequest;
     type Error = Status;
 

@@ -65,6 +65,8 @@ type Key = (u64, Option<u64>, u64);
 #[derive(Debug)]
 pub struct Subscribers {
     cache: Mutex<VecDeque<(Key, Arc<OnceLock<EncodedUpdate>>)>>,
+    /// Every endpoint's spec, encoded once.
+    specs: Mutex<wire::SpecCache>,
     /// How long a subscriber's queue may stay full before it is cut off.
     pub slow_after: Duration,
     /// Subscribers cut off because they did not read their stream.
@@ -85,7 +87,13 @@ impl Subscribers {
     const CACHED: usize = 8;
 
     pub fn new(slow_after: Duration) -> Self {
-        Subscribers { cache: Mutex::default(), slow_after, dropped: Counter::default(), encoded: Counter::default() }
+        Subscribers {
+            cache: Mutex::default(),
+            specs: Mutex::default(),
+            slow_after,
+            dropped: Counter::default(),
+            encoded: Counter::default(),
+        }
     }
 
     /// The update a stream that last sent `base` must send to bring its picker to `next`: a
@@ -110,29 +118,26 @@ impl Subscribers {
         };
         cell.get_or_init(|| {
             self.encoded.inc();
-            let (update, gap) = match base {
-                None => (wire::snapshot_to_proto(next), false),
-                Some(base) => build_delta(base, next, routed),
-            };
-            EncodedUpdate { bytes: Bytes::from(update.encode_to_vec()), gap }
+            let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+            match base {
+                None => EncodedUpdate { bytes: wire::encode_snapshot(next, &mut specs), gap: false },
+                Some(base) => encode_delta(base, next, routed, &mut specs),
+            }
         })
         .clone()
     }
 }
 
 /// The delta from `base` to `next`: from the positions the snapshots between them changed when
-/// the leader still remembers them, else by comparing every endpoint; and whether it lacks the
+/// the leader still remembers them, else by comparing every endpoint; `gap` when it lacks the
 /// prefix blocks of some snapshot in between.
-fn build_delta(base: &Snapshot, next: &Snapshot, routed: &RoutedLog) -> (pb::SnapshotUpdate, bool) {
+fn encode_delta(base: &Snapshot, next: &Snapshot, routed: &RoutedLog, specs: &mut wire::SpecCache) -> EncodedUpdate {
     let (blocks, gap) = match routed.between(next.epoch, base.seq, next.seq) {
         Some(blocks) => (blocks, false),
         None => (next.routed_blocks.clone(), true),
     };
-    let update = match routed.changed_between(next.epoch, base.seq, next.seq) {
-        Some(positions) => wire::snapshot_delta_to_proto_at(base, next, &blocks, &positions),
-        None => wire::snapshot_delta_to_proto(base, next, &blocks),
-    };
-    (update, gap)
+    let positions = routed.changed_between(next.epoch, base.seq, next.seq);
+    EncodedUpdate { bytes: wire::encode_delta(base, next, &blocks, positions.as_deref(), specs), gap }
 }
 
 /// What a subscriber's client reads: its queued updates, then, if it was cut off, the status
