@@ -30,6 +30,8 @@ pub enum BenchCommand {
     Failover(crate::tools::cpbench::FailoverArgs),
     /// Routing quality with 1 and 4 pickers sharing one view through the leader.
     SharedView(crate::tools::cpbench::SharedViewArgs),
+    /// A picker's RSS with E endpoints and a full prefix index, over time.
+    PickerMemory(crate::tools::membench::PickerMemoryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -56,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Propagation(args) => crate::tools::cpbench::propagation(args).await,
         BenchCommand::Failover(args) => crate::tools::cpbench::failover(args).await,
         BenchCommand::SharedView(args) => crate::tools::cpbench::shared_view(args).await,
+        BenchCommand::PickerMemory(args) => crate::tools::membench::picker_memory(args).await,
     }
 }
 

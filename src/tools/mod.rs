@@ -7,5 +7,6 @@ pub mod cpbench;
 pub mod demo;
 pub mod kube_fake;
 pub mod loadgen;
+pub mod membench;
 pub mod otlp_sink;
 pub mod parse;
