@@ -1,7 +1,11 @@
-//! The leader's cost with picker reports flowing: `AggregatorState::build` with E endpoints and P
-//! pickers that each report load for every endpoint, folding one such report, and encoding one
-//! picker's update (a full snapshot vs a delta where 10 % of the endpoints changed).
-//! `cargo bench --bench aggregate` — one thread.
+//! The leader's cost with picker reports flowing, per publish tick: `AggregatorState::build` with
+//! E endpoints (a full build, and the in-place update of a recycled snapshot the aggregator does)
+//! and P pickers that each report load for every endpoint; folding one such report; the update
+//! for P subscribed pickers (one shared delta, built and encoded once, then framed for each
+//! stream around the same bytes); and, for comparison, what one delta per subscriber costs
+//! (how the leader worked before), a full snapshot's encoding, and a picker applying the delta.
+//! Per round a tenth of the endpoints is scraped and one picker's report changes on that tenth.
+//! `cargo bench --bench aggregate` — one thread; `-- 10000x200` runs only the sizes named.
 #![allow(clippy::disallowed_types, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -9,8 +13,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use switchyard::aggregator::{AggregatorState, PickerLoads, PickerReport};
-use switchyard::model::{EndpointId, EndpointMetrics, Load, MetricsSample};
+use bytes::Bytes;
+use prost::Message as _;
+use switchyard::aggregator::serve::Subscribers;
+use switchyard::aggregator::{AggregatorState, PickerLoads, PickerReport, RoutedLog};
+use switchyard::model::{Endpoint, EndpointId, EndpointMetrics, Load, MetricsSample, Snapshot};
 use switchyard::protocol::MetricsScraped;
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -25,19 +32,82 @@ fn sample(at: SystemTime, queued: u64) -> Arc<MetricsSample> {
     })
 }
 
+/// Endpoints as Kubernetes discovery makes them: a metrics URL and the pod's labels.
+fn endpoints(n: usize) -> Vec<Endpoint> {
+    let labels = |i: usize| {
+        [
+            ("app".to_string(), "vllm-llama3-8b-instruct".to_string()),
+            ("pod-template-hash".to_string(), format!("{:010x}", i * 7919)),
+            ("inference.networking.k8s.io/engine-type".to_string(), "vllm".to_string()),
+            ("app.kubernetes.io/part-of".to_string(), "inference-pool".to_string()),
+        ]
+        .into_iter()
+        .collect()
+    };
+    switchyard::tools::loadgen::synthetic_snapshot(n)
+        .endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Endpoint {
+            metrics_url: format!("http://{}/metrics", s.endpoint.address),
+            labels: labels(i),
+            ..s.endpoint
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Times {
+    build_full: Vec<f64>,
+    build: Vec<f64>,
+    report: Vec<f64>,
+    deltas: Vec<f64>,
+    first: Vec<f64>,
+    tick: Vec<f64>,
+    shared: Vec<f64>,
+    full_encode: Vec<f64>,
+    full_shared: Vec<f64>,
+    per_subscriber: Vec<f64>,
+    apply: Vec<f64>,
+}
+
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
 fn main() {
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     println!(
-        "{:>9} {:>7} | {:>22} | {:>16} | {:>16} | {:>14}",
-        "endpoints", "pickers", "build() p50 / p99 (us)", "one report (us)", "full encode (us)", "10% delta (us)"
+        "{:>9} {:>7} | {:>10} | {:>17} | {:>8} | {:>11} | {:>8} | {:>17} | {:>8} | {:>11} | {:>11} | {:>8} | {:>8} | {:>8}",
+        "endpoints",
+        "pickers",
+        "full build",
+        "build p50 / p99",
+        "report",
+        "P updates",
+        "of which 1st",
+        "tick p50 / p99",
+        "1 delta",
+        "before: 1",
+        "before tick",
+        "full enc",
+        "shared",
+        "apply"
     );
-    for (e, p) in [(100, 4), (1000, 10), (1000, 50)] {
+    for (e, p) in [(100, 4), (1000, 10), (1000, 50), (10000, 200)] {
+        if !only.is_empty() && !only.contains(&format!("{e}x{p}")) {
+            continue;
+        }
         let now = SystemTime::now();
-        let endpoints = switchyard::tools::loadgen::synthetic_snapshot(e).endpoints.into_iter().map(|s| s.endpoint);
-        let ids: Vec<EndpointId> = endpoints.clone().map(|x| x.id).collect();
-        let mut state = AggregatorState::new(1);
-        state.on_endpoints(endpoints.collect());
-        for id in &ids {
-            state.on_scraped(MetricsScraped { endpoint: id.clone(), sample: sample(now, 1), latency: Duration::ZERO });
+        let endpoints = endpoints(e);
+        let ids: Vec<EndpointId> = endpoints.iter().map(|x| x.id.clone()).collect();
+        // `state` works as the aggregator does (snapshots handed back); `full` builds afresh.
+        let (mut state, mut full) = (AggregatorState::new(1), AggregatorState::new(1));
+        for s in [&mut state, &mut full] {
+            s.on_endpoints(endpoints.clone());
+            for id in &ids {
+                s.on_scraped(MetricsScraped { endpoint: id.clone(), sample: sample(now, 1), latency: Duration::ZERO });
+            }
         }
         // A picker's load on every endpoint; in round r it changed on every tenth endpoint only.
         let report = |picker: usize, round: i64| {
@@ -53,41 +123,125 @@ fn main() {
         };
         for picker in 0..p {
             state.on_picker_report(report(picker, 0), now);
+            full.on_picker_report(report(picker, 0), now);
         }
-        let mut base = state.build(now).expect("first");
-        let (mut builds, mut reports) = (Vec::new(), Vec::new());
-        let (mut full, mut delta) = (Vec::new(), Vec::new());
-        for round in 0..400i64 {
-            // Per snapshot: one picker reports, and the same tenth of the endpoints is scraped.
-            let r = report(round as usize % p, round);
-            let t = Instant::now();
-            state.on_picker_report(r, now);
-            reports.push(t.elapsed().as_secs_f64() * 1e6);
-            for id in ids.iter().skip(round as usize % 10).step_by(10) {
-                let s = sample(now + Duration::from_millis(round as u64 + 1), round as u64 % 5);
-                state.on_scraped(MetricsScraped { endpoint: id.clone(), sample: s, latency: Duration::ZERO });
+        let (routed, subscribers) = (RoutedLog::default(), Subscribers::default());
+        let mut base = Arc::new(state.build(now).expect("first"));
+        full.build(now).expect("first");
+        routed.push(&base, state.changes());
+        state.recycle(base.clone());
+        let mut t = Times::default();
+        // A round: one picker reports, the same tenth of the endpoints is scraped, a tick.
+        let events = |round: i64, s: &mut AggregatorState, times: Option<&mut Vec<f64>>| {
+            let start = Instant::now();
+            s.on_picker_report(report(round as usize % p, round), now);
+            if let Some(times) = times {
+                times.push(us(start));
             }
-            let t = Instant::now();
-            let next = black_box(state.build(now).expect("dirty"));
-            builds.push(t.elapsed().as_secs_f64() * 1e6);
-            let t = Instant::now();
-            black_box(switchyard::wire::snapshot_to_proto(&next));
-            full.push(t.elapsed().as_secs_f64() * 1e6);
-            let t = Instant::now();
-            black_box(switchyard::wire::snapshot_delta_to_proto(&base, &next, &[]));
-            delta.push(t.elapsed().as_secs_f64() * 1e6);
+            for id in ids.iter().skip(round as usize % 10).step_by(10) {
+                let sample = sample(now + Duration::from_millis(round as u64 + 1), round as u64 % 5);
+                s.on_scraped(MetricsScraped { endpoint: id.clone(), sample, latency: Duration::ZERO });
+            }
+        };
+        // The leader as it runs: nothing else in between (the comparisons below churn the
+        // allocator with whole snapshots, which the running leader does not).
+        for round in 0..400i64 {
+            events(round, &mut state, Some(&mut t.report));
+            events(round, &mut full, None);
+            let start = Instant::now();
+            let next = state.build(now).expect("dirty");
+            t.build.push(us(start));
+            let deltas = Instant::now();
+            routed.push(&next, state.changes());
+            let next = Arc::new(next);
+            state.recycle(next.clone());
+            for i in 0..p {
+                let first = Instant::now();
+                let u = subscribers.update(Some(&base), &next, &routed);
+                if i == 0 {
+                    t.first.push(us(first));
+                }
+                // What each stream adds: its 5-byte message prefix around the shared bytes.
+                black_box((Bytes::from(vec![0u8; 5]), u.bytes().clone()));
+            }
+            t.deltas.push(us(deltas));
+            t.tick.push(us(start));
             base = next;
         }
-        for v in [&mut builds, &mut reports, &mut full, &mut delta] {
+        let fresh = full.build(now).expect("dirty");
+        assert!(fresh.endpoints == base.endpoints, "a recycled build equals a full build");
+        let mut base = Arc::new(fresh);
+        // (The full builds count their own seqs: their own log.)
+        let routed = RoutedLog::default();
+        // Comparisons, on the same kind of rounds: a full build, one delta built alone (as the
+        // first stream to ask does), the delta every stream built and encoded before, a full snapshot
+        // encoded, a picker decoding and applying the delta.
+        let mut held: Snapshot =
+            switchyard::wire::snapshot_from_proto(switchyard::wire::snapshot_to_proto(&base)).unwrap();
+        let single = Subscribers::default();
+        for round in 400..600i64 {
+            events(round, &mut full, None);
+            let start = Instant::now();
+            let next = full.build(now).expect("dirty");
+            t.build_full.push(us(start));
+            routed.push(&next, full.changes());
+            let start = Instant::now();
+            let one = single.update(Some(&base), &next, &routed);
+            t.shared.push(us(start));
+            let start = Instant::now();
+            black_box(switchyard::wire::snapshot_delta_to_proto(&base, &next, &[]).encode_to_vec());
+            t.per_subscriber.push(us(start));
+            let start = Instant::now();
+            black_box(switchyard::wire::snapshot_to_proto(&next).encode_to_vec());
+            t.full_encode.push(us(start));
+            let start = Instant::now();
+            black_box(single.update(None, &next, &routed));
+            t.full_shared.push(us(start));
+            let start = Instant::now();
+            held = switchyard::wire::apply_update(&held, one.decode().unwrap()).unwrap();
+            t.apply.push(us(start));
+            base = Arc::new(next);
+        }
+        // (Compared as the wire carries it: scrape times in µs.)
+        let leader = switchyard::wire::snapshot_from_proto(switchyard::wire::snapshot_to_proto(&base)).unwrap();
+        assert!(held.endpoints == leader.endpoints, "the picker rebuilt the leader's view");
+        for v in [
+            &mut t.build_full,
+            &mut t.build,
+            &mut t.report,
+            &mut t.deltas,
+            &mut t.first,
+            &mut t.tick,
+            &mut t.shared,
+            &mut t.full_encode,
+            &mut t.full_shared,
+            &mut t.per_subscriber,
+            &mut t.apply,
+        ] {
             v.sort_by(f64::total_cmp);
         }
+        let before_tick = pct(&t.build_full, 50.0) + p as f64 * pct(&t.per_subscriber, 50.0);
         println!(
-            "{e:>9} {p:>7} | {:>10.1} / {:>9.1} | {:>16.1} | {:>16.1} | {:>14.1}",
-            pct(&builds, 50.0),
-            pct(&builds, 99.0),
-            pct(&reports, 50.0),
-            pct(&full, 50.0),
-            pct(&delta, 50.0)
+            "{e:>9} {p:>7} | {:>10.1} | {:>7.1} / {:>7.1} | {:>8.1} | {:>11.1} | {:>8.1} | {:>7.1} / {:>7.1} | {:>8.1} | {:>11.1} | {:>11.1} | {:>8.1} | {:>8.1} | {:>8.1}",
+            pct(&t.build_full, 50.0),
+            pct(&t.build, 50.0),
+            pct(&t.build, 99.0),
+            pct(&t.report, 50.0),
+            pct(&t.deltas, 50.0),
+            pct(&t.first, 50.0),
+            pct(&t.tick, 50.0),
+            pct(&t.tick, 99.0),
+            pct(&t.shared, 50.0),
+            pct(&t.per_subscriber, 50.0),
+            before_tick,
+            pct(&t.full_encode, 50.0),
+            pct(&t.full_shared, 50.0),
+            pct(&t.apply, 50.0),
         );
     }
+    println!(
+        "(µs. tick = build + P updates: one shared delta built and encoded, framed for each of P streams; \
+         before: 1 = one stream's own delta, before tick = full build + P of those; \
+         full enc = a full snapshot through prost, shared = the same encoded with cached specs)"
+    );
 }

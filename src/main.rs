@@ -206,6 +206,7 @@ async fn run_aggregator(args: AggregatorArgs, metrics_auth: MetricsAuth) -> anyh
         handshake_timeout: args.handshake_timeout,
         metrics_auth,
         control_tls: args.control_tls.settings(),
+        slow_subscriber_timeout: switchyard::aggregator::serve::SLOW_AFTER,
     })
     .await?;
     shutdown_signal().await;

@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus_client::registry::Registry;
-use switchyard_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 
 use crate::aggregator::election;
-use crate::aggregator::serve::ControlPlaneService;
+use crate::aggregator::serve::{ControlPlaneRoutes, ControlPlaneService, Subscribers};
 use crate::app::{self, ControlPlane, PickerServers, ServeOptions};
 use crate::config::{self, MetricFlags};
 use crate::control_tls::{ClientTls, ControlTls, PLAINTEXT_REFUSAL, ServerTls};
@@ -65,6 +64,8 @@ pub struct AggregatorOptions {
     pub metrics_auth: MetricsAuth,
     /// TLS on the control port (default: plaintext).
     pub control_tls: ControlTls,
+    /// A picker whose snapshot stream stays full this long is cut off (it reconnects).
+    pub slow_subscriber_timeout: Duration,
 }
 
 impl AggregatorOptions {
@@ -88,6 +89,7 @@ impl AggregatorOptions {
             handshake_timeout: crate::preface::DEFAULT_TIMEOUT,
             metrics_auth: MetricsAuth::disabled(),
             control_tls: ControlTls::default(),
+            slow_subscriber_timeout: crate::aggregator::serve::SLOW_AFTER,
         }
     }
 }
@@ -168,16 +170,17 @@ pub async fn start_aggregator(opts: AggregatorOptions) -> anyhow::Result<Aggrega
         etcd: etcd.clone(),
         remote: control_plane.remote.clone(),
         reports: Some(control_plane.aggregator.clone().recipient()),
-        subscribers: outputs.gauges.subscribers.clone(),
+        subscribers: Arc::new(Subscribers::new(opts.slow_subscriber_timeout)),
+        open_streams: outputs.gauges.subscribers.clone(),
     };
+    crate::aggregator::metrics::AggregatorMetrics::register_subscribers(&mut metrics_registry, &svc.subscribers);
     let signal = {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let router =
-        Server::builder().add_service(ControlPlaneServer::new(svc).max_encoding_message_size(256 * 1024 * 1024));
+    let router = Server::builder().add_service(ControlPlaneRoutes::new(svc, 256 * 1024 * 1024));
     if let Some(server_tls) = &server_tls {
         tasks.push(tokio::spawn(server_tls.clone().reload_loop(stop_rx.clone())));
     }

@@ -1,4 +1,5 @@
 //! Conversions between the model and the control-plane protocol (`switchyard.v1`).
+//! `encode` writes the leader's updates straight to bytes, each endpoint's spec encoded once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +11,10 @@ use crate::model::{
     Endpoint, EndpointId, EndpointMetrics, EndpointState, Load, MetricsSample, MetricsState, RoutedBlocks, Snapshot,
     TraceRef, from_unix_micros, unix_micros,
 };
+
+mod encode;
+
+pub use encode::{SpecCache, encode_delta, encode_snapshot};
 
 /// Version of the messages this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -65,6 +70,11 @@ fn metrics_from_proto(m: pb::EndpointMetrics) -> (EndpointMetrics, Vec<String>) 
 }
 
 fn endpoint_state_to_proto(e: &EndpointState) -> pb::EndpointState {
+    pb::EndpointState { spec: Some(endpoint_to_proto(&e.endpoint)), ..endpoint_state_without_spec(e) }
+}
+
+/// An endpoint's state on the wire, but for its spec.
+fn endpoint_state_without_spec(e: &EndpointState) -> pb::EndpointState {
     let (metrics, scraped_at) = match &e.metrics {
         MetricsState::Unknown => (None, 0),
         MetricsState::Known { sample, .. } => {
@@ -72,7 +82,7 @@ fn endpoint_state_to_proto(e: &EndpointState) -> pb::EndpointState {
         }
     };
     pb::EndpointState {
-        spec: Some(endpoint_to_proto(&e.endpoint)),
+        spec: None,
         metrics,
         scraped_at_unix_micros: scraped_at,
         inflight_requests: e.shared_load.requests,
@@ -119,13 +129,18 @@ fn same_on_the_wire(a: &EndpointState, b: &EndpointState) -> bool {
 
 /// A full snapshot update.
 pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
+    pb::SnapshotUpdate { endpoints: s.endpoints.iter().map(endpoint_state_to_proto).collect(), ..full_header(s) }
+}
+
+/// A full snapshot update without its endpoints.
+fn full_header(s: &Snapshot) -> pb::SnapshotUpdate {
     pb::SnapshotUpdate {
         version: PROTOCOL_VERSION,
         epoch: s.epoch,
         seq: s.seq,
         full: true,
         base_seq: 0,
-        endpoints: s.endpoints.iter().map(endpoint_state_to_proto).collect(),
+        endpoints: Vec::new(),
         removed: Vec::new(),
         prefix_blocks: blocks_to_proto(&s.routed_blocks),
         published_at_unix_micros: unix_micros(s.published_at),
@@ -138,22 +153,76 @@ pub fn snapshot_to_proto(s: &Snapshot) -> pb::SnapshotUpdate {
 /// The delta that turns `base` into `next` (same epoch, `next` newer): the endpoints that joined
 /// or changed, the ids that left, and `routed`, the prefix blocks routed between the two.
 pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks]) -> pb::SnapshotUpdate {
-    debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
-    let objectives_changed = !Arc::ptr_eq(&base.objectives, &next.objectives) && base.objectives != next.objectives;
+    let (endpoints, removed) = delta_changes(base, next, None);
+    pb::SnapshotUpdate {
+        endpoints: endpoints.into_iter().map(endpoint_state_to_proto).collect(),
+        ..delta_header(base, next, routed, removed)
+    }
+}
+
+/// [`snapshot_delta_to_proto`] when the caller knows which positions of `next` may differ from
+/// `base` (ascending; a superset is fine): the two hold the same endpoints in the same order, so
+/// only those positions are compared, O(changed) instead of O(endpoints). When the snapshots
+/// turn out not to be aligned at those positions, every endpoint is compared instead.
+pub fn snapshot_delta_to_proto_at(
+    base: &Snapshot,
+    next: &Snapshot,
+    routed: &[RoutedBlocks],
+    positions: &[u32],
+) -> pb::SnapshotUpdate {
+    let (endpoints, removed) = delta_changes(base, next, Some(positions));
+    pb::SnapshotUpdate {
+        endpoints: endpoints.into_iter().map(endpoint_state_to_proto).collect(),
+        ..delta_header(base, next, routed, removed)
+    }
+}
+
+/// The endpoints of `next` that joined or differ from `base`, and the ids that left; from
+/// `positions` alone when given and the snapshots are aligned there.
+fn delta_changes<'a>(
+    base: &Snapshot,
+    next: &'a Snapshot,
+    positions: Option<&[u32]>,
+) -> (Vec<&'a EndpointState>, Vec<String>) {
+    match positions.and_then(|p| changed_at(base, next, p)) {
+        Some(changed) => (changed, Vec::new()),
+        None => changed_endpoints(base, next),
+    }
+}
+
+/// The endpoints at `positions` that differ, or `None` when the snapshots are not aligned there.
+fn changed_at<'a>(base: &Snapshot, next: &'a Snapshot, positions: &[u32]) -> Option<Vec<&'a EndpointState>> {
+    if base.endpoints.len() != next.endpoints.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for &p in positions {
+        let (a, b) = (base.endpoints.get(p as usize)?, next.endpoints.get(p as usize)?);
+        if a.endpoint.id != b.endpoint.id {
+            return None;
+        }
+        if !same_on_the_wire(a, b) {
+            changed.push(b);
+        }
+    }
+    Some(changed)
+}
+
+/// The endpoints of `next` that joined or differ from `base`, and the ids that left.
+fn changed_endpoints<'a>(base: &Snapshot, next: &'a Snapshot) -> (Vec<&'a EndpointState>, Vec<String>) {
     // Usually the endpoint set did not change: compare position by position (ids share their
     // allocation along the pipeline, so equal ids compare by pointer).
     let aligned = base.endpoints.len() == next.endpoints.len()
         && base.endpoints.iter().zip(&next.endpoints).all(|(a, b)| a.endpoint.id == b.endpoint.id);
-    let (endpoints, removed) = if aligned {
+    if aligned {
         let changed = base.endpoints.iter().zip(&next.endpoints).filter(|(a, b)| !same_on_the_wire(a, b));
-        (changed.map(|(_, b)| endpoint_state_to_proto(b)).collect(), Vec::new())
+        (changed.map(|(_, b)| b).collect(), Vec::new())
     } else {
         let held: HashMap<&EndpointId, &EndpointState> = base.endpoints.iter().map(|e| (&e.endpoint.id, e)).collect();
         let endpoints = next
             .endpoints
             .iter()
             .filter(|e| !held.get(&e.endpoint.id).is_some_and(|h| same_on_the_wire(h, e)))
-            .map(endpoint_state_to_proto)
             .collect();
         let kept: HashSet<&EndpointId> = next.endpoints.iter().map(|e| &e.endpoint.id).collect();
         let removed = base
@@ -163,14 +232,20 @@ pub fn snapshot_delta_to_proto(base: &Snapshot, next: &Snapshot, routed: &[Route
             .map(|e| e.endpoint.id.to_string())
             .collect();
         (endpoints, removed)
-    };
+    }
+}
+
+/// A delta update without its endpoints.
+fn delta_header(base: &Snapshot, next: &Snapshot, routed: &[RoutedBlocks], removed: Vec<String>) -> pb::SnapshotUpdate {
+    debug_assert!(base.epoch == next.epoch && next.seq > base.seq);
+    let objectives_changed = !Arc::ptr_eq(&base.objectives, &next.objectives) && base.objectives != next.objectives;
     pb::SnapshotUpdate {
         version: PROTOCOL_VERSION,
         epoch: next.epoch,
         seq: next.seq,
         full: false,
         base_seq: base.seq,
-        endpoints,
+        endpoints: Vec::new(),
         removed,
         prefix_blocks: blocks_to_proto(routed),
         published_at_unix_micros: unix_micros(next.published_at),

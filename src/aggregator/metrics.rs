@@ -65,6 +65,20 @@ impl AggregatorMetrics {
         );
     }
 
+    /// Registers the snapshot streams' counters.
+    pub fn register_subscribers(registry: &mut Registry, subscribers: &super::serve::Subscribers) {
+        registry.register(
+            "switchyard_aggregator_slow_subscribers_dropped",
+            "Picker snapshot streams cut off because their queue stayed full (the picker stopped reading)",
+            subscribers.dropped.clone(),
+        );
+        registry.register(
+            "switchyard_aggregator_snapshot_updates_encoded",
+            "Snapshot updates built and encoded, each sent to every picker stream that needed it",
+            subscribers.encoded.clone(),
+        );
+    }
+
     /// Registers `switchyard_aggregator_endpoint_metrics_age_seconds` over the snapshots this
     /// replica publishes: series only while it leads (a follower's last snapshot is not current).
     pub fn register_metrics_age(registry: &mut Registry, outputs: &super::AggregatorOutputs) {

@@ -68,9 +68,10 @@ pub struct AggregatorOutputs {
     pub gauges: metrics::StateGauges,
 }
 
-/// The prefix blocks of the recent snapshots. The `watch` channel keeps only the latest snapshot;
-/// a picker stream that skipped some (it was busy, or snapshots came faster than it sends) takes
-/// the blocks of the skipped ones from here, so routing knowledge is not lost with them.
+/// The prefix blocks of the recent snapshots, and which endpoint positions each changed. The
+/// `watch` channel keeps only the latest snapshot; a picker stream that skipped some (it was busy,
+/// or snapshots came faster than it sends) takes the blocks of the skipped ones from here, so
+/// routing knowledge is not lost with them; a delta is built from the changed positions alone.
 #[derive(Debug, Default)]
 pub struct RoutedLog {
     entries: std::sync::Mutex<LogEntries>,
@@ -82,8 +83,15 @@ pub struct RoutedLog {
     pub gaps: prometheus_client::metrics::counter::Counter,
 }
 
-/// `(epoch, seq)` of a snapshot and the blocks it carried.
-type RoutedEntry = (u64, u64, Arc<[RoutedBlocks]>);
+/// `(epoch, seq)` of a snapshot, the blocks it carried, and the positions it changed since the
+/// snapshot before it (`None`: the endpoint set changed).
+#[derive(Debug)]
+struct RoutedEntry {
+    epoch: u64,
+    seq: u64,
+    blocks: Arc<[RoutedBlocks]>,
+    changed: Option<Arc<[u32]>>,
+}
 
 #[derive(Debug, Default)]
 struct LogEntries {
@@ -102,13 +110,15 @@ impl RoutedLog {
     /// Hashes remembered over all of them (8 MB), whichever limit comes first.
     const MAX_HASHES: usize = 1 << 20;
 
-    fn push(&self, s: &Snapshot) {
+    /// Remembers what `s` carried and the positions it changed ([`AggregatorState::changes`]).
+    pub fn push(&self, s: &Snapshot, changed: Option<Arc<[u32]>>) {
         let mut log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         log.hashes += hash_count(&s.routed_blocks);
-        log.entries.push_back((s.epoch, s.seq, Arc::from(s.routed_blocks.as_slice())));
+        let blocks = Arc::from(s.routed_blocks.as_slice());
+        log.entries.push_back(RoutedEntry { epoch: s.epoch, seq: s.seq, blocks, changed });
         while log.entries.len() > Self::CAPACITY || (log.hashes > Self::MAX_HASHES && log.entries.len() > 1) {
-            if let Some((_, _, blocks)) = log.entries.pop_front() {
-                log.hashes -= hash_count(&blocks);
+            if let Some(e) = log.entries.pop_front() {
+                log.hashes -= hash_count(&e.blocks);
             }
         }
     }
@@ -119,23 +129,51 @@ impl RoutedLog {
         (log.entries.len(), log.hashes)
     }
 
+    /// Visits the entries of snapshots `after < seq <= upto` of `epoch` in order; `false` when
+    /// some of them are no longer remembered (or `visit` said so).
+    fn each_between(&self, epoch: u64, after: u64, upto: u64, mut visit: impl FnMut(&RoutedEntry) -> bool) -> bool {
+        let log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expect = after + 1;
+        for e in log.entries.iter() {
+            if e.epoch != epoch || e.seq <= after || e.seq > upto {
+                continue;
+            }
+            if e.seq != expect || !visit(e) {
+                return false;
+            }
+            expect += 1;
+        }
+        expect == upto + 1
+    }
+
     /// The blocks of snapshots `after < seq <= upto` of `epoch`, or `None` when some of them are
     /// no longer remembered.
     pub fn between(&self, epoch: u64, after: u64, upto: u64) -> Option<Vec<RoutedBlocks>> {
-        let log = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        let mut expect = after + 1;
-        for (e, seq, blocks) in log.entries.iter() {
-            if *e != epoch || *seq <= after || *seq > upto {
-                continue;
+        self.each_between(epoch, after, upto, |e| {
+            out.extend(e.blocks.iter().cloned());
+            true
+        })
+        .then_some(out)
+    }
+
+    /// The endpoint positions (ascending) that snapshots `after < seq <= upto` of `epoch` may
+    /// have changed, or `None` when the endpoint set changed in between or some of them are no
+    /// longer remembered (a delta must then compare every endpoint).
+    pub fn changed_between(&self, epoch: u64, after: u64, upto: u64) -> Option<Vec<u32>> {
+        let mut out = Vec::new();
+        let known = self.each_between(epoch, after, upto, |e| match &e.changed {
+            Some(c) => {
+                out.extend_from_slice(c);
+                true
             }
-            if *seq != expect {
-                return None;
-            }
-            expect += 1;
-            out.extend(blocks.iter().cloned());
-        }
-        (expect == upto + 1).then_some(out)
+            None => false,
+        });
+        known.then(|| {
+            out.sort_unstable();
+            out.dedup();
+            out
+        })
     }
 }
 
@@ -208,8 +246,11 @@ impl Aggregator {
             snapshot.publish_span = crate::telemetry::propagation::trace_ref(&span);
             self.routed.hashes_dropped.inc_by(std::mem::take(&mut self.state.dropped_hashes));
             self.routed.hashes_over_budget.inc_by(std::mem::take(&mut self.state.over_budget_hashes));
-            self.routed.push(&snapshot);
-            self.tx.send_replace(Arc::new(snapshot));
+            self.routed.push(&snapshot, self.state.changes());
+            let snapshot = Arc::new(snapshot);
+            // Once every reader lets it go, a later build updates it in place.
+            self.state.recycle(snapshot.clone());
+            self.tx.send_replace(snapshot);
             self.gauges.set(&self.state.sizes(), self.routed.held(), self.assigner.remote_scrapers());
         }
     }
@@ -340,20 +381,38 @@ mod tests {
     fn routed_log_returns_the_blocks_of_skipped_snapshots_or_none_when_forgotten() {
         let log = RoutedLog::default();
         for seq in 1..=4 {
-            log.push(&snapshot(2, seq, 10 + seq));
+            log.push(&snapshot(2, seq, 10 + seq), None);
         }
-        log.push(&snapshot(3, 1, 99));
+        log.push(&snapshot(3, 1, 99), None);
         assert_eq!(hashes(log.between(2, 1, 4)), Some(vec![12, 13, 14]));
         assert_eq!(hashes(log.between(2, 3, 4)), Some(vec![14]));
         assert_eq!(hashes(log.between(3, 0, 1)), Some(vec![99]));
         assert_eq!(hashes(log.between(2, 4, 5)), None, "not published yet");
         for seq in 2..=RoutedLog::CAPACITY as u64 + 1 {
-            log.push(&snapshot(3, seq, seq));
+            log.push(&snapshot(3, seq, seq), None);
         }
         assert_eq!(hashes(log.between(2, 1, 4)), None, "pushed out");
         assert_eq!(hashes(log.between(3, 0, 2)), None, "seq 1 pushed out");
         let last = RoutedLog::CAPACITY as u64 + 1;
         assert_eq!(hashes(log.between(3, last - 2, last)), Some(vec![last - 1, last]));
+    }
+
+    #[test]
+    fn routed_log_unions_the_changed_positions_or_none_across_a_set_change() {
+        let log = RoutedLog::default();
+        let changed = |p: &[u32]| Some(Arc::from(p));
+        log.push(&snapshot(2, 1, 0), None);
+        log.push(&snapshot(2, 2, 0), changed(&[4, 1]));
+        log.push(&snapshot(2, 3, 0), changed(&[1, 7]));
+        log.push(&snapshot(2, 4, 0), None);
+        log.push(&snapshot(2, 5, 0), changed(&[0]));
+        assert_eq!(log.changed_between(2, 1, 3), Some(vec![1, 4, 7]));
+        assert_eq!(log.changed_between(2, 2, 3), Some(vec![1, 7]));
+        assert_eq!(log.changed_between(2, 3, 3), Some(vec![]), "nothing between a snapshot and itself");
+        assert_eq!(log.changed_between(2, 3, 5), None, "the set changed at 4");
+        assert_eq!(log.changed_between(2, 4, 5), Some(vec![0]));
+        assert_eq!(log.changed_between(2, 4, 6), None, "not published yet");
+        assert_eq!(log.changed_between(1, 0, 1), None, "another term");
     }
 
     #[test]
@@ -367,7 +426,7 @@ mod tests {
             ..snapshot(1, seq, 0)
         };
         for seq in 1..=5 {
-            log.push(&big(seq));
+            log.push(&big(seq), None);
         }
         let held = log.entries.lock().map(|l| (l.entries.len(), l.hashes)).expect("lock");
         assert_eq!(held, (3, 3 * (RoutedLog::MAX_HASHES / 3)));

@@ -5,17 +5,25 @@
 //! leader's address. Every RPC refuses a protocol version it does not speak
 //! (`INVALID_ARGUMENT` naming the one it does), and `Report` refuses loads no honest picker sends
 //! (`wire::report_from_proto`); what the rest may contribute is bounded in the aggregator state.
+//! Snapshot updates are built and encoded once for all the pickers that need the same one, and a
+//! picker that stops reading is cut off (`updates`); `route` serves them without re-encoding.
+
+mod route;
+mod updates;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_plane_server::ControlPlane;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+pub use route::ControlPlaneRoutes;
+pub use updates::{EncodedUpdate, QUEUE, SLOW_AFTER, Subscribers, Subscription};
 
 use super::assign::RemoteScraping;
 use crate::etcd::{self, EtcdSettings};
@@ -34,11 +42,13 @@ pub struct ControlPlaneService {
     pub remote: Option<Arc<RemoteScraping>>,
     /// Where picker reports go (the aggregator actor).
     pub reports: Option<actix::Recipient<super::PickerReported>>,
+    /// Shared by the snapshot streams: encoded updates, the slow-subscriber rule, its counters.
+    pub subscribers: Arc<Subscribers>,
     /// `WatchSnapshots` streams open (`switchyard_aggregator_subscribers`).
-    pub subscribers: Gauge,
+    pub open_streams: Gauge,
 }
 
-/// Counts one open stream in a gauge for as long as it lives, whichever way its task ends.
+/// Counts one open stream in a gauge for as long as it lives, whichever way it ends.
 struct Open(Gauge);
 
 impl Open {
@@ -62,6 +72,26 @@ impl ControlPlaneService {
         };
         Status::failed_precondition(format!("not the leader; leader: {}", leader.as_deref().unwrap_or("unknown")))
     }
+
+    /// A picker's snapshot stream: the full snapshot at once, then deltas, encoded once for every
+    /// picker that needs the same update.
+    pub async fn subscribe(&self, request: pb::WatchRequest) -> Result<Subscription, Status> {
+        let is_leader = *self.leading.borrow();
+        if !is_leader {
+            return Err(self.not_leader().await);
+        }
+        check_version(request.version)?;
+        let mut subscription = updates::Feed {
+            picker: request.picker_id,
+            snapshots: self.snapshots.clone(),
+            leading: self.leading.clone(),
+            routed: self.routed.clone(),
+            subscribers: self.subscribers.clone(),
+        }
+        .start();
+        subscription.open = Some(Open::new(&self.open_streams));
+        Ok(subscription)
+    }
 }
 
 /// `INVALID_ARGUMENT` for a protocol version this build does not speak, naming the one it does.
@@ -75,17 +105,12 @@ fn check_version(version: u32) -> Result<(), Status> {
     )))
 }
 
-/// Resolves when leadership is lost (the `watch::Ref` is dropped inside, keeping callers `Send`).
-async fn lost(leading: &mut watch::Receiver<bool>) {
-    let _ = leading.wait_for(|l| !*l).await;
-}
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
     type ScrapeStream = BoxStream<pb::ScrapeAssignment>;
-    type WatchSnapshotsStream = ReceiverStream<Result<pb::SnapshotUpdate, Status>>;
+    type WatchSnapshotsStream = BoxStream<pb::SnapshotUpdate>;
 
     async fn scrape(
         &self,
@@ -120,57 +145,14 @@ impl ControlPlane for ControlPlaneService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Served by [`ControlPlaneRoutes`] without decoding; this is the same stream for a server
+    /// built from the generated code alone.
     async fn watch_snapshots(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchSnapshotsStream>, Status> {
-        let is_leader = *self.leading.borrow();
-        if !is_leader {
-            return Err(self.not_leader().await);
-        }
-        let request = request.into_inner();
-        check_version(request.version)?;
-        let picker = request.picker_id;
-        let (tx, rx) = mpsc::channel(4);
-        let (mut snapshots, mut leading, routed) = (self.snapshots.clone(), self.leading.clone(), self.routed.clone());
-        let open = Open::new(&self.subscribers);
-        tokio::spawn(async move {
-            let _open = open;
-            tracing::debug!(%picker, "picker subscribed");
-            // The last snapshot sent: deltas are built on top of it.
-            let mut sent: Option<Arc<Snapshot>> = None;
-            loop {
-                let snap = snapshots.borrow_and_update().clone();
-                let update = match &sent {
-                    _ if snap.epoch == 0 => None,
-                    Some(base) if base.epoch == snap.epoch && base.seq >= snap.seq => None,
-                    Some(base) if base.epoch == snap.epoch => {
-                        let blocks = routed.between(snap.epoch, base.seq, snap.seq).unwrap_or_else(|| {
-                            tracing::debug!(%picker, "prefix blocks of skipped snapshots are no longer remembered");
-                            routed.gaps.inc();
-                            snap.routed_blocks.clone()
-                        });
-                        Some(wire::snapshot_delta_to_proto(base, &snap, &blocks))
-                    }
-                    _ => Some(wire::snapshot_to_proto(&snap)),
-                };
-                if let Some(update) = update {
-                    if tx.send(Ok(update)).await.is_err() {
-                        return;
-                    }
-                    sent = Some(snap);
-                }
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                    _ = lost(&mut leading) => {
-                        let _ = tx.send(Err(Status::unavailable("leadership lost"))).await;
-                        return;
-                    }
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let updates = self.subscribe(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(updates.map(|u| u.and_then(|u| u.decode())))))
     }
 
     async fn report(&self, request: Request<Streaming<pb::PickerReport>>) -> Result<Response<pb::ReportAck>, Status> {

@@ -1,5 +1,5 @@
-//! The scraper actor: a thin shell that ticks, runs one fetch + normalize at a time on the tokio
-//! pool, and publishes what happened. Errors are logged on transitions only.
+//! The scraper actor: a thin shell that ticks, runs one fetch + normalize at a time on its own
+//! event loop, and publishes what happened. Errors are logged on transitions only.
 //!
 //! A failing endpoint is retried with exponential backoff and jitter ([`retry_delay`]): the
 //! interval doubled per consecutive failure, capped at [`backoff_cap`] (20 intervals, at most
@@ -124,13 +124,10 @@ impl ScraperActor {
             status = tracing::field::Empty,
             bytes = tracing::field::Empty,
         );
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { fetcher.scrape(&url, &mapping).await },
-            span.clone(),
-        ));
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |joined, act, _| {
+        // On this actor's own thread (its lane): no hand-off to another thread and back.
+        let task = tracing::Instrument::instrument(async move { fetcher.scrape(&url, &mapping).await }, span.clone());
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |result, act, _| {
             act.in_flight = false;
-            let result = joined.unwrap_or_else(|e| Err(ScrapeError::Request(format!("scrape task failed: {e}"))));
             span.record("status", result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
             act.on_scraped(result, started.elapsed());
         }));

@@ -46,8 +46,9 @@ impl Fetcher {
         &self.settings
     }
 
-    /// GETs the page, reading at most `max_page_bytes`.
-    pub async fn fetch(&self, url: &reqwest::Url) -> Result<String, ScrapeError> {
+    /// GETs the page, reading at most `max_page_bytes`. The bytes are kept as received (a 47 KB
+    /// page is not copied into a `String`); [`Fetcher::scrape`] checks they are UTF-8.
+    pub async fn fetch(&self, url: &reqwest::Url) -> Result<bytes::Bytes, ScrapeError> {
         let timeout = self.settings.timeout;
         match tokio::time::timeout(timeout, self.fetch_inner(url)).await {
             Ok(r) => r,
@@ -55,7 +56,7 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_inner(&self, url: &reqwest::Url) -> Result<String, ScrapeError> {
+    async fn fetch_inner(&self, url: &reqwest::Url) -> Result<bytes::Bytes, ScrapeError> {
         let resp = self.client.get(url.clone()).send().await.map_err(request_error)?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(ScrapeError::Status(resp.status().as_u16()));
@@ -66,8 +67,7 @@ impl Fetcher {
         }
         if resp.content_length().is_some() {
             // Size known and within the cap: let hyper collect it in one buffer.
-            let body = resp.bytes().await.map_err(request_error)?;
-            return String::from_utf8(body.into()).map_err(|_| ScrapeError::NotUtf8);
+            return resp.bytes().await.map_err(request_error);
         }
         let mut body = Vec::with_capacity(64 * 1024);
         let mut stream = resp.bytes_stream();
@@ -78,7 +78,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)
+        Ok(body.into())
     }
 
     /// Fetches and normalizes; a page from which nothing mapped can be read is an error.
@@ -86,7 +86,7 @@ impl Fetcher {
         let page = self.fetch(url).await?;
         // The caller's `scrape` span, when there is one.
         tracing::Span::current().record("bytes", page.len());
-        let normalized = normalize(&page, mapping);
+        let normalized = normalize(std::str::from_utf8(&page).map_err(|_| ScrapeError::NotUtf8)?, mapping);
         if !normalized.any() && !mapping.names().is_empty() {
             return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));
         }

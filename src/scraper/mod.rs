@@ -11,6 +11,11 @@
 //! intervals or 5 s, whichever is less; back to every interval after a success).
 //! Scraping does not decide anything about freshness: samples carry their scrape time and the
 //! consumer judges their age.
+//!
+//! The actors are spread over one actix arbiter (a thread with its own event loop) per core, each
+//! with its own HTTP client: a scrape is ticked, fetched, parsed and published on one thread.
+//! Handing each scrape to the shared tokio pool and its result back to the actor's thread cost
+//! two thread wake-ups per scrape, a quarter of the scraper's CPU (docs/benchmarks.md).
 
 mod actor;
 mod fetch;
@@ -59,7 +64,8 @@ impl Default for ScrapeSettings {
 
 pub struct ScrapeSupervisor {
     registry: Arc<EngineRegistry>,
-    fetcher: Fetcher,
+    /// One per core: an event loop and the keep-alive client its actors share.
+    lanes: Vec<(Arbiter, Fetcher)>,
     interval: Duration,
     sink: ScrapeSink,
     metrics: ScrapeMetrics,
@@ -83,9 +89,13 @@ impl ScrapeSupervisor {
         sink: ScrapeSink,
         metrics: ScrapeMetrics,
     ) -> Result<Self, reqwest::Error> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = (0..cores)
+            .map(|_| Ok((Arbiter::new(), Fetcher::new(settings.fetch.clone())?)))
+            .collect::<Result<_, _>>()?;
         Ok(ScrapeSupervisor {
             registry,
-            fetcher: Fetcher::new(settings.fetch.clone())?,
+            lanes,
             interval: settings.interval,
             sink,
             metrics,
@@ -112,11 +122,13 @@ impl ScrapeSupervisor {
 
     fn start(&mut self, endpoint: Endpoint) {
         let mapping = self.registry.get(&endpoint.engine).unwrap_or_else(|| self.registry.default_mapping()).clone();
-        let actor =
-            ScraperActor::new(endpoint.clone(), mapping, self.fetcher.clone(), self.interval, self.sink.clone())
-                .with_metrics(self.metrics.clone());
+        // Endpoints are dealt to the lanes in turn.
+        let (arbiter, fetcher) = &self.lanes[(self.started as usize) % self.lanes.len()];
+        let actor = ScraperActor::new(endpoint.clone(), mapping, fetcher.clone(), self.interval, self.sink.clone())
+            .with_metrics(self.metrics.clone());
         tracing::debug!(endpoint = %endpoint.id, engine = %endpoint.engine, "scraper started");
-        self.actors.insert(endpoint.id.clone(), (endpoint, actor.start()));
+        let addr = ScraperActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        self.actors.insert(endpoint.id.clone(), (endpoint, addr));
         self.started += 1;
     }
 
@@ -134,6 +146,25 @@ impl ScrapeSupervisor {
 
 impl Actor for ScrapeSupervisor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for id in self.actors.keys().cloned().collect::<Vec<_>>() {
+            self.stop(&id);
+        }
+        // Each lane's thread ends once its actors' stop messages are handled.
+        for (arbiter, _) in &self.lanes {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Drop for ScrapeSupervisor {
+    /// A supervisor dropped without its actor having run (or stopped) leaves no thread behind.
+    fn drop(&mut self) {
+        for (arbiter, _) in &self.lanes {
+            arbiter.stop();
+        }
+    }
 }
 
 impl Handler<AssignEndpoints> for ScrapeSupervisor {

@@ -34,6 +34,8 @@ pub enum BenchCommand {
     Routing(crate::tools::routing::RoutingArgs),
     /// The distributed roles for minutes under load and churn: memory, failed picks, gauges.
     Soak(crate::tools::soak::SoakArgs),
+    /// A picker's RSS with E endpoints and a full prefix index, over time.
+    PickerMemory(crate::tools::membench::PickerMemoryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -62,6 +64,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::SharedView(args) => crate::tools::cpbench::shared_view(args).await,
         BenchCommand::Routing(args) => crate::tools::routing::run(args).await.map(|_| ()),
         BenchCommand::Soak(args) => crate::tools::soak::soak(args).await,
+        BenchCommand::PickerMemory(args) => crate::tools::membench::picker_memory(args).await,
     }
 }
 

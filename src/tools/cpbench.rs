@@ -53,7 +53,10 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
         "snapshot propagation: {} endpoints scraped every 50 ms, a full snapshot then deltas, {} s per point",
         args.endpoints, args.seconds
     );
-    println!("{:>8} {:>10} {:>9} {:>9} {:>9}", "pickers", "updates", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "pickers", "updates", "p50 ms", "p99 ms", "max ms", "cpu cores", "cpu us/update"
+    );
     for &n in &args.pickers {
         let (stop, stop_rx) = watch::channel(false);
         let mut collectors = Vec::new();
@@ -83,19 +86,26 @@ pub async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
                 delays
             }));
         }
-        tokio::time::sleep(Duration::from_secs(args.seconds + 1)).await;
+        // CPU of the whole process (leader, pickers, sims) over the measured seconds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cpu0 = crate::tools::bench::cpu_seconds("self");
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let cpu = cpu0.zip(crate::tools::bench::cpu_seconds("self")).map(|(a, b)| b - a);
         let _ = stop.send(true);
         let mut all = Vec::new();
         for c in collectors {
             all.extend(c.await.unwrap_or_default());
         }
         all.sort_by(f64::total_cmp);
+        let cores = cpu.map_or(f64::NAN, |c| c / args.seconds as f64);
         println!(
-            "{n:>8} {:>10} {:>9.2} {:>9.2} {:>9.2}",
+            "{n:>8} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12.1}",
             all.len(),
             percentile(&all, 50.0),
             percentile(&all, 99.0),
-            all.last().copied().unwrap_or(f64::NAN)
+            all.last().copied().unwrap_or(f64::NAN),
+            cores,
+            cpu.map_or(f64::NAN, |c| c * 1e6 / all.len().max(1) as f64)
         );
     }
     agg.shutdown(Duration::from_secs(1)).await;

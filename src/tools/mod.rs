@@ -8,6 +8,7 @@ pub mod demo;
 pub mod kube_fake;
 pub mod load;
 pub mod loadgen;
+pub mod membench;
 pub mod otlp_sink;
 pub mod parse;
 pub mod procs;

@@ -202,6 +202,36 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    /// A delta over the positions that may have changed (any superset of those that did) is the
+    /// delta comparing every endpoint; misaligned snapshots fall back to comparing every one.
+    #[test]
+    fn a_delta_over_the_changed_positions_equals_the_full_comparison(
+        before in proptest::collection::vec((proptest::option::of(0u64..3), 0i64..2), 0..10),
+        changes in proptest::collection::vec((0usize..10, proptest::option::of(0u64..3), 0i64..2), 0..6),
+        extra in proptest::collection::vec(0u32..12, 0..4),
+        drop_one in proptest::bool::ANY,
+    ) {
+        let ids: Vec<String> = (0..before.len()).map(|i| format!("e{i}")).collect();
+        let base = snapshot(3, 1, before.iter().zip(&ids).map(|((q, r), id)| state(id, *q, *r)).collect());
+        let mut next = Snapshot { seq: 2, ..base.clone() };
+        let mut positions: Vec<u32> = extra;
+        for (i, q, r) in changes {
+            if i < next.endpoints.len() {
+                next.endpoints[i] = state(&ids[i], q, r);
+                positions.push(i as u32);
+            }
+        }
+        if drop_one && !next.endpoints.is_empty() {
+            next.endpoints.remove(0);
+        }
+        positions.sort_unstable();
+        positions.dedup();
+        let want = snapshot_delta_to_proto(&base, &next, &[]);
+        proptest::prop_assert_eq!(snapshot_delta_to_proto_at(&base, &next, &[], &positions), want);
+    }
+}
+
 /// Regression (issue 16): `LoadDelta { requests: i64::MAX, tokens: i64::MAX }` was folded in, and
 /// two such reports made the leader's sum wrap. Negative and absurd counts are refused.
 #[test]

@@ -23,5 +23,6 @@ mod scrape;
 mod scrapers;
 mod shared;
 mod sim_api;
+mod slow_subscriber;
 mod support;
 mod traces;

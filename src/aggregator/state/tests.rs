@@ -125,6 +125,22 @@ fn sends_since_a_scrape_count_only_against_that_scrape() {
     assert_eq!(s.build(at(160)).expect("snapshot").endpoints[0].shared_sent_since_scrape, 1);
 }
 
+fn sorted(sent: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut v = sent.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// The sums per slot computed afresh from the live reports (of endpoints in the set).
+fn fresh_sums(s: &AggregatorState) -> (Vec<Load>, Vec<Vec<(i64, i64)>>) {
+    let mut fresh: Vec<Slot> =
+        s.slots.iter().map(|x| Slot::new(x.endpoint.clone(), MetricsState::Unknown, 0)).collect();
+    for (_, l) in s.picker_loads.values() {
+        replace_loads(&mut fresh, &s.index, None, l, 0);
+    }
+    (fresh.iter().map(|x| x.inflight).collect(), fresh.iter().map(|x| sorted(&x.sent)).collect())
+}
+
 proptest::proptest! {
     /// The running totals always equal a fresh sum over the live reports, whatever the order
     /// of reports, replacements and expiries.
@@ -177,12 +193,8 @@ proptest::proptest! {
                 proptest::prop_assert_eq!(st.shared_load, load);
                 proptest::prop_assert_eq!(st.shared_sent_since_scrape, sent);
             }
-            let mut fresh = SharedTotals::default();
-            for (_, l) in s.picker_loads.values() {
-                fresh.apply(l, 1);
-            }
-            proptest::prop_assert_eq!(&s.totals.inflight, &fresh.inflight);
-            proptest::prop_assert_eq!(&s.totals.sent, &fresh.sent);
+            proptest::prop_assert_eq!(s.slots.iter().map(|x| x.inflight).collect::<Vec<_>>(), fresh_sums(&s).0);
+            proptest::prop_assert_eq!(s.slots.iter().map(|x| sorted(&x.sent)).collect::<Vec<_>>(), fresh_sums(&s).1);
         }
     }
 }
@@ -213,7 +225,7 @@ fn reported_loads_that_would_wrap_are_clamped_per_reporter() {
     let want = Load { requests: 3 * MAX_REPORTED_REQUESTS, tokens: 3 * MAX_REPORTED_TOKENS };
     assert_eq!(snap.endpoints[0].shared_load, want, "each reporter counts up to the bound");
     assert_eq!(snap.endpoints[0].shared_sent_since_scrape, 3 * MAX_REPORTED_SENT);
-    assert_eq!(s.totals.inflight.len(), 1, "nothing is held for endpoints outside the set");
+    assert!(!s.picker_loads.contains_key("ghost"), "nothing is held for endpoints outside the set");
     // Replacing a report takes exactly its share away.
     s.on_picker_report(report("p1", &a, 1, 1), t0);
     let snap = s.build(t0).expect("snapshot");
@@ -258,4 +270,164 @@ fn changed_endpoint_forgets_old_metrics() {
     s.on_endpoints(vec![ep("a", "9.9.9.9:80")]);
     let snap = s.build(SystemTime::UNIX_EPOCH).expect("snapshot");
     assert_eq!(snap.endpoints[0].metrics, MetricsState::Unknown);
+}
+
+/// One step of the recycling property below.
+#[derive(Debug, Clone)]
+enum Step {
+    Scrape(usize, u64),
+    Fail(usize),
+    Report(usize, Vec<(usize, i64, u64, u64)>),
+    /// The set without endpoint `.0`, or with it back (and `b` at a new address when `.1`).
+    Members(Option<usize>, bool),
+    Term,
+    Advance(u64),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0usize..4, 0u64..4).prop_map(|(e, ms)| Step::Scrape(e, ms)),
+        1 => (0usize..4).prop_map(Step::Fail),
+        4 => (0usize..3, proptest::collection::vec((0usize..4, -1i64..4, 0u64..3, 0u64..4), 0..4))
+            .prop_map(|(p, e)| Step::Report(p, e)),
+        1 => (proptest::option::of(0usize..4), any::<bool>()).prop_map(|(e, m)| Step::Members(e, m)),
+        1 => Just(Step::Term),
+        1 => (0u64..2500).prop_map(Step::Advance),
+    ]
+}
+
+proptest::proptest! {
+    /// A build that updates a recycled snapshot in place equals a full build, whatever happened
+    /// since (scrapes, failures, reports and their expiry, set changes, new terms) and whichever
+    /// snapshots readers still hold; the positions it reports as changed cover every endpoint
+    /// that differs from the previous snapshot; the sums equal a fresh sum of the live reports.
+    #[test]
+    fn recycled_builds_equal_full_builds(
+        steps in proptest::collection::vec((step(), proptest::bool::ANY), 1..60),
+    ) {
+        let ids = ["a", "b", "c", "d"];
+        let members = |without: Option<usize>, moved: bool| -> Vec<Endpoint> {
+            let addr = |i: usize| if i == 1 && moved { "9.9.9.9:80" } else { "1.1.1.1:80" };
+            (0..ids.len()).filter(|i| Some(*i) != without).map(|i| ep(ids[i], addr(i))).collect()
+        };
+        let (mut recycled, mut full) = (AggregatorState::new(1), AggregatorState::new(1));
+        recycled.on_endpoints(members(None, false));
+        full.on_endpoints(members(None, false));
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let (mut now, mut epoch) = (10_000u64, 1u64);
+        let mut held: Vec<Arc<Snapshot>> = Vec::new();
+        let mut previous: Option<Arc<Snapshot>> = None;
+        for (step, hold) in steps {
+            for s in [&mut recycled, &mut full] {
+                match &step {
+                    Step::Scrape(e, ms) => {
+                        let sample = MetricsSample {
+                            metrics: EndpointMetrics { queued: Some(*ms), ..Default::default() },
+                            scraped_at: at(*ms),
+                            errors: vec![],
+                        };
+                        let endpoint = EndpointId::new(ids[*e]);
+                        s.on_scraped(MetricsScraped { endpoint, sample: Arc::new(sample), latency: Duration::ZERO });
+                    }
+                    Step::Fail(e) => s.on_failed(ScrapeFailed {
+                        endpoint: EndpointId::new(ids[*e]),
+                        error: ScrapeError::Request(format!("down at {now}")),
+                        at: at(now),
+                        latency: Duration::ZERO,
+                    }),
+                    Step::Report(p, entries) => {
+                        let mut loads = PickerLoads::default();
+                        for (e, requests, sent, scrape) in entries {
+                            let id = EndpointId::new(ids[*e]);
+                            loads.inflight.insert(id.clone(), Load { requests: *requests, tokens: 3 * requests });
+                            loads.sent.insert(id, (at(*scrape), *sent));
+                        }
+                        s.on_picker_report(PickerReport { picker: format!("p{p}"), loads, routed: vec![] }, at(now));
+                    }
+                    Step::Members(without, moved) => s.on_endpoints(members(*without, *moved)),
+                    Step::Term => s.on_new_term(epoch + 1),
+                    Step::Advance(ms) => s.on_scraped(scraped("a", now + ms)),
+                }
+            }
+            match step {
+                Step::Term => epoch += 1,
+                Step::Advance(ms) => now += ms,
+                _ => {}
+            }
+            let (a, b) = (recycled.build(at(now)), full.build(at(now)));
+            proptest::prop_assert_eq!(&a, &b);
+            let Some(a) = a else { continue };
+            if let (Some(changes), Some(prev)) = (recycled.changes(), &previous) {
+                proptest::prop_assert_eq!(prev.endpoints.len(), a.endpoints.len());
+                for (i, (x, y)) in prev.endpoints.iter().zip(&a.endpoints).enumerate() {
+                    proptest::prop_assert!(x == y || changes.contains(&(i as u32)), "position {} changed unreported", i);
+                }
+            }
+            let (loads, _) = fresh_sums(&recycled);
+            let shown: Vec<Load> = loads.iter().map(|l| Load { requests: l.requests.max(0), tokens: l.tokens.max(0) }).collect();
+            proptest::prop_assert_eq!(a.endpoints.iter().map(|e| e.shared_load).collect::<Vec<_>>(), shown);
+            // The published snapshot goes back; readers hold some of them for a while.
+            let a = Arc::new(a);
+            previous = Some(Arc::new((*a).clone()));
+            recycled.recycle(a.clone());
+            if hold {
+                held.push(a);
+            } else if !held.is_empty() {
+                held.remove(0);
+            }
+        }
+    }
+}
+
+#[test]
+fn recycled_snapshot_is_updated_in_place_only_when_nobody_holds_it() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
+    let first = Arc::new(s.build(SystemTime::UNIX_EPOCH).expect("first"));
+    let address = first.endpoints[1].endpoint.address.as_ptr();
+    s.recycle(first.clone());
+    s.on_scraped(scraped("a", 1));
+    let held = s.build(SystemTime::UNIX_EPOCH).expect("second");
+    assert_ne!(held.endpoints[1].endpoint.address.as_ptr(), address, "first is still held: a full build");
+    assert_eq!(s.changes().as_deref(), Some(&[0u32][..]), "only a changed");
+    drop(first);
+    let held = Arc::new(held);
+    s.recycle(held.clone());
+    s.on_scraped(scraped("b", 2));
+    let third = s.build(SystemTime::UNIX_EPOCH).expect("third");
+    assert_eq!(third.endpoints[1].endpoint.address.as_ptr(), address, "first reused: its strings kept");
+    assert_eq!((third.seq, third.endpoints[0].metrics.sample().and_then(|m| m.metrics.queued)), (3, Some(1)));
+    assert_eq!(third.endpoints[1].metrics.sample().and_then(|m| m.metrics.queued), Some(2));
+    assert_eq!(s.changes().as_deref(), Some(&[1u32][..]));
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80")]);
+    assert!(s.build(SystemTime::UNIX_EPOCH).is_some_and(|x| x.endpoints.len() == 1));
+    assert_eq!(s.changes(), None, "the set changed");
+}
+
+/// A picker repeats most of its report every time: only the endpoints whose shown load changed
+/// count as changed, so the delta to pickers stays as small as the change.
+#[test]
+fn a_repeated_report_changes_only_what_it_changed() {
+    let mut s = AggregatorState::new(1);
+    s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80"), ep("c", "1.1.1.3:80")]);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+    let report = |b: i64| PickerReport {
+        picker: "p".into(),
+        loads: PickerLoads {
+            inflight: [("a", 1), ("b", b), ("c", 2)]
+                .into_iter()
+                .map(|(id, r)| (EndpointId::new(id), Load { requests: r, tokens: r }))
+                .collect(),
+            sent: HashMap::new(),
+        },
+        routed: vec![],
+    };
+    s.on_picker_report(report(1), t0);
+    s.build(t0).expect("first");
+    s.build(t0);
+    s.on_picker_report(report(5), t0);
+    let snap = s.build(t0).expect("second");
+    assert_eq!(snap.endpoints[1].shared_load.requests, 5);
+    assert_eq!(s.changes().as_deref(), Some(&[1u32][..]), "only b's load changed");
 }
