@@ -312,8 +312,7 @@ fn generate_exact(kind: Kind, n: usize, seed: u64) -> Vec<TraceRecord> {
 }
 
 /// Conversations starting as a Poisson process; each turn's prompt is the whole history (the
-/// previous prompt, the answer, a new question), sent a think time after the previous turn (about
-/// 20 conversations are open at a time).
+/// previous prompt, the answer, a new question), sent a think time after the previous turn.
 fn multi_turn(rng: &mut SmallRng, n: usize) -> Vec<TraceRecord> {
     let mut out = Vec::with_capacity(n);
     let mut start = 0.0;
@@ -336,9 +335,9 @@ fn multi_turn(rng: &mut SmallRng, n: usize) -> Vec<TraceRecord> {
                 objective: None,
             });
             history += output + rng.random_range(30..150);
-            // Think time, in the trace's unit-rate time: at ~25 requests/s it is 2.4 s plus an
-            // exponential 2.4 s, so a turn usually follows the previous answer.
-            at += 60.0 + -(1.0 - rng.random::<f64>()).ln() * 60.0;
+            // Think time in the trace's unit-rate time, scaled with the rest of the trace (at
+            // ~25 requests/s a few hundred ms: a turn may arrive before the previous answer ends).
+            at += 2.0 + -(1.0 - rng.random::<f64>()).ln() * 6.0;
         }
         session += 1;
     }
