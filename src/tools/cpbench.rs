@@ -196,17 +196,8 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Clone)]
 pub struct SharedViewArgs {
-    /// Seconds of arrivals per run, after a 5 s warm-up that is not counted.
-    #[arg(long, default_value_t = 20.0)]
-    pub seconds: f64,
-    /// Offered load as a fraction of round-robin saturation.
-    #[arg(long, default_value_t = 0.8)]
-    pub load: f64,
-    /// Skip the ramp: round-robin saturation in requests per second.
-    #[arg(long)]
-    pub saturation: Option<f64>,
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub run: crate::tools::routing::OpenLoop,
     /// Runs per picker count (seeds `seed`, `seed + 1`, …; the order of the two counts alternates),
     /// pooled into one figure each.
     #[arg(long, default_value_t = 1)]
@@ -220,21 +211,14 @@ pub struct SharedViewArgs {
 /// N pickers and with M pickers following one aggregator, each run on a fresh identical fleet:
 /// prefix-cache hit rate and TTFT should not degrade with more pickers.
 pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
-    use crate::tools::routing::{self, Kind, Policy, Rig, RunSpec, report::Figures, workload};
+    use crate::tools::routing::{self, Kind, Policy, Rig, RunSpec, report::Figures};
     anyhow::ensure!(args.pickers.len() == 2, "--pickers takes two counts, e.g. 1,4");
     crate::ensure_crypto_provider();
     let kind = Some(Kind::SharedPrefix);
-    let saturation = match args.saturation {
-        Some(s) => s,
-        None => {
-            let ramp = workload::generate(Kind::SharedPrefix, 4000, args.seed + 1000);
-            routing::measure_saturation(kind, &ramp, args.seed).await?
-        }
-    };
-    let rate = args.load * saturation;
+    let (_, rate) = args.run.rate(Kind::SharedPrefix).await?;
     println!(
         "shared view: shared-prefix workload at {rate:.1} req/s ({:.0} % of round-robin saturation), {} vs {} pickers, {} run(s) each",
-        100.0 * args.load,
+        100.0 * args.run.load,
         args.pickers[0],
         args.pickers[1],
         args.repeat
@@ -242,9 +226,8 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
     let rig = Rig::new(std::env::current_exe()?);
     let mut runs: [Vec<crate::tools::routing::report::RunData>; 2] = [Vec::new(), Vec::new()];
     for r in 0..args.repeat {
-        let seed = args.seed + r;
-        let records =
-            workload::generate(Kind::SharedPrefix, ((rate * (args.seconds + 5.0)).ceil() as usize).max(10), seed);
+        let seed = args.run.seed + r;
+        let records = args.run.records(Kind::SharedPrefix, rate, seed);
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for arm in order {
             let spec = RunSpec {
@@ -254,7 +237,7 @@ pub async fn shared_view(args: SharedViewArgs) -> anyhow::Result<()> {
                 records: &records,
                 rate,
                 seed,
-                warmup_s: 5.0,
+                warmup_s: routing::OpenLoop::WARMUP_S,
             };
             let run = routing::run_once(&spec, &rig).await?;
             let f = Figures::from_runs("", std::slice::from_ref(&run), 1000.0);

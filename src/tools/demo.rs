@@ -18,21 +18,12 @@ use crate::picker::PickerSettings;
 use crate::sim;
 use crate::tools::bench::percentile;
 use crate::tools::routing::report::{Figures, RunData};
-use crate::tools::routing::{self, Kind, MODEL, Policy, Rig, RunSpec, workload};
+use crate::tools::routing::{self, Kind, MODEL, OpenLoop, Policy, Rig, RunSpec};
 
 #[derive(Args, Clone)]
 pub struct DemoArgs {
-    /// Seconds of arrivals per policy (after a 5 s warm-up that is not counted).
-    #[arg(long, default_value_t = 20.0)]
-    pub seconds: f64,
-    /// Offered load as a fraction of round-robin saturation.
-    #[arg(long, default_value_t = 0.8)]
-    pub load: f64,
-    /// Skip the ramp: round-robin saturation in requests per second.
-    #[arg(long)]
-    pub saturation: Option<f64>,
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub run: OpenLoop,
     /// Keep a fleet, the picker and the gateway running and print a curl line (no workload).
     #[arg(long)]
     pub serve: bool,
@@ -42,8 +33,7 @@ pub struct DemoArgs {
 }
 
 const KIND: Kind = Kind::Heterogeneous;
-/// Seconds of arrivals at the start of each run that are sent but not counted.
-const WARMUP_S: f64 = 5.0;
+const WARMUP_S: f64 = OpenLoop::WARMUP_S;
 
 /// Per endpoint: requests, prefix-cache hit %, TTFT p50 and p90 (ms).
 fn per_endpoint(run: &RunData) -> BTreeMap<String, (usize, f64, f64, f64)> {
@@ -68,7 +58,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return serve(&args).await;
     }
     println!("Switchyard demo: a simulated inference pool behind the gateway, routed by Switchyard's pickers.\n");
-    let cfg = routing::fleet_config(Some(KIND), args.seed);
+    let cfg = routing::fleet_config(Some(KIND), args.run.seed);
     let fleet = sim::start_fleet(&cfg).await?;
     println!("pool ({} simulated model servers, model {MODEL}):", fleet.len());
     for (i, h) in fleet.iter().enumerate() {
@@ -77,22 +67,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     drop(fleet);
     let rig = Rig::new(std::env::current_exe()?);
-    let ramp = workload::generate(KIND, 4000, args.seed + 1000);
-    let saturation = match args.saturation {
-        Some(s) => s,
-        None => {
-            eprintln!("\nmeasuring round-robin saturation (open-loop ramp, 5 s steps)...");
-            routing::measure_saturation(Some(KIND), &ramp, args.seed).await?
-        }
-    };
-    let rate = args.load * saturation;
-    let records = workload::generate(KIND, ((rate * (args.seconds + WARMUP_S)).ceil() as usize).max(10), args.seed);
+    if args.run.saturation.is_none() {
+        eprintln!("\nmeasuring round-robin saturation (open-loop ramp, 5 s steps)...");
+    }
+    let (saturation, rate) = args.run.rate(KIND).await?;
+    let records = args.run.records(KIND, rate, args.run.seed);
     println!(
         "\nworkload: {} streaming chat requests over {:.0} s (the first 5 s not counted), open loop at {rate:.1} req/s ({:.0} % of round-robin \
          saturation {saturation:.1} req/s), 16 shared 1,500-token system prompts",
         records.len(),
-        args.seconds + WARMUP_S,
-        100.0 * args.load
+        args.run.seconds + WARMUP_S,
+        100.0 * args.run.load
     );
     let mut runs = Vec::new();
     for policy in [Policy::Switchyard, Policy::RoundRobin] {
@@ -103,7 +88,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             pickers: policy.pickers(),
             records: &records,
             rate,
-            seed: args.seed,
+            seed: args.run.seed,
             warmup_s: WARMUP_S,
         };
         runs.push(routing::run_once(&spec, &rig).await?);
@@ -147,7 +132,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// `--serve`: a fleet, the standalone control plane with the best profile, and the gateway.
 async fn serve(args: &DemoArgs) -> anyhow::Result<()> {
-    let fleet = sim::start_fleet(&routing::fleet_config(Some(KIND), args.seed)).await?;
+    let fleet = sim::start_fleet(&routing::fleet_config(Some(KIND), args.run.seed)).await?;
     let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let endpoints_file = sim::write_endpoints_file(&fleet, &dir)?;
@@ -159,7 +144,7 @@ async fn serve(args: &DemoArgs) -> anyhow::Result<()> {
         config_text: Some(routing::policy::BEST.to_string()),
         pool: crate::discovery::PoolSource::file(endpoints_file),
         tls: Tls::Plaintext,
-        picker: PickerSettings { seed: args.seed, ..PickerSettings::default() },
+        picker: PickerSettings { seed: args.run.seed, ..PickerSettings::default() },
         ..StandaloneOptions::default()
     })
     .await?;

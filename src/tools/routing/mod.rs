@@ -99,6 +99,44 @@ impl Default for RoutingArgs {
     }
 }
 
+/// The open-loop settings the demo and `bench shared-view` share.
+#[derive(Args, Clone, Debug)]
+pub struct OpenLoop {
+    /// Seconds of arrivals per run, after a 5 s warm-up that is not counted.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Offered load as a fraction of round-robin saturation.
+    #[arg(long, default_value_t = 0.8)]
+    pub load: f64,
+    /// Skip the ramp: round-robin saturation in requests per second.
+    #[arg(long)]
+    pub saturation: Option<f64>,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+impl OpenLoop {
+    /// Warm-up of every run, seconds of arrivals.
+    pub const WARMUP_S: f64 = 5.0;
+
+    /// (round-robin saturation, offered rate) for `kind`: the ramp runs unless saturation is given.
+    pub async fn rate(&self, kind: Kind) -> anyhow::Result<(f64, f64)> {
+        let saturation = match self.saturation {
+            Some(s) => s,
+            None => {
+                let ramp = workload::generate(kind, 4000, self.seed + 1000);
+                measure_saturation(Some(kind), &ramp, self.seed).await?
+            }
+        };
+        Ok((saturation, self.load * saturation))
+    }
+
+    /// The run's records at `rate`, warm-up included.
+    pub fn records(&self, kind: Kind, rate: f64, seed: u64) -> Vec<workload::TraceRecord> {
+        workload::generate(kind, ((rate * (self.seconds + Self::WARMUP_S)).ceil() as usize).max(10), seed)
+    }
+}
+
 /// What every run needs besides its workload and policy.
 #[derive(Debug, Clone)]
 pub struct Rig {
