@@ -23,6 +23,8 @@ pub struct Outcome {
     pub e2e_ms: Option<f64>,
     pub output_tokens: u64,
     pub objective: Option<String>,
+    /// For a response that is not a success: the start of its body (why it failed).
+    pub error: Option<String>,
 }
 
 impl Outcome {
@@ -51,7 +53,12 @@ pub async fn run_open_loop(
             let (sent_at, body, objective) = &trace[i];
             match tokio::time::timeout_at(deadline, send(&client, &url, body, objective.as_deref(), start)).await {
                 Ok(o) => o,
-                Err(_) => Outcome { sent_at: *sent_at, objective: objective.clone(), ..Outcome::default() },
+                Err(_) => Outcome {
+                    sent_at: *sent_at,
+                    objective: objective.clone(),
+                    error: Some("no answer before the drain deadline".into()),
+                    ..Outcome::default()
+                },
             }
         }));
     }
@@ -79,7 +86,13 @@ async fn send(
     if let Some(o) = objective {
         req = req.header("x-gateway-inference-objective", o);
     }
-    let Ok(resp) = req.send().await else { return out };
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(format!("request failed: {e}"));
+            return out;
+        }
+    };
     out.status = resp.status().as_u16();
     out.server = resp.headers().get("x-sim-server").and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut stream = resp.bytes_stream();
@@ -91,6 +104,10 @@ async fn send(
         all.extend_from_slice(&chunk);
     }
     out.e2e_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    if !(200..300).contains(&out.status) {
+        let text = String::from_utf8_lossy(&all);
+        out.error = Some(format!("{} {}", out.status, text.chars().take(120).collect::<String>()));
+    }
     if let Some(u) = crate::picker::response::usage_from_sse(&all) {
         out.output_tokens = u.completion_tokens;
     }

@@ -35,6 +35,8 @@ pub struct Figures {
     pub cpu_s_per_1k: f64,
     /// Per objective: (requests, rejected, TTFT p90 of the answered).
     pub by_objective: BTreeMap<String, (usize, usize, f64)>,
+    /// Why requests failed (status and the start of the body), with counts.
+    pub failures: BTreeMap<String, usize>,
 }
 
 /// Raw material of one run.
@@ -118,6 +120,10 @@ impl Figures {
             max_window_share: runs.iter().filter_map(|r| max_window_share(&r.outcomes, r.endpoints)).reduce(f64::max),
             cpu_s_per_1k: runs.iter().map(|r| r.cpu_seconds).sum::<f64>() * 1000.0 / n.max(1) as f64,
             by_objective,
+            failures: all.iter().filter_map(|o| o.error.clone()).fold(BTreeMap::new(), |mut m, e| {
+                *m.entry(e).or_default() += 1;
+                m
+            }),
         }
     }
 }
@@ -158,6 +164,9 @@ pub fn table(workload: &str, rate: f64, rows: &[Figures]) -> String {
             f.max_window_share.map(|x| format!("{:.0}%", 100.0 * x)).unwrap_or_else(|| "-".into()),
             f.cpu_s_per_1k,
         ));
+        for (why, n) in f.failures.iter().filter(|(w, _)| !w.starts_with("429")) {
+            s.push_str(&format!("{:<17}   {n} × {why}\n", ""));
+        }
         for (name, (n, rejected, p90)) in &f.by_objective {
             s.push_str(&format!("{:<17}   {name}: {n} requests, {rejected} rejected, TTFT p90 {p90:.0} ms\n", ""));
         }
@@ -178,6 +187,7 @@ mod tests {
             e2e_ms: Some(ttft * 2.0),
             output_tokens: 10,
             objective: None,
+            error: (status != 200).then(|| format!("{status} busy")),
         }
     }
 
@@ -202,5 +212,6 @@ mod tests {
         assert_eq!(f.cpu_s_per_1k, 100.0);
         // Window 0 saw a, a, b, a: a took 3 of 4; window 5 saw one pick (< 2 endpoints): skipped.
         assert_eq!(f.max_window_share, Some(0.75));
+        assert_eq!(f.failures.get("429 busy"), Some(&1));
     }
 }
