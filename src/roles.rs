@@ -340,6 +340,25 @@ pub struct ScraperOptions {
     pub control_tls: ControlTls,
 }
 
+impl ScraperOptions {
+    /// A plaintext scraper following `leader`, its `/metrics` on a free loopback port, the
+    /// default config, scraping every 50 ms (tools and tests).
+    pub fn local(leader: LeaderSource, scraper_id: &str) -> Self {
+        ScraperOptions {
+            leader,
+            scraper_id: scraper_id.to_string(),
+            metrics_addr: ([127, 0, 0, 1], 0).into(),
+            config_file: None,
+            config_text: None,
+            metric_flags: MetricFlags::default(),
+            refresh_metrics_interval: Duration::from_millis(50),
+            scrape_timeout: Duration::from_secs(1),
+            metrics_auth: MetricsAuth::disabled(),
+            control_tls: ControlTls::default(),
+        }
+    }
+}
+
 pub struct ScraperHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,

@@ -471,4 +471,4 @@ impl AggregatorState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -89,16 +89,8 @@ async fn remote_scrapers_are_reassigned_when_the_set_changes() {
     .await
     .expect("aggregator");
     let scraper = start_scraper(ScraperOptions {
-        leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
-        scraper_id: "only".into(),
-        metrics_addr: ([127, 0, 0, 1], 0).into(),
-        config_file: None,
-        config_text: None,
-        metric_flags: Default::default(),
         refresh_metrics_interval: POLL,
-        scrape_timeout: Duration::from_secs(1),
-        metrics_auth: Default::default(),
-        control_tls: Default::default(),
+        ..ScraperOptions::local(LeaderSource::Addresses(vec![agg.control_addr.to_string()]), "only")
     })
     .await
     .expect("scraper");

@@ -110,16 +110,8 @@ async fn a_picker_and_a_scraper_with_certificates_work_over_required_mtls() {
     .expect("aggregator");
     let leader = LeaderSource::Etcd(etcd_settings(&etcd, "mtls-roles"));
     let scraper = start_scraper(ScraperOptions {
-        leader: leader.clone(),
-        scraper_id: "mtls-scraper".into(),
-        metrics_addr: ([127, 0, 0, 1], 0).into(),
-        config_file: None,
-        config_text: None,
-        metric_flags: Default::default(),
-        refresh_metrics_interval: Duration::from_millis(50),
-        scrape_timeout: Duration::from_secs(1),
-        metrics_auth: Default::default(),
         control_tls: ControlTls { require: true, ..client(&ca.issue(dir.path(), "scraper", &[])) },
+        ..ScraperOptions::local(leader.clone(), "mtls-scraper")
     })
     .await
     .expect("scraper");

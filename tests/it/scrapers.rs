@@ -17,18 +17,7 @@ async fn endpoints_are_shared_and_reassigned_when_a_scraper_leaves() {
     let agg = start_aggregator(AggregatorOptions { remote_scrapers: true, ..AggregatorOptions::local(file) })
         .await
         .expect("aggregator");
-    let scraper = |id: &str| ScraperOptions {
-        leader: LeaderSource::Addresses(vec![agg.control_addr.to_string()]),
-        scraper_id: id.into(),
-        metrics_addr: ([127, 0, 0, 1], 0).into(),
-        config_file: None,
-        config_text: None,
-        metric_flags: Default::default(),
-        refresh_metrics_interval: Duration::from_millis(50),
-        scrape_timeout: Duration::from_secs(1),
-        metrics_auth: Default::default(),
-        control_tls: Default::default(),
-    };
+    let scraper = |id: &str| ScraperOptions::local(LeaderSource::Addresses(vec![agg.control_addr.to_string()]), id);
     let a = start_scraper(scraper("scraper-a")).await.expect("a");
     let b = start_scraper(scraper("scraper-b")).await.expect("b");
     let all: BTreeSet<String> = fleet.iter().map(|h| h.name.clone()).collect();

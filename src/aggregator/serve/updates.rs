@@ -250,20 +250,8 @@ mod tests {
 
     use super::*;
     use crate::aggregator::AggregatorState;
-    use crate::model::{Endpoint, EndpointId, EndpointMetrics, MetricsSample};
-    use crate::protocol::MetricsScraped;
-
-    fn scraped(id: &str, queued: u64) -> MetricsScraped {
-        MetricsScraped {
-            endpoint: EndpointId::new(id),
-            sample: Arc::new(MetricsSample {
-                metrics: EndpointMetrics { queued: Some(queued), ..Default::default() },
-                scraped_at: SystemTime::UNIX_EPOCH,
-                errors: vec![],
-            }),
-            latency: Duration::ZERO,
-        }
-    }
+    use crate::aggregator::state::tests::scraped;
+    use crate::model::{Endpoint, EndpointId};
 
     /// What the aggregator actor does per publish, without the actor.
     fn publish(state: &mut AggregatorState, log: &RoutedLog) -> Arc<Snapshot> {

@@ -17,7 +17,8 @@ fn ep(id: &str, addr: &str) -> Endpoint {
     }
 }
 
-fn scraped(id: &str, queued: u64) -> MetricsScraped {
+/// A scrape of `id` with `queued` waiting requests (also used by the update-sharing tests).
+pub(in crate::aggregator) fn scraped(id: &str, queued: u64) -> MetricsScraped {
     MetricsScraped {
         endpoint: EndpointId::new(id),
         sample: Arc::new(MetricsSample {
