@@ -22,6 +22,8 @@ pub mod prefix;
 mod score;
 pub use score::host;
 #[cfg(test)]
+mod recorded;
+#[cfg(test)]
 mod tests;
 
 use std::time::SystemTime;
