@@ -1,6 +1,8 @@
 //! Scheduling decision time with the default config at 10 to 10,000 endpoints, for a 1 KB and a
-//! 200 KB chat prompt (one thread), then picks per second with 1, 2 and 8 threads sharing one
-//! picker's prefix index. `cargo bench --bench schedule` (`-- --quick`: fewer iterations).
+//! 200 KB chat prompt (one thread), reading the picker's own view (snapshot columns and counters)
+//! as its ext-proc streams do; the time to build that view from a snapshot; then picks per second
+//! with 1, 2 and 8 threads sharing one picker's prefix index. `cargo bench --bench schedule`
+//! (`-- --quick`: fewer iterations).
 #![allow(clippy::disallowed_types, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -13,7 +15,7 @@ use switchyard::config::EndpointPickerConfig;
 use switchyard::model::Snapshot;
 use switchyard::picker::request::{ApiKind, parse_body};
 use switchyard::picker::view::{PickerView, ViewBuilder};
-use switchyard::scheduling::{LocalLoad, PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
+use switchyard::scheduling::{PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
 
 fn snapshot(n: usize) -> Snapshot {
     switchyard::tools::loadgen::synthetic_snapshot(n)
@@ -42,19 +44,22 @@ fn pick(scheduler: &Scheduler, view: &View<'_>, all: &[usize], body: &[u8], rng:
     view.prefix.insert(id, &d.prefix_hashes, scheduler.prefix_capacity(view.snapshot, primary));
 }
 
+/// What a picker's stream reads: its view's snapshot, columns and counters.
+fn view<'a>(picker: &'a PickerView, prefix: &'a PrefixIndex, now: SystemTime) -> View<'a> {
+    View { snapshot: &picker.snapshot, columns: &picker.columns, local: picker, prefix, now }
+}
+
+fn picker_view(snap: Arc<Snapshot>) -> PickerView {
+    ViewBuilder::default().next(&PickerView::empty(), snap).unwrap()
+}
+
 /// A prefix index warmed with 64 prompts routed across the pool.
-fn warm_index(
-    scheduler: &Scheduler,
-    snap: &Snapshot,
-    local: &[LocalLoad],
-    size: usize,
-    now: SystemTime,
-) -> PrefixIndex {
+fn warm_index(scheduler: &Scheduler, picker: &PickerView, size: usize, now: SystemTime) -> PrefixIndex {
     let prefix = PrefixIndex::new();
-    let all: Vec<usize> = (0..snap.endpoints.len()).collect();
+    let all: Vec<usize> = (0..picker.snapshot.endpoints.len()).collect();
     let mut rng = SmallRng::seed_from_u64(1);
     for v in 0..64 {
-        let view = View { snapshot: snap, local, prefix: &prefix, now };
+        let view = view(picker, &prefix, now);
         pick(scheduler, &view, &all, &chat_body(size, v), &mut rng);
     }
     prefix
@@ -63,15 +68,22 @@ fn warm_index(
 fn single_thread(scheduler: &Scheduler, now: SystemTime, quick: bool) {
     println!(
         "{:>9} {:>7} | {:>26} | {:>26} | {:>14}",
-        "endpoints", "prompt", "schedule() p50 / p99 (us)", "parse+schedule p50 / p99 (us)", "local_loads p50"
+        "endpoints", "prompt", "schedule() p50 / p99 (us)", "parse+schedule p50 / p99 (us)", "view build (ms)"
     );
     for n in [10, 100, 1000, 10_000] {
         let snap = Arc::new(snapshot(n));
-        let picker_view: PickerView = ViewBuilder::default().next(&PickerView::empty(), snap.clone()).unwrap();
-        let local = picker_view.local_loads();
+        // The picker's work per snapshot: counters and columns (best of 5).
+        let build = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(picker_view(snap.clone()));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min);
+        let picker = picker_view(snap.clone());
         let all: Vec<usize> = (0..n).collect();
         for size in [1024, 200 * 1024] {
-            let prefix = warm_index(scheduler, &snap, &local, size, now);
+            let prefix = warm_index(scheduler, &picker, size, now);
             let mut rng = SmallRng::seed_from_u64(1);
             let bodies: Vec<Vec<u8>> = (0..32).map(|v| chat_body(size, 1000 + v)).collect();
             let mut iters = if size > 10_000 { 3_000 } else { 20_000 };
@@ -81,14 +93,13 @@ fn single_thread(scheduler: &Scheduler, now: SystemTime, quick: bool) {
             if quick {
                 iters /= 10;
             }
-            let (mut sched, mut full, mut loads) =
-                (Vec::with_capacity(iters), Vec::with_capacity(iters), Vec::with_capacity(iters));
+            let (mut sched, mut full) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
             for i in 0..iters {
                 let body = &bodies[i % bodies.len()];
                 let t0 = Instant::now();
                 let parsed = parse_body(black_box(body), ApiKind::ChatCompletions).unwrap();
                 let t1 = Instant::now();
-                let view = View { snapshot: &snap, local: &local, prefix: &prefix, now };
+                let view = view(&picker, &prefix, now);
                 let req = RequestFeatures {
                     target_model: &parsed.model,
                     prefix_input: &parsed.prefix_input,
@@ -97,23 +108,20 @@ fn single_thread(scheduler: &Scheduler, now: SystemTime, quick: bool) {
                 let d = scheduler.schedule(&view, &all, &req, &mut rng).unwrap();
                 let t2 = Instant::now();
                 black_box(d);
-                black_box(picker_view.local_loads());
-                let t3 = Instant::now();
                 sched.push((t2 - t1).as_secs_f64() * 1e6);
                 full.push((t2 - t0).as_secs_f64() * 1e6);
-                loads.push((t3 - t2).as_secs_f64() * 1e6);
             }
-            for v in [&mut sched, &mut full, &mut loads] {
+            for v in [&mut sched, &mut full] {
                 v.sort_by(f64::total_cmp);
             }
             println!(
-                "{n:>9} {:>6}K | {:>12.1} / {:>11.1} | {:>12.1} / {:>11.1} | {:>14.1}",
+                "{n:>9} {:>6}K | {:>12.1} / {:>11.1} | {:>12.1} / {:>11.1} | {:>14.2}",
                 size / 1024,
                 pct(&sched, 50.0),
                 pct(&sched, 99.0),
                 pct(&full, 50.0),
                 pct(&full, 99.0),
-                pct(&loads, 50.0)
+                build
             );
         }
     }
@@ -130,24 +138,23 @@ fn contention(scheduler: &Scheduler, now: SystemTime, quick: bool) {
     );
     let size = 1024;
     for n in [1000, 10_000] {
-        let snap = snapshot(n);
-        let local = vec![LocalLoad::default(); n];
+        let picker = picker_view(Arc::new(snapshot(n)));
         let all: Vec<usize> = (0..n).collect();
         let per_thread = if quick { 300 } else { 3_000 } / if n >= 10_000 { 5 } else { 1 };
         for threads in [1, 2, 8] {
             let mut row = Vec::new();
             for global in [false, true] {
-                let prefix = warm_index(scheduler, &snap, &local, size, now);
+                let prefix = warm_index(scheduler, &picker, size, now);
                 let lock = Mutex::new(());
                 let started = Instant::now();
                 let mut lat: Vec<f64> = std::thread::scope(|scope| {
                     let handles: Vec<_> = (0..threads)
                         .map(|t| {
-                            let (prefix, snap, local, all, lock) = (&prefix, &snap, &local, &all, &lock);
+                            let (prefix, picker, all, lock) = (&prefix, &picker, &all, &lock);
                             scope.spawn(move || {
                                 let mut rng = SmallRng::seed_from_u64(t as u64);
                                 let bodies: Vec<Vec<u8>> = (0..32).map(|v| chat_body(size, t * 100 + v)).collect();
-                                let view = View { snapshot: snap, local, prefix, now };
+                                let view = view(picker, prefix, now);
                                 let mut lat = Vec::with_capacity(per_thread);
                                 for i in 0..per_thread {
                                     let t0 = Instant::now();

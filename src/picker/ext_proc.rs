@@ -379,7 +379,6 @@ impl StreamState {
             estimated_tokens,
             test_selection: self.header("test-epp-endpoint-selection"),
         };
-        let local = view.local_loads();
         let now = std::time::SystemTime::now();
         let mut rng = self.picker.rng();
         let span = super::trace::schedule_span(&self.span, &view, candidates.len());
@@ -387,7 +386,13 @@ impl StreamState {
         // No lock around the decision: the prefix index is shared (sharded inside), so streams
         // hash, look up and score in parallel.
         let (decision, explanation) = {
-            let v = View { snapshot: &view.snapshot, local: &local, prefix: &self.picker.prefix, now };
+            let v = View {
+                snapshot: &view.snapshot,
+                columns: &view.columns,
+                local: view.as_ref(),
+                prefix: &self.picker.prefix,
+                now,
+            };
             let decision = self.picker.scheduler.schedule_explained(&v, &candidates, &features, &mut rng, explain);
             if let Ok((d, _)) = &decision {
                 let primary = d.endpoints[0];

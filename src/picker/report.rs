@@ -22,7 +22,7 @@ pub fn build_report(picker: &Picker, picker_id: &str) -> pb::PickerReport {
     for (i, (state, c)) in view.snapshot.endpoints.iter().zip(&view.counters).enumerate() {
         let (requests, tokens) =
             (c.inflight_requests.load(Ordering::Relaxed), c.inflight_tokens.load(Ordering::Relaxed));
-        let (sent, scrape) = view.sent_since_scrape(i);
+        let (sent, scrape) = view.own_sent_since_scrape(i);
         c.reported_requests.store(requests, Ordering::Relaxed);
         c.reported_tokens.store(tokens, Ordering::Relaxed);
         c.reported_sent.store(sent, Ordering::Relaxed);

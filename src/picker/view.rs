@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::model::{EndpointId, Load, Snapshot, unix_micros};
-use crate::scheduling::LocalLoad;
+use crate::scheduling::{Columns, LocalLoads};
 
 /// This picker's counters for one endpoint; they survive snapshot changes.
 #[derive(Debug, Default)]
@@ -43,6 +43,8 @@ impl EndpointCounters {
 #[derive(Debug)]
 pub struct PickerView {
     pub snapshot: Arc<Snapshot>,
+    /// The snapshot's scored fields by field (built once here, read by every decision).
+    pub columns: Columns,
     /// Same order as `snapshot.endpoints`.
     pub counters: Vec<Arc<EndpointCounters>>,
     /// `picks` of each endpoint when its current metrics arrived.
@@ -58,6 +60,7 @@ impl PickerView {
     pub fn empty() -> Self {
         PickerView {
             snapshot: Snapshot::empty(),
+            columns: Columns::default(),
             counters: Vec::new(),
             baseline: Vec::new(),
             scraped_micros: Vec::new(),
@@ -67,42 +70,39 @@ impl PickerView {
 
     /// Requests this picker sent to endpoint `i` since its metrics were scraped, and when that
     /// scrape was taken (µs).
-    pub fn sent_since_scrape(&self, i: usize) -> (u64, i64) {
+    pub fn own_sent_since_scrape(&self, i: usize) -> (u64, i64) {
         (self.counters[i].picks.load(Ordering::Relaxed).saturating_sub(self.baseline[i]), self.scraped_micros[i])
-    }
-
-    /// The scheduler's input: sends since the endpoint's last scrape (this picker's, plus what the
-    /// other pickers reported) and in-flight load.
-    pub fn local_loads(&self) -> Vec<LocalLoad> {
-        self.counters
-            .iter()
-            .zip(&self.snapshot.endpoints)
-            .enumerate()
-            .map(|(i, (c, state))| LocalLoad {
-                sent_since_scrape: {
-                    let (mine, scrape) = self.sent_since_scrape(i);
-                    // The shared count holds this picker's own report when it refers to the
-                    // same scrape.
-                    let own = if c.reported_sent_scrape.load(Ordering::Relaxed) == scrape {
-                        c.reported_sent.load(Ordering::Relaxed)
-                    } else {
-                        0
-                    };
-                    // Saturating: the shared count comes from the wire (found by fuzzing).
-                    mine.saturating_add(state.shared_sent_since_scrape.saturating_sub(own))
-                },
-                // The snapshot's shared load already holds what this picker reported; count
-                // only the change since (the scorer adds the shared load and clamps at zero).
-                inflight: Load {
-                    requests: c.inflight_requests.load(Ordering::Relaxed) - c.reported_requests.load(Ordering::Relaxed),
-                    tokens: c.inflight_tokens.load(Ordering::Relaxed) - c.reported_tokens.load(Ordering::Relaxed),
-                },
-            })
-            .collect()
     }
 
     pub fn is_ready(&self) -> bool {
         !self.snapshot.endpoints.is_empty()
+    }
+}
+
+/// The scheduler's input, read in place for each candidate: sends since the endpoint's last
+/// scrape (this picker's, plus what the other pickers reported) and in-flight load.
+impl LocalLoads for PickerView {
+    fn sent_since_scrape(&self, i: usize) -> u64 {
+        let Some(c) = self.counters.get(i) else { return 0 };
+        let (mine, scrape) = self.own_sent_since_scrape(i);
+        // The shared count holds this picker's own report when it refers to the same scrape.
+        let own = if c.reported_sent_scrape.load(Ordering::Relaxed) == scrape {
+            c.reported_sent.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        // Saturating: the shared count comes from the wire (found by fuzzing).
+        mine.saturating_add(self.columns.shared_sent[i].saturating_sub(own))
+    }
+
+    /// The snapshot's shared load already holds what this picker reported; count only the change
+    /// since (the scheduler adds the shared load and clamps at zero).
+    fn inflight(&self, i: usize) -> Load {
+        let Some(c) = self.counters.get(i) else { return Load::default() };
+        Load {
+            requests: c.inflight_requests.load(Ordering::Relaxed) - c.reported_requests.load(Ordering::Relaxed),
+            tokens: c.inflight_tokens.load(Ordering::Relaxed) - c.reported_tokens.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -140,7 +140,8 @@ impl ViewBuilder {
         }
         // Forget endpoints that left the pool once nothing is in flight to them.
         self.counters.retain(|_, (c, _, _, listed)| *listed == view || c.inflight_requests.load(Ordering::Relaxed) > 0);
-        Some(PickerView { snapshot, counters, baseline, scraped_micros, tracked: self.counters.len() })
+        let columns = Columns::new(&snapshot);
+        Some(PickerView { snapshot, columns, counters, baseline, scraped_micros, tracked: self.counters.len() })
     }
 }
 
@@ -224,18 +225,18 @@ mod tests {
         let view = builder.next(&PickerView::empty(), snapshot(1, 100, 0)).expect("view");
         view.counters[0].start(0);
         view.counters[0].start(0);
-        assert_eq!(view.local_loads()[0].sent_since_scrape, 2);
-        assert_eq!(view.sent_since_scrape(0), (2, 100_000));
+        assert_eq!(view.local_load(0).sent_since_scrape, 2);
+        assert_eq!(view.own_sent_since_scrape(0), (2, 100_000));
         // The leader now says 5 were sent since that scrape, this picker's report not among them.
         let view = builder.next(&view, snapshot(2, 100, 5)).expect("view");
-        assert_eq!(view.local_loads()[0].sent_since_scrape, 7);
+        assert_eq!(view.local_load(0).sent_since_scrape, 7);
         // This picker reported its 2 against that scrape: they are part of the 5.
         view.counters[0].reported_sent.store(2, Ordering::Relaxed);
         view.counters[0].reported_sent_scrape.store(100_000, Ordering::Relaxed);
-        assert_eq!(view.local_loads()[0].sent_since_scrape, 5);
+        assert_eq!(view.local_load(0).sent_since_scrape, 5);
         // A new scrape: the count starts again.
         let view = builder.next(&view, snapshot(3, 150, 0)).expect("view");
-        assert_eq!(view.local_loads()[0].sent_since_scrape, 0);
-        assert_eq!(view.sent_since_scrape(0), (0, 150_000));
+        assert_eq!(view.local_load(0).sent_since_scrape, 0);
+        assert_eq!(view.own_sent_since_scrape(0), (0, 150_000));
     }
 }

@@ -17,6 +17,7 @@
 //!   picker then sends the same new prompt to the same endpoint before any of them has heard of
 //!   the others' routing, and different prompts still spread.
 
+mod columns;
 pub mod config;
 pub mod prefix;
 mod score;
@@ -33,6 +34,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use thiserror::Error;
 
+pub use columns::Columns;
 pub use config::{Detector, FilterKind, PickerKind, PrefixParams, Profile, SchedulerConfig, ScorerKind};
 pub use prefix::{PrefixIndex, hash_blocks};
 
@@ -99,34 +101,80 @@ pub enum ScheduleError {
     AllFiltered,
 }
 
-/// What a decision reads besides the request: the snapshot, this picker's counters (same order
-/// as the snapshot's endpoints; may be empty), the prefix index and the time.
+/// This picker's counters per snapshot endpoint, read by a decision for the candidates it scores
+/// (the picker reads its atomics in place rather than copying every endpoint's first).
+/// The two parts are read apart: a profile that reads only one does not pay for the other.
+pub trait LocalLoads {
+    /// [`LocalLoad::sent_since_scrape`] of snapshot endpoint `i`.
+    fn sent_since_scrape(&self, i: usize) -> u64;
+    /// [`LocalLoad::inflight`] of snapshot endpoint `i`.
+    fn inflight(&self, i: usize) -> Load;
+
+    fn local_load(&self, i: usize) -> LocalLoad {
+        LocalLoad { sent_since_scrape: self.sent_since_scrape(i), inflight: self.inflight(i) }
+    }
+}
+
+/// Counters in snapshot order; an index past the end has none.
+impl LocalLoads for [LocalLoad] {
+    fn sent_since_scrape(&self, i: usize) -> u64 {
+        self.get(i).map_or(0, |l| l.sent_since_scrape)
+    }
+
+    fn inflight(&self, i: usize) -> Load {
+        self.get(i).map_or_else(Load::default, |l| l.inflight)
+    }
+}
+
+impl LocalLoads for Vec<LocalLoad> {
+    fn sent_since_scrape(&self, i: usize) -> u64 {
+        self.as_slice().sent_since_scrape(i)
+    }
+
+    fn inflight(&self, i: usize) -> Load {
+        self.as_slice().inflight(i)
+    }
+}
+
+impl<const N: usize> LocalLoads for [LocalLoad; N] {
+    fn sent_since_scrape(&self, i: usize) -> u64 {
+        self.as_slice().sent_since_scrape(i)
+    }
+
+    fn inflight(&self, i: usize) -> Load {
+        self.as_slice().inflight(i)
+    }
+}
+
+/// No local load (a picker that sent nothing).
+impl LocalLoads for () {
+    fn sent_since_scrape(&self, _: usize) -> u64 {
+        0
+    }
+
+    fn inflight(&self, _: usize) -> Load {
+        Load::default()
+    }
+}
+
+/// What a decision reads besides the request: the snapshot and its columns, this picker's
+/// counters, the prefix index and the time.
 #[derive(Clone, Copy)]
 pub struct View<'a> {
     pub snapshot: &'a Snapshot,
-    pub local: &'a [LocalLoad],
+    /// [`Columns::new`] of `snapshot`.
+    pub columns: &'a Columns,
+    pub local: &'a dyn LocalLoads,
     pub prefix: &'a PrefixIndex,
     pub now: SystemTime,
-}
-
-/// Per-candidate facts the plugins read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub index: usize,
-    pub fresh: bool,
-    /// Waiting requests, plus what this picker sent since the scrape.
-    pub queued: f64,
-    pub running: f64,
-    pub kv_usage: f64,
-    pub inflight: Load,
-    pub prefix_match: usize,
-    pub score: f64,
 }
 
 pub struct Scheduler {
     pub config: SchedulerConfig,
     /// Told how long each plugin ran (index into [`Scheduler::plugins`]), when set.
     timer: Option<PluginTimer>,
+    /// The candidate fields the profile's plugins read.
+    needs: score::Needs,
 }
 
 /// Receives `(plugin index, time it took)` for every plugin that ran (the picker's
@@ -135,7 +183,8 @@ pub type PluginTimer = std::sync::Arc<dyn Fn(usize, std::time::Duration) + Send 
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler { config, timer: None }
+        let needs = score::Needs::of(&config.profile);
+        Scheduler { config, timer: None, needs }
     }
 
     /// Times every plugin from now on.
@@ -191,7 +240,7 @@ impl Scheduler {
         rng: &mut SmallRng,
         explain: bool,
     ) -> Result<(Decision, Option<Explanation>), ScheduleError> {
-        let View { snapshot, local, prefix, now } = *view;
+        let View { snapshot, columns, local, prefix, now } = *view;
         if candidates.is_empty() {
             return Err(ScheduleError::NoCandidates);
         }
@@ -204,35 +253,36 @@ impl Scheduler {
             self.config.prefix.max_blocks,
         );
         let matches = prefix.match_lengths(&prefix_hashes);
-        let fresh_after = now.checked_sub(self.config.staleness).unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut cands: Vec<Candidate> = candidates
-            .iter()
-            .map(|&i| {
-                let state = &snapshot.endpoints[i];
-                let l = local.get(i).copied().unwrap_or_default();
-                score::candidate(i, state, l, &matches, fresh_after)
-            })
-            .collect();
+        // (snapshot index, matched blocks), by index, for a binary search per candidate.
+        let mut matched: Vec<(usize, usize)> =
+            matches.iter().filter_map(|(id, n)| columns.index_of(id).map(|i| (i, *n))).collect();
+        matched.sort_unstable();
+        let fresh_after = columns::nanos(now.checked_sub(self.config.staleness).unwrap_or(SystemTime::UNIX_EPOCH));
+        let mut needs = self.needs;
+        if req.priority < 0 {
+            needs.detector(&self.config.detector);
+        }
+        let mut cands = score::Cands::gather(candidates, columns, local, &matched, fresh_after, needs);
 
-        if req.priority < 0 && score::saturation(&self.config.detector, snapshot, &cands, now) >= 1.0 {
+        if req.priority < 0 && score::saturation(&self.config.detector, columns, &cands, now) >= 1.0 {
             return Err(ScheduleError::Saturated);
         }
         let n_filters = self.config.profile.filters.len();
         for (i, f) in self.config.profile.filters.iter().enumerate() {
             let t = self.clock();
-            cands = score::filter(f, snapshot, cands, req, prefix_hashes.len(), now, rng);
+            score::filter(f, snapshot, columns, &mut cands, req, prefix_hashes.len(), now, rng);
             self.time(i, t);
             if cands.is_empty() {
                 return Err(ScheduleError::AllFiltered);
             }
         }
-        let load_agnostic = !cands.iter().any(|c| c.fresh);
+        let load_agnostic = !cands.fresh.iter().any(|f| *f);
         let unscored = explain.then(|| cands.clone());
         let mut total_weight = 0.0;
         for (i, scorer, weight) in self.active_scorers(load_agnostic) {
             total_weight += weight;
             let t = self.clock();
-            score::add_scores(scorer, weight, snapshot, &mut cands, req, prefix_hashes.len());
+            score::add_scores(scorer, weight, columns, &mut cands, req, prefix_hashes.len());
             self.time(n_filters + i, t);
         }
         // A prompt nobody is known to cache: ties follow its first block (see the module doc).
@@ -241,13 +291,14 @@ impl Scheduler {
         .then(|| prefix_hashes.first().copied())
         .flatten()
         .map(|h| (h, snapshot));
-        let totals: Option<Vec<(usize, f64)>> = explain.then(|| cands.iter().map(|c| (c.index, c.score)).collect());
+        let totals: Option<Vec<(usize, f64)>> =
+            explain.then(|| cands.index.iter().copied().zip(cands.score.iter().copied()).collect());
         let t = self.clock();
-        let endpoints = self.pick(&mut cands, total_weight, affinity, rng);
+        let endpoints = self.pick(&cands, total_weight, affinity, rng);
         self.time(n_filters + self.config.profile.scorers.len(), t);
         let explanation = match (unscored, totals, endpoints.first()) {
             (Some(unscored), Some(totals), Some(&primary)) => {
-                Some(self.explain(unscored, &totals, primary, load_agnostic, snapshot, req, prefix_hashes.len()))
+                Some(self.explain(unscored, &totals, primary, load_agnostic, columns, req, prefix_hashes.len()))
             }
             _ => None,
         };
@@ -261,11 +312,11 @@ impl Scheduler {
     #[allow(clippy::too_many_arguments)]
     fn explain(
         &self,
-        unscored: Vec<Candidate>,
+        unscored: score::Cands,
         totals: &[(usize, f64)],
         primary: usize,
         load_agnostic: bool,
-        snapshot: &Snapshot,
+        columns: &Columns,
         req: &RequestFeatures<'_>,
         total_blocks: usize,
     ) -> Explanation {
@@ -274,8 +325,8 @@ impl Scheduler {
         let mut scores = Vec::new();
         for (_, scorer, weight) in self.active_scorers(load_agnostic) {
             let mut one = unscored.clone();
-            score::add_scores(scorer, weight, snapshot, &mut one, req, total_blocks);
-            let of = |idx: usize| one.iter().find(|c| c.index == idx).map(|c| c.score);
+            score::add_scores(scorer, weight, columns, &mut one, req, total_blocks);
+            let of = |idx: usize| one.score_of(idx);
             scores.push((scorer.type_name(), of(primary).unwrap_or(0.0), runner_up.and_then(of)));
         }
         Explanation { considered: unscored.len(), runner_up, scores }
@@ -307,61 +358,66 @@ impl Scheduler {
 
     fn pick(
         &self,
-        cands: &mut [Candidate],
+        cands: &score::Cands,
         total_weight: f64,
         affinity: Option<(u64, &Snapshot)>,
         rng: &mut SmallRng,
     ) -> Vec<usize> {
+        let (index, score) = (&cands.index, &cands.score);
+        // Positions into the candidates, reordered as the picker ranks them.
+        let mut order: Vec<usize> = (0..index.len()).collect();
         match self.config.profile.picker {
             PickerKind::Random { n } => {
-                cands.shuffle(rng);
-                cands.iter().take(n).map(|c| c.index).collect()
+                order.shuffle(rng);
+                order.iter().take(n).map(|&c| index[c]).collect()
             }
             PickerKind::MaxScore { n } => {
                 // Totals within epsilon of the best are ties; one of them, chosen uniformly, is
                 // the primary. O(n): no sort unless fallbacks are wanted.
                 let eps = self.config.tie_epsilon * total_weight.max(1.0);
-                let best = cands.iter().map(|c| c.score).fold(f64::NEG_INFINITY, f64::max);
-                let tied = cands.iter().enumerate().filter(|(_, c)| c.score >= best - eps);
+                let best = score.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let tied = score.iter().enumerate().filter(|(_, s)| **s >= best - eps).map(|(c, _)| c);
                 let pos = match affinity {
                     Some((block, snapshot)) => tied
-                        .max_by_key(|(_, c)| {
+                        .max_by_key(|&c| {
                             xxhash_rust::xxh64::xxh64(
-                                snapshot.endpoints[c.index].endpoint.id.as_str().as_bytes(),
+                                snapshot.endpoints[index[c]].endpoint.id.as_str().as_bytes(),
                                 block,
                             )
                         })
-                        .map_or(0, |(i, _)| i),
+                        .unwrap_or(0),
                     None => {
                         // NaN scores (metrics from the wire) tie with nothing: then the first
                         // candidate, rather than a panic on an empty range (found by fuzzing).
                         let k = rng.random_range(0..tied.clone().count().max(1));
-                        tied.clone().nth(k).map_or(0, |(i, _)| i)
+                        tied.clone().nth(k).unwrap_or(0)
                     }
                 };
-                cands.swap(0, pos);
-                if n > 1 {
-                    let rest = &mut cands[1..];
-                    rest.shuffle(rng);
-                    rest.sort_by(|a, b| b.score.total_cmp(&a.score));
+                if n == 1 {
+                    return vec![index[pos]];
                 }
-                cands.iter().take(n).map(|c| c.index).collect()
+                order.swap(0, pos);
+                let rest = &mut order[1..];
+                rest.shuffle(rng);
+                rest.sort_by(|a, b| score[*b].total_cmp(&score[*a]));
+                order.iter().take(n).map(|&c| index[c]).collect()
             }
             PickerKind::WeightedRandom { n } => {
-                if cands.iter().all(|c| c.score <= 0.0) {
-                    cands.shuffle(rng);
-                    return cands.iter().take(n).map(|c| c.index).collect();
+                if score.iter().all(|s| *s <= 0.0) {
+                    order.shuffle(rng);
+                    return order.iter().take(n).map(|&c| index[c]).collect();
                 }
-                let mut keyed: Vec<(f64, usize)> = cands
+                let mut keyed: Vec<(f64, usize)> = index
                     .iter()
-                    .map(|c| {
-                        let key = if c.score <= 0.0 {
+                    .zip(score)
+                    .map(|(&i, &s)| {
+                        let key = if s <= 0.0 {
                             0.0
                         } else {
                             let u: f64 = rng.random::<f64>().max(1e-10);
-                            u.powf(1.0 / c.score)
+                            u.powf(1.0 / s)
                         };
-                        (key, c.index)
+                        (key, i)
                     })
                     .collect();
                 keyed.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -82,7 +82,7 @@ fn endpoint(rng: &mut SmallRng, i: usize) -> EndpointState {
     let age = Duration::from_millis(ages[rng.random_range(0..ages.len())]);
     EndpointState {
         endpoint: Endpoint {
-            id: EndpointId::new(&format!("pod-{i}")),
+            id: EndpointId::new(format!("pod-{i}")),
             address: format!("10.0.{}.{}:8000", i / 4, i % 4),
             metrics_url: String::new(),
             engine: "vllm".into(),
@@ -132,6 +132,7 @@ fn decisions() -> String {
                 objectives: Default::default(),
                 publish_span: None,
             };
+            let columns = Columns::new(&snapshot);
             let loads: Vec<LocalLoad> =
                 if rng.random_bool(0.2) { Vec::new() } else { (0..n).map(|_| local(&mut rng)).collect() };
             for r in 0..10 {
@@ -154,7 +155,7 @@ fn decisions() -> String {
                     (0..n).filter(|_| rng.random_bool(0.6)).collect()
                 };
                 let explain = rng.random_bool(0.2);
-                let view = View { snapshot: &snapshot, local: &loads, prefix: &prefix, now: now() };
+                let view = View { snapshot: &snapshot, columns: &columns, local: &loads, prefix: &prefix, now: now() };
                 let mut seeded = SmallRng::seed_from_u64(rng.random());
                 let _ = write!(out, "{p} {s} {r} ");
                 match scheduler.schedule_explained(&view, &candidates, &req, &mut seeded, explain) {

@@ -1,129 +1,269 @@
-//! Filters, scorers and saturation, as free functions over candidates.
+//! Filters, scorers and saturation over the candidates, held by field ([`Cands`]): each plugin
+//! runs one tight loop over the fields it reads, and only the fields some plugin of the profile
+//! reads are gathered at all.
 
 use std::time::SystemTime;
 
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use super::config::{Detector, FilterKind, ScorerKind};
-use super::{Candidate, LocalLoad, RequestFeatures};
-use crate::model::{EndpointId, EndpointState, Load, Snapshot};
+use super::columns::{Columns, nanos};
+use super::config::{Detector, FilterKind, Profile, ScorerKind};
+use super::{LocalLoads, RequestFeatures};
+use crate::model::{Load, Snapshot};
 
-pub(super) fn candidate(
-    index: usize,
-    state: &EndpointState,
-    local: LocalLoad,
-    matches: &[(EndpointId, usize)],
-    fresh_after: SystemTime,
-) -> Candidate {
-    let sample = state.metrics.sample();
-    // Scraped at or after `now - staleness` (a clock step backwards counts as fresh).
-    let fresh = sample.is_some_and(|s| s.scraped_at >= fresh_after);
-    let m = sample.map(|s| &s.metrics);
-    let prefix_match = matches.iter().find(|(id, _)| *id == state.endpoint.id).map_or(0, |(_, n)| *n);
-    Candidate {
-        index,
-        fresh,
-        // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
-        // idle to a scorer because its page lacked the metric.
-        queued: m.and_then(|m| m.queued).map_or(f64::NAN, |q| q as f64 + local.sent_since_scrape as f64),
-        running: m.and_then(|m| m.running).map_or(f64::NAN, |r| r as f64),
-        kv_usage: m.and_then(|m| m.kv_usage).unwrap_or(f64::NAN),
-        // Saturating: the shared load comes from the wire (found by fuzzing).
-        inflight: Load {
-            requests: local.inflight.requests.saturating_add(state.shared_load.requests).max(0),
-            tokens: local.inflight.tokens.saturating_add(state.shared_load.tokens).max(0),
-        },
-        prefix_match,
-        score: 0.0,
+/// The candidate fields a decision reads, from its profile (and the request's priority: a
+/// sheddable one is checked against the saturation detector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Needs {
+    queued: bool,
+    running: bool,
+    kv_usage: bool,
+    inflight: bool,
+    prefix: bool,
+}
+
+impl Needs {
+    pub(super) fn of(profile: &Profile) -> Self {
+        let mut needs = Needs::default();
+        for f in &profile.filters {
+            match f {
+                FilterKind::Detector(d) => needs.detector(d),
+                FilterKind::PrefixAffinity { .. } => needs.prefix = true,
+                FilterKind::HeaderBasedTesting => {}
+            }
+        }
+        for (s, _) in &profile.scorers {
+            match s {
+                ScorerKind::Queue => needs.queued = true,
+                ScorerKind::KvCache => needs.kv_usage = true,
+                ScorerKind::RunningRequests => needs.running = true,
+                ScorerKind::PrefixCache => needs.prefix = true,
+                ScorerKind::TokenLoad { .. } => needs.inflight = true,
+                ScorerKind::LoraAffinity => {}
+            }
+        }
+        needs
     }
+
+    /// What `detector` reads (a filter, or the saturation check of a sheddable request).
+    pub(super) fn detector(&mut self, detector: &Detector) {
+        match detector {
+            Detector::Utilization { .. } => (self.queued, self.kv_usage) = (true, true),
+            Detector::Concurrency { .. } => self.inflight = true,
+        }
+    }
+}
+
+/// The candidates by field, in the order given. A field no plugin of the profile reads is left
+/// empty (see [`Needs`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Cands {
+    /// Snapshot indices.
+    pub(super) index: Vec<usize>,
+    /// Scraped within the staleness threshold.
+    pub(super) fresh: Vec<bool>,
+    /// Waiting requests, plus what the pickers sent since the scrape (NaN: unknown).
+    queued: Vec<f64>,
+    running: Vec<f64>,
+    kv_usage: Vec<f64>,
+    /// In flight: this picker's change since its report plus the shared load, clamped at zero.
+    inflight: Vec<Load>,
+    /// Blocks of the request the endpoint is known to cache.
+    prefix: Vec<u32>,
+    pub(super) score: Vec<f64>,
+}
+
+impl Cands {
+    /// Gathers `candidates` from the columns and this picker's counters. `matched` is (snapshot
+    /// index, matched blocks); `fresh_after` the oldest scrape time (ns) that counts as fresh.
+    pub(super) fn gather(
+        candidates: &[usize],
+        columns: &Columns,
+        local: &dyn LocalLoads,
+        matched: &[(usize, usize)],
+        fresh_after: i64,
+        needs: Needs,
+    ) -> Self {
+        let each = |f: &dyn Fn(usize) -> f64| -> Vec<f64> { candidates.iter().map(|&i| f(i)).collect() };
+        let mut c = Cands {
+            index: candidates.to_vec(),
+            // Scraped at or after `now - staleness` (a clock step backwards counts as fresh).
+            fresh: candidates.iter().map(|&i| columns.fresh(i, fresh_after)).collect(),
+            score: vec![0.0; candidates.len()],
+            ..Cands::default()
+        };
+        if needs.queued {
+            // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
+            // idle to a scorer because its page lacked the metric. NaN stays NaN with the sends.
+            c.queued = each(&|i| columns.queued[i] + local.sent_since_scrape(i) as f64);
+        }
+        if needs.running {
+            c.running = each(&|i| columns.running[i]);
+        }
+        if needs.kv_usage {
+            c.kv_usage = each(&|i| columns.kv_usage[i]);
+        }
+        if needs.inflight {
+            c.inflight = candidates
+                .iter()
+                .map(|&i| {
+                    let (mine, shared) = (local.inflight(i), columns.shared[i]);
+                    // Saturating: the shared load comes from the wire (found by fuzzing).
+                    Load {
+                        requests: mine.requests.saturating_add(shared.requests).max(0),
+                        tokens: mine.tokens.saturating_add(shared.tokens).max(0),
+                    }
+                })
+                .collect();
+        }
+        if needs.prefix {
+            c.prefix = if matched.is_empty() {
+                vec![0; candidates.len()]
+            } else {
+                let mut by_index = vec![0u32; columns.len()];
+                for &(i, n) in matched {
+                    by_index[i] = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                candidates.iter().map(|&i| by_index[i]).collect()
+            };
+        }
+        c
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Keeps the candidates whose `keep` is true, in order.
+    fn retain(&mut self, keep: &[bool]) {
+        fn column<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
+            if !v.is_empty() {
+                let mut k = keep.iter();
+                v.retain(|_| k.next().copied().unwrap_or(false));
+            }
+        }
+        column(&mut self.index, keep);
+        column(&mut self.fresh, keep);
+        column(&mut self.queued, keep);
+        column(&mut self.running, keep);
+        column(&mut self.kv_usage, keep);
+        column(&mut self.inflight, keep);
+        column(&mut self.prefix, keep);
+        column(&mut self.score, keep);
+    }
+
+    /// Keeps the candidates `keep` accepts; when it accepts none, all of them (fail open).
+    fn retain_or_all(&mut self, keep: Vec<bool>) {
+        if keep.iter().any(|k| *k) {
+            self.retain(&keep);
+        }
+    }
+
+    /// Score of the candidate at snapshot index `index`.
+    pub(super) fn score_of(&self, index: usize) -> Option<f64> {
+        self.index.iter().position(|&i| i == index).map(|at| self.score[at])
+    }
+}
+
+/// Scraped within `staleness` of `now` (a scrape from the future counts as fresh).
+fn within(columns: &Columns, index: usize, now: SystemTime, staleness: std::time::Duration) -> bool {
+    let staleness = i64::try_from(staleness.as_nanos()).unwrap_or(i64::MAX);
+    columns.fresh(index, nanos(now).saturating_sub(staleness))
 }
 
 /// Pool saturation over the candidates (≥ 1.0 means saturated).
-pub(super) fn saturation(detector: &Detector, snapshot: &Snapshot, cands: &[Candidate], now: SystemTime) -> f64 {
+pub(super) fn saturation(detector: &Detector, columns: &Columns, cands: &Cands, now: SystemTime) -> f64 {
     if cands.is_empty() {
         return 1.0;
     }
-    let sum: f64 = cands.iter().map(|c| endpoint_saturation(detector, snapshot, c, now)).sum();
-    match detector {
-        Detector::Utilization { .. } => sum / cands.len() as f64,
-        Detector::Concurrency { .. } => sum / cands.len() as f64,
-    }
+    let sum: f64 = (0..cands.len()).map(|c| endpoint_saturation(detector, columns, cands, c, now)).sum();
+    sum / cands.len() as f64
 }
 
-fn endpoint_saturation(detector: &Detector, snapshot: &Snapshot, c: &Candidate, now: SystemTime) -> f64 {
+fn endpoint_saturation(detector: &Detector, columns: &Columns, cands: &Cands, c: usize, now: SystemTime) -> f64 {
     match *detector {
         Detector::Utilization { queue_threshold, kv_threshold, staleness, .. } => {
-            let fresh = snapshot.endpoints[c.index].metrics.age(now).is_some_and(|a| a <= staleness);
-            if !fresh {
+            if !within(columns, cands.index[c], now, staleness) {
                 return 1.0;
             }
             // f64::max ignores an unknown (NaN) side; both unknown count as saturated.
-            let s = (c.queued / queue_threshold).max(c.kv_usage / kv_threshold);
+            let s = (cands.queued[c] / queue_threshold).max(cands.kv_usage[c] / kv_threshold);
             if s.is_nan() { 1.0 } else { s }
         }
         Detector::Concurrency { tokens, max_requests, max_tokens, .. } => {
             if tokens {
-                c.inflight.tokens as f64 / max_tokens
+                cands.inflight[c].tokens as f64 / max_tokens
             } else {
-                c.inflight.requests as f64 / max_requests
+                cands.inflight[c].requests as f64 / max_requests
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn filter(
     f: &FilterKind,
     snapshot: &Snapshot,
-    cands: Vec<Candidate>,
+    columns: &Columns,
+    cands: &mut Cands,
     req: &RequestFeatures<'_>,
     total_blocks: usize,
     now: SystemTime,
     rng: &mut SmallRng,
-) -> Vec<Candidate> {
+) {
     match f {
         FilterKind::Detector(Detector::Utilization { queue_threshold, kv_threshold, staleness, headroom }) => {
             let (q_limit, kv_limit) = (queue_threshold * (1.0 + headroom), kv_threshold * (1.0 + headroom));
-            let kept: Vec<Candidate> = cands
-                .iter()
-                .filter(|c| {
-                    let fresh = snapshot.endpoints[c.index].metrics.age(now).is_some_and(|a| a <= *staleness);
-                    fresh && c.queued < q_limit && c.kv_usage < kv_limit
+            let c = &*cands;
+            let keep = (0..c.len())
+                .map(|i| {
+                    within(columns, c.index[i], now, *staleness) && c.queued[i] < q_limit && c.kv_usage[i] < kv_limit
                 })
-                .cloned()
                 .collect();
             // Fail open, as upstream: nothing passes → keep everything.
-            if kept.is_empty() { cands } else { kept }
+            cands.retain_or_all(keep);
         }
-        FilterKind::Detector(Detector::Concurrency { tokens, max_requests, max_tokens, headroom }) => cands
-            .into_iter()
-            .filter(|c| {
-                if *tokens {
-                    (c.inflight.tokens as f64) < (max_tokens * (1.0 + headroom)).floor()
-                } else {
-                    (c.inflight.requests as f64) < (max_requests * (1.0 + headroom)).floor()
-                }
-            })
-            .collect(),
+        FilterKind::Detector(Detector::Concurrency { tokens, max_requests, max_tokens, headroom }) => {
+            let keep: Vec<bool> = cands
+                .inflight
+                .iter()
+                .map(|l| {
+                    if *tokens {
+                        (l.tokens as f64) < (max_tokens * (1.0 + headroom)).floor()
+                    } else {
+                        (l.requests as f64) < (max_requests * (1.0 + headroom)).floor()
+                    }
+                })
+                .collect();
+            cands.retain(&keep);
+        }
         FilterKind::HeaderBasedTesting => {
-            let Some(list) = req.test_selection else { return Vec::new() };
-            let wanted: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-            cands
-                .into_iter()
-                .filter(|c| {
-                    let addr = snapshot.endpoints[c.index].endpoint.address.as_str();
+            let wanted: Vec<&str> = match req.test_selection {
+                Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+                None => Vec::new(),
+            };
+            let keep: Vec<bool> = cands
+                .index
+                .iter()
+                .map(|&i| {
+                    let addr = snapshot.endpoints[i].endpoint.address.as_str();
                     let ip = host(addr);
                     wanted.iter().any(|w| *w == addr || w.trim_start_matches('[').trim_end_matches(']') == ip)
                 })
-                .collect()
+                .collect();
+            cands.retain(&keep);
         }
         FilterKind::PrefixAffinity { threshold, exploration } => {
             if total_blocks == 0 || rng.random_bool(exploration.clamp(0.0, 1.0)) {
-                return cands;
+                return;
             }
-            let kept: Vec<Candidate> =
-                cands.iter().filter(|c| c.prefix_match as f64 / total_blocks as f64 >= *threshold).cloned().collect();
-            if kept.is_empty() { cands } else { kept }
+            let keep = cands.prefix.iter().map(|n| f64::from(*n) / total_blocks as f64 >= *threshold).collect();
+            cands.retain_or_all(keep);
         }
     }
 }
@@ -143,84 +283,83 @@ pub fn host(addr: &str) -> &str {
 pub(super) fn add_scores(
     s: ScorerKind,
     weight: f64,
-    snapshot: &Snapshot,
-    cands: &mut [Candidate],
+    columns: &Columns,
+    cands: &mut Cands,
     req: &RequestFeatures<'_>,
     total_blocks: usize,
 ) {
-    let add = |c: &mut Candidate, v: f64| c.score += weight * v.clamp(0.0, 1.0);
+    let add = |score: &mut f64, v: f64| *score += weight * v.clamp(0.0, 1.0);
+    let Cands { index, fresh, queued, running, kv_usage, inflight, prefix, score } = cands;
     match s {
-        ScorerKind::Queue => min_max(cands, |c| c.queued, add),
-        ScorerKind::RunningRequests => min_max(cands, |c| c.running, add),
-        ScorerKind::KvCache => cands.iter_mut().for_each(|c| {
-            let v = if c.fresh && !c.kv_usage.is_nan() { 1.0 - c.kv_usage } else { 0.0 };
-            add(c, v)
-        }),
-        ScorerKind::PrefixCache => {
-            if total_blocks > 0 {
-                cands.iter_mut().for_each(|c| {
-                    let v = c.prefix_match as f64 / total_blocks as f64;
-                    add(c, v)
-                });
+        ScorerKind::Queue => min_max(fresh, queued, score, add),
+        ScorerKind::RunningRequests => min_max(fresh, running, score, add),
+        ScorerKind::KvCache => {
+            for ((score, fresh), kv) in score.iter_mut().zip(fresh.iter()).zip(kv_usage.iter()) {
+                let v = if *fresh && !kv.is_nan() { 1.0 - kv } else { 0.0 };
+                add(score, v)
             }
         }
-        ScorerKind::TokenLoad { threshold_tokens } => cands.iter_mut().for_each(|c| {
-            let t = c.inflight.tokens as f64;
-            let v = if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens };
-            add(c, v)
-        }),
-        ScorerKind::LoraAffinity => cands.iter_mut().for_each(|c| {
-            let m = snapshot.endpoints[c.index].metrics.sample().map(|s| &s.metrics);
-            let running = m.and_then(|m| m.running_lora.as_deref()).unwrap_or_default();
-            let waiting = m.and_then(|m| m.waiting_lora.as_deref()).unwrap_or_default();
-            let model = req.target_model;
-            // An engine that reports no LoRA state at all (SGLang, Triton pages) is unknown, not
-            // full: upstream scores it 0, which steers every request of a mixed pool, base-model
-            // ones included, onto the engines that do report (found by `bench routing`'s
-            // heterogeneous workload). It gets the score of a free slot.
-            let Some(max) = m.and_then(|m| m.max_lora).map(|x| x as usize) else {
-                add(c, 0.8);
-                return;
-            };
-            let v = if running.iter().any(|a| a == model) {
-                1.0
-            } else if distinct(running, waiting) < max {
-                0.8
-            } else if waiting.iter().any(|a| a == model) {
-                0.6
-            } else {
-                0.0
-            };
-            add(c, v)
-        }),
+        ScorerKind::PrefixCache => {
+            if total_blocks > 0 {
+                for (score, n) in score.iter_mut().zip(prefix.iter()) {
+                    add(score, f64::from(*n) / total_blocks as f64)
+                }
+            }
+        }
+        ScorerKind::TokenLoad { threshold_tokens } => {
+            for (score, l) in score.iter_mut().zip(inflight.iter()) {
+                let t = l.tokens as f64;
+                let v = if t <= 0.0 { 1.0 } else { 1.0 - t.min(threshold_tokens) / threshold_tokens };
+                add(score, v)
+            }
+        }
+        ScorerKind::LoraAffinity => {
+            let lora = &columns.lora;
+            let adapter = lora.adapter(req.target_model);
+            for (score, &i) in score.iter_mut().zip(index.iter()) {
+                let slot = &lora.slots[i];
+                // An engine that reports no LoRA state at all (SGLang, Triton pages) is unknown,
+                // not full: upstream scores it 0, which steers every request of a mixed pool,
+                // base-model ones included, onto the engines that do report (found by `bench
+                // routing`'s heterogeneous workload). It gets the score of a free slot.
+                let Some(max) = slot.max else {
+                    add(score, 0.8);
+                    continue;
+                };
+                let v = if adapter.is_some_and(|a| lora.running(slot, a)) {
+                    1.0
+                } else if slot.distinct < max as usize {
+                    0.8
+                } else if adapter.is_some_and(|a| lora.waiting(slot, a)) {
+                    0.6
+                } else {
+                    0.0
+                };
+                add(score, v)
+            }
+        }
     }
-}
-
-fn distinct(a: &[String], b: &[String]) -> usize {
-    let mut all: Vec<&str> = a.iter().chain(b).map(String::as_str).collect();
-    all.sort_unstable();
-    all.dedup();
-    all.len()
 }
 
 /// Upstream's min-max normalization (lower is better) over fresh candidates; stale or unknown
 /// ones score 0, the worst.
-fn min_max(cands: &mut [Candidate], value: impl Fn(&Candidate) -> f64, add: impl Fn(&mut Candidate, f64)) {
+fn min_max(fresh: &[bool], value: &[f64], score: &mut [f64], add: impl Fn(&mut f64, f64)) {
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for c in cands.iter().filter(|c| c.fresh && !value(c).is_nan()) {
-        let v = value(c);
-        min = min.min(v);
-        max = max.max(v);
+    for (v, f) in value.iter().zip(fresh) {
+        if *f && !v.is_nan() {
+            min = min.min(*v);
+            max = max.max(*v);
+        }
     }
-    for c in cands.iter_mut() {
+    for ((score, v), f) in score.iter_mut().zip(value).zip(fresh) {
         // Stale, or the value was missing from the page: the worst score, as never scraped.
-        let v = if !c.fresh || value(c).is_nan() {
+        let v = if !*f || v.is_nan() {
             0.0
         } else if max <= min {
             1.0
         } else {
-            (max - value(c)) / (max - min)
+            (max - v) / (max - min)
         };
-        add(c, v);
+        add(score, v);
     }
 }

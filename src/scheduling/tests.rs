@@ -71,8 +71,10 @@ fn run(
     prefix: &PrefixIndex,
     seed: u64,
 ) -> Result<Decision, ScheduleError> {
+    let local = local.to_vec();
     let all: Vec<usize> = (0..snap.endpoints.len()).collect();
-    let view = View { snapshot: snap, local, prefix, now: now() };
+    let columns = Columns::new(snap);
+    let view = View { snapshot: snap, columns: &columns, local: &local, prefix, now: now() };
     s.schedule(&view, &all, req, &mut SmallRng::seed_from_u64(seed))
 }
 
@@ -232,6 +234,7 @@ fn pickers_sharing_a_snapshot_do_not_pile_up() {
         state("dddd", Some(metrics(2, 0.30)), Duration::ZERO),
     ]);
     let s = default_scheduler();
+    let columns = Columns::new(&snap);
     let (pickers, per_picker) = (4, 10);
     let mut naive = [0usize; 4];
     let mut counted = [0usize; 4];
@@ -241,7 +244,7 @@ fn pickers_sharing_a_snapshot_do_not_pile_up() {
         for _ in 0..per_picker {
             let all = [0, 1, 2, 3];
             let empty = PrefixIndex::new();
-            let view = View { snapshot: &snap, local: &[], prefix: &empty, now: now() };
+            let view = View { snapshot: &snap, columns: &columns, local: &(), prefix: &empty, now: now() };
             let d = s.schedule(&view, &all, &req("m"), &mut rng).expect("naive");
             naive[d.endpoints[0]] += 1;
             let view = View { local: &local, ..view };
@@ -388,7 +391,8 @@ fn an_explanation_names_each_scorer_and_adds_up_to_the_decision() {
     ]);
     let all: Vec<usize> = (0..3).collect();
     let prefix = PrefixIndex::new();
-    let view = View { snapshot: &snap, local: &[], prefix: &prefix, now: now() };
+    let columns = Columns::new(&snap);
+    let view = View { snapshot: &snap, columns: &columns, local: &(), prefix: &prefix, now: now() };
     let (decision, explanation) =
         s.schedule_explained(&view, &all, &req("m"), &mut SmallRng::seed_from_u64(1), true).expect("scheduled");
     let e = explanation.expect("explained");

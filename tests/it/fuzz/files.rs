@@ -146,9 +146,10 @@ fn decide(scheduler: Scheduler) -> Result<(), String> {
     };
     let prefix = PrefixIndex::new();
     let local = [LocalLoad::default(); 3];
+    let columns = switchyard::scheduling::Columns::new(&snapshot);
     let mut rng = SmallRng::seed_from_u64(1);
     for _ in 0..2 {
-        let view = View { snapshot: &snapshot, local: &local, prefix: &prefix, now };
+        let view = View { snapshot: &snapshot, columns: &columns, local: &local, prefix: &prefix, now };
         if let Ok(d) = scheduler.schedule(&view, &[0, 1, 2], &req, &mut rng) {
             let Some(&primary) = d.endpoints.first().filter(|_| d.endpoints.iter().all(|&i| i < 3)) else {
                 return Err(format!("decision names no endpoint of the pool: {d:?}"));

@@ -43,7 +43,7 @@ fn test_fuzz_picker_sent_since_scrape_overflow() {
     let s = Arc::new(snapshot(vec![state("a", Load::default(), u64::MAX)]));
     let view = ViewBuilder::default().next(&PickerView::empty(), s).expect("view");
     view.counters[0].start(1);
-    assert_eq!(view.local_loads()[0].sent_since_scrape, u64::MAX);
+    assert_eq!(switchyard::scheduling::LocalLoads::local_load(&view, 0).sent_since_scrape, u64::MAX);
 }
 
 /// A shared in-flight load near `i64::MAX` plus this picker's own request overflowed in the
@@ -52,13 +52,14 @@ fn test_fuzz_picker_sent_since_scrape_overflow() {
 fn test_fuzz_scorer_inflight_overflow() {
     use rand::SeedableRng;
     use switchyard::config::EndpointPickerConfig;
-    use switchyard::scheduling::{LocalLoad, PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
+    use switchyard::scheduling::{Columns, LocalLoad, PrefixIndex, RequestFeatures, Scheduler, SchedulerConfig, View};
     let huge = Load { requests: i64::MAX, tokens: i64::MAX };
     let s = snapshot(vec![state("a", huge, 0), state("b", Load::default(), 0)]);
     let cfg = SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2)).expect("config");
     let local = [LocalLoad { sent_since_scrape: 0, inflight: Load { requests: 1, tokens: 1 } }; 2];
     let prefix = PrefixIndex::new();
-    let view = View { snapshot: &s, local: &local, prefix: &prefix, now: UNIX_EPOCH };
+    let columns = Columns::new(&s);
+    let view = View { snapshot: &s, columns: &columns, local: &local, prefix: &prefix, now: UNIX_EPOCH };
     let req = RequestFeatures { target_model: "m", ..Default::default() };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let d = Scheduler::new(cfg).schedule(&view, &[0, 1], &req, &mut rng).expect("a decision");
@@ -164,7 +165,8 @@ fn test_fuzz_nan_scores_still_pick() {
     let s = snapshot(vec![nan("a"), nan("b")]);
     let cfg = SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2)).expect("config");
     let prefix = PrefixIndex::new();
-    let view = View { snapshot: &s, local: &[], prefix: &prefix, now };
+    let columns = switchyard::scheduling::Columns::new(&s);
+    let view = View { snapshot: &s, columns: &columns, local: &(), prefix: &prefix, now };
     let req = RequestFeatures { target_model: "m", ..Default::default() };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let d = Scheduler::new(cfg).schedule(&view, &[0, 1], &req, &mut rng).expect("a decision");

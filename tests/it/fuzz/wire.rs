@@ -204,7 +204,6 @@ fn picker_decides(s: Snapshot) -> Result<(), String> {
         return Ok(());
     }
     view.counters[0].start(100);
-    let local = view.local_loads();
     let prompt = "The same long system prompt. ".repeat(10);
     let req = RequestFeatures {
         target_model: "m",
@@ -218,7 +217,7 @@ fn picker_decides(s: Snapshot) -> Result<(), String> {
     let now = s.published_at.checked_add(Duration::from_millis(100)).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut rng = SmallRng::seed_from_u64(1);
     let prefix = &picker.prefix;
-    let v = View { snapshot: &s, local: &local, prefix, now };
+    let v = View { snapshot: &s, columns: &view.columns, local: &view, prefix, now };
     if let Ok(d) = picker.scheduler.schedule(&v, &candidates, &req, &mut rng) {
         let Some(&primary) = d.endpoints.first().filter(|_| d.endpoints.iter().all(|&i| i < s.endpoints.len())) else {
             return Err(format!("decision names no endpoint of the snapshot: {d:?}"));
