@@ -113,6 +113,12 @@ pub trait LocalLoads {
     fn local_load(&self, i: usize) -> LocalLoad {
         LocalLoad { sent_since_scrape: self.sent_since_scrape(i), inflight: self.inflight(i) }
     }
+
+    /// [`sent_since_scrape`](Self::sent_since_scrape) of each of `candidates` (one call per
+    /// decision rather than one per candidate).
+    fn sent_since_scrape_of(&self, candidates: &[usize]) -> Vec<u64> {
+        candidates.iter().map(|&i| self.sent_since_scrape(i)).collect()
+    }
 }
 
 /// Counters in snapshot order; an index past the end has none.

@@ -85,7 +85,6 @@ impl Cands {
         fresh_after: i64,
         needs: Needs,
     ) -> Self {
-        let each = |f: &dyn Fn(usize) -> f64| -> Vec<f64> { candidates.iter().map(|&i| f(i)).collect() };
         let mut c = Cands {
             index: candidates.to_vec(),
             // Scraped at or after `now - staleness` (a clock step backwards counts as fresh).
@@ -96,13 +95,14 @@ impl Cands {
         if needs.queued {
             // A value the page did not have is unknown (NaN), not zero: an endpoint must not look
             // idle to a scorer because its page lacked the metric. NaN stays NaN with the sends.
-            c.queued = each(&|i| columns.queued[i] + local.sent_since_scrape(i) as f64);
+            let sent = local.sent_since_scrape_of(candidates);
+            c.queued = candidates.iter().zip(sent).map(|(&i, sent)| columns.queued[i] + sent as f64).collect();
         }
         if needs.running {
-            c.running = each(&|i| columns.running[i]);
+            c.running = candidates.iter().map(|&i| columns.running[i]).collect();
         }
         if needs.kv_usage {
-            c.kv_usage = each(&|i| columns.kv_usage[i]);
+            c.kv_usage = candidates.iter().map(|&i| columns.kv_usage[i]).collect();
         }
         if needs.inflight {
             c.inflight = candidates
@@ -345,10 +345,11 @@ pub(super) fn add_scores(
 /// ones score 0, the worst.
 fn min_max(fresh: &[bool], value: &[f64], score: &mut [f64], add: impl Fn(&mut f64, f64)) {
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (v, f) in value.iter().zip(fresh) {
+    for (&v, f) in value.iter().zip(fresh) {
+        // Plain comparisons (no NaN handling in the loop's dependency chain): NaN is skipped.
         if *f && !v.is_nan() {
-            min = min.min(*v);
-            max = max.max(*v);
+            min = if v < min { v } else { min };
+            max = if v > max { v } else { max };
         }
     }
     for ((score, v), f) in score.iter_mut().zip(value).zip(fresh) {
