@@ -132,7 +132,9 @@ struct StreamState {
     /// Response body bytes seen.
     response_bytes: u64,
     /// Counts the request in `inference_objective_running_requests` until the response completes.
-    running: Option<super::metrics::RunningRequest>,
+    running: Option<super::model_series::RunningRequest>,
+    /// The series this request records into, once its model and target model are known.
+    series: Option<Arc<super::model_series::ModelSeries>>,
     /// This stream's share of the picker's header budget, held until it is routed.
     held_headers: Option<HeldHeaders>,
     /// When the request body must have ended (set while it is being received).
@@ -164,6 +166,7 @@ impl StreamState {
             received: Instant::now(),
             response_bytes: 0,
             running: None,
+            series: None,
             held_headers: None,
             deadline: None,
             span: tracing::Span::none(),
@@ -239,6 +242,7 @@ impl StreamState {
                 return Ok(vec![Ok(self.error(e.into()))]);
             }
         }
+        self.headers.reserve_exact(list.len());
         for hv in list {
             let value = if hv.raw_value.is_empty() { hv.value.into_bytes() } else { hv.raw_value };
             self.headers.push((hv.key.to_ascii_lowercase(), value));
@@ -331,8 +335,7 @@ impl StreamState {
         self.release_request();
         match scheduled {
             Ok((set, body)) => {
-                self.running =
-                    Some(self.picker.metrics.record_forwarded(&self.incoming_model, &self.target_model, body.len()));
+                self.running = self.series.as_ref().map(|s| s.record_forwarded(body.len()));
                 let md = proto::destination_metadata(&self.destination);
                 let mut out = vec![proto::request_headers_response(set, remove_list(), Some(md))];
                 proto::body_responses(&body, end_of_stream, true, &mut out);
@@ -424,7 +427,9 @@ impl StreamState {
         let rewritten = (self.target_model != self.incoming_model).then(|| parsed.with_model(&self.target_model));
         drop(parsed);
         let new_body = rewritten.unwrap_or(body);
-        self.picker.metrics.record_request(&self.incoming_model, &self.target_model, priority);
+        let series = self.picker.metrics.series(&self.incoming_model, &self.target_model);
+        series.record_request(priority);
+        self.series = Some(series);
         self.picker.metrics.record_pick(
             &view.snapshot.endpoints[primary].endpoint.id,
             started.elapsed(),
@@ -439,7 +444,9 @@ impl StreamState {
             proto::header("content-length", new_body.len().to_string().as_bytes()),
         ];
         // The model server continues the trace under this request's span.
-        if let Some(tp) = crate::telemetry::propagation::traceparent(&self.span) {
+        if let Some(tp) =
+            (!self.span.is_none()).then(|| crate::telemetry::propagation::traceparent(&self.span)).flatten()
+        {
             set.push(proto::header("traceparent", tp.as_bytes()));
         }
         Ok((set, new_body))

@@ -79,12 +79,11 @@ impl StreamState {
 
     pub(super) fn finish_response(&mut self) {
         self.finished = true;
-        if let Some(u) = self.usage {
-            self.picker.metrics.record_usage(&self.incoming_model, &self.target_model, u);
+        if let (Some(u), Some(series)) = (self.usage, &self.series) {
+            series.record_usage(u);
         }
-        if self.running.take().is_some() {
-            let (took, bytes) = (self.received.elapsed(), self.response_bytes);
-            self.picker.metrics.record_response(&self.incoming_model, &self.target_model, took, bytes, self.usage);
+        if let (Some(_), Some(series)) = (self.running.take(), &self.series) {
+            series.record_response(self.received.elapsed(), self.response_bytes, self.usage);
         }
         self.inflight = None;
     }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::PickError;
-use super::response::Usage;
+use super::model_series::{Families, ModelSeries, SeriesCache};
 use super::view::PickerView;
 use crate::model::{EndpointId, Snapshot};
 
@@ -73,30 +73,43 @@ pub struct PickerMetrics {
     pool: Arc<arc_swap::ArcSwap<String>>,
     /// `inference_extension_plugin_duration_seconds{extension_point,plugin_type,plugin_name}`.
     plugin_duration: Family<Labels, Histogram>,
+    /// The per-model families, and the (model, target model) series resolved from them.
+    families: Families,
+    series: SeriesCache,
 }
 
 impl PickerMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let m = PickerMetrics {
-            // Upstream's buckets (0.1 ms .. 100 ms).
-            decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
-            picks: Arc::default(),
-            load_agnostic: Counter::default(),
-            errors: Family::default(),
+        let families = Families {
             requests: Family::default(),
-            attempts_ok: Counter::default(),
-            attempts_failed: Counter::default(),
             durations: Family::new_with_constructor(|| Histogram::new(GENERAL_LATENCY_BUCKETS.iter().copied())),
             // 64 B .. 1 GiB, doubling (upstream's).
             request_sizes: Family::new_with_constructor(|| Histogram::new(exponential_buckets(64.0, 2.0, 25))),
             response_sizes: Family::new_with_constructor(|| Histogram::new(RESPONSE_SIZE_BUCKETS.iter().copied())),
             running: Family::default(),
             ntpot: Family::new_with_constructor(|| Histogram::new(NTPOT_BUCKETS.iter().copied())),
+            input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
+            output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
+        };
+        let m = PickerMetrics {
+            // Upstream's buckets (0.1 ms .. 100 ms).
+            decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
+            picks: Arc::default(),
+            load_agnostic: Counter::default(),
+            errors: Family::default(),
+            requests: families.requests.clone(),
+            attempts_ok: Counter::default(),
+            attempts_failed: Counter::default(),
+            durations: families.durations.clone(),
+            request_sizes: families.request_sizes.clone(),
+            response_sizes: families.response_sizes.clone(),
+            running: families.running.clone(),
+            ntpot: families.ntpot.clone(),
             prefix_hit_ratio: Histogram::new((0..=10).map(|i| f64::from(i) / 10.0)),
             // 0 and powers of two from 16 bytes to 1 MiB (prompt prefixes).
             prefix_hit_bytes: Histogram::new(std::iter::once(0.0).chain((4..=20).map(|p| f64::from(1u32 << p)))),
-            input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
-            output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
+            input_tokens: families.input_tokens.clone(),
+            output_tokens: families.output_tokens.clone(),
             snapshot_seq: Gauge::default(),
             snapshot_epoch: Gauge::default(),
             snapshot_endpoints: Gauge::default(),
@@ -110,6 +123,9 @@ impl PickerMetrics {
             held: Arc::new(arc_swap::ArcSwap::new(Snapshot::empty())),
             pool: Arc::new(arc_swap::ArcSwap::from_pointee(super::pool_metrics::DEFAULT_POOL_NAME.to_string())),
             plugin_duration: Family::new_with_constructor(|| Histogram::new(SCHEDULER_BUCKETS)),
+            // The families registered below are the ones the series resolve from.
+            families: families.clone(),
+            series: SeriesCache::default(),
         };
         registry.register(
             "inference_extension_plugin_duration_seconds",
@@ -296,44 +312,14 @@ impl PickerMetrics {
         self.errors.get_or_create(&error_labels(model, target, "ModelServerError")).inc();
     }
 
-    /// A request scheduled (`inference_objective_request_total`).
-    pub(super) fn record_request(&self, model: &str, target: &str, priority: i32) {
-        let labels = vec![
-            ("model_name".into(), model.to_string()),
-            ("target_model_name".into(), target.to_string()),
-            ("priority".into(), priority.to_string()),
-        ];
-        self.requests.get_or_create(&labels).inc();
+    /// The series of requests for `model` served as `target` (see model_series.rs).
+    pub(super) fn series(&self, model: &str, target: &str) -> Arc<ModelSeries> {
+        self.series.get(&self.families, model, target)
     }
 
     /// The scheduler found no endpoint (`inference_extension_scheduler_attempts_total{status="failure"}`).
     pub(super) fn record_schedule_failure(&self) {
         self.attempts_failed.inc();
-    }
-
-    pub(super) fn record_usage(&self, model: &str, target: &str, u: Usage) {
-        let labels = model_labels(model, target);
-        self.input_tokens.get_or_create(&labels).observe(u.prompt_tokens as f64);
-        self.output_tokens.get_or_create(&labels).observe(u.completion_tokens as f64);
-    }
-
-    /// The body forwarded: its size, and the request counts as running until the returned guard
-    /// is dropped (response complete or stream gone).
-    pub(super) fn record_forwarded(&self, model: &str, target: &str, bytes: usize) -> RunningRequest {
-        self.request_sizes.get_or_create(&model_labels(model, target)).observe(bytes as f64);
-        let gauge = self.running.get_or_create(&vec![("model_name".into(), model.to_string())]).clone();
-        gauge.inc();
-        RunningRequest(gauge)
-    }
-
-    /// The response completed `took` after the request was received.
-    pub(super) fn record_response(&self, model: &str, target: &str, took: Duration, bytes: u64, usage: Option<Usage>) {
-        let labels = model_labels(model, target);
-        self.durations.get_or_create(&labels).observe(took.as_secs_f64());
-        self.response_sizes.get_or_create(&labels).observe(bytes as f64);
-        if let Some(u) = usage.filter(|u| u.completion_tokens > 0) {
-            self.ntpot.get_or_create(&labels).observe(took.as_secs_f64() / u.completion_tokens as f64);
-        }
     }
 
     /// `matched` of the request's `total` prefix blocks are cached somewhere (nothing recorded for
@@ -400,20 +386,6 @@ const RESPONSE_SIZE_BUCKETS: [f64; 15] =
 
 /// `inference_objective_normalized_time_per_output_token_seconds` buckets, as upstream.
 const NTPOT_BUCKETS: [f64; 13] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
-
-/// One request in `inference_objective_running_requests`; dropping it takes the request out.
-#[derive(Debug)]
-pub(super) struct RunningRequest(Gauge);
-
-impl Drop for RunningRequest {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn model_labels(model: &str, target: &str) -> Labels {
-    vec![("model_name".into(), model.to_string()), ("target_model_name".into(), target.to_string())]
-}
 
 fn error_labels(model: &str, target: &str, code: &str) -> Labels {
     vec![

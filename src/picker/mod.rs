@@ -10,6 +10,7 @@
 mod ext_proc;
 pub mod limits;
 mod metrics;
+mod model_series;
 mod pick_metrics;
 mod pool_metrics;
 pub mod proto;

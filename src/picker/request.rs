@@ -125,10 +125,16 @@ pub fn parse_body(body: &[u8], api: ApiKind) -> Result<ParsedBody<'_>, String> {
     let prefix_input: Cow<'_, [u8]> = match api {
         ApiKind::ChatCompletions => {
             let messages = required("messages")?;
-            let items = is_nonempty_array(messages).map_err(|e| format!("messages {e}"))?;
-            for (i, m) in items.iter().enumerate() {
-                serde_json::from_str::<ChatMessage<'_>>(m.get())
-                    .map_err(|_| format!("messages[{i}] must be an object with a string role"))?;
+            // One pass over the messages for a valid body; the item-by-item checks below only
+            // to name what is wrong with an invalid one.
+            let valid = serde_json::from_str::<Vec<ChatMessage<'_>>>(messages.get()).is_ok_and(|m| !m.is_empty());
+            if !valid {
+                let items = is_nonempty_array(messages).map_err(|e| format!("messages {e}"))?;
+                for (i, m) in items.iter().enumerate() {
+                    serde_json::from_str::<ChatMessage<'_>>(m.get())
+                        .map_err(|_| format!("messages[{i}] must be an object with a string role"))?;
+                }
+                return Err("messages must be a list of objects with a string role".into());
             }
             Cow::Borrowed(messages.get().as_bytes())
         }

@@ -13,7 +13,11 @@ pub struct Usage {
 /// Usage from a parsed `usage` object (chat/completions or responses field names; cached tokens
 /// from OpenAI's `prompt_tokens_details` or upstream's `prompt_token_details` spelling).
 fn usage_from(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
+    usage_of(v.get("usage")?)
+}
+
+/// Usage from the `usage` object itself.
+fn usage_of(u: &Value) -> Option<Usage> {
     if !u.is_object() {
         return None;
     }
@@ -28,10 +32,21 @@ fn usage_from(v: &Value) -> Option<Usage> {
     })
 }
 
-/// Usage of a complete (non-streaming) JSON body.
+/// Usage of a complete (non-streaming) JSON body. Only the `usage` object is built; the rest of
+/// the body (choices, message text) is validated and skipped without being allocated.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    usage_from(&v)
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    // (A struct would also read from an array: only an object is one.)
+    let object = body.trim_ascii_start().starts_with(b"{");
+    match serde_json::from_slice::<Top<'_>>(body) {
+        Ok(top) if object => usage_of(&serde_json::from_str(top.usage?.get()).ok()?),
+        // Not an object, invalid, or `usage` twice (the generic reading keeps the last one).
+        _ => usage_from(&serde_json::from_slice(body).ok()?),
+    }
 }
 
 /// Scans SSE `data:` lines; returns the first usage found (`response.completed` events carry it in
@@ -107,6 +122,12 @@ mod tests {
             Some(Usage { prompt_tokens: 4, completion_tokens: 6, cached_tokens: None })
         );
         assert_eq!(usage_from_json(b"{}"), None);
+        assert_eq!(usage_from_json(br#"{"usage":null}"#), None);
+        assert_eq!(usage_from_json(br#"{"usage":[1]}"#), None);
+        assert_eq!(usage_from_json(br#"[{"usage":{"prompt_tokens":1}}]"#), None);
+        // Twice: the last one, as a generic JSON reading has it.
+        let twice = br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(usage_from_json(twice).map(|u| u.prompt_tokens), Some(2));
     }
 
     #[test]

@@ -2,7 +2,14 @@
 //! `traceparent`) and its child `schedule`, which names the candidates, the endpoint chosen, each
 //! scorer's score for it and for the runner-up, the age of the metrics used and the snapshot's
 //! `(epoch, seq)`, and links to the leader's span that published that snapshot. Scores are
-//! computed only for sampled requests; with traces off the spans cost a few allocations.
+//! computed only for sampled requests. With traces off and the log below debug, nothing would
+//! show these spans (the picker logs per request at debug only), so they are not created at all:
+//! a span costs its fields' formatting for the log layer on every request.
+
+/// Whether this stream's spans would reach anything: an exporter, or the log at debug level.
+pub(super) fn wanted() -> bool {
+    crate::telemetry::traces_on() || tracing::enabled!(tracing::Level::DEBUG)
+}
 
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -13,6 +20,9 @@ use crate::telemetry::propagation;
 
 /// The span of one ext-proc stream, child of the caller's span when the request carries one.
 pub(super) fn request_span(headers: &[(String, Vec<u8>)], request_id: &str) -> tracing::Span {
+    if !wanted() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "gateway.request",
         otel.kind = "server",
@@ -31,6 +41,9 @@ pub(super) fn request_span(headers: &[(String, Vec<u8>)], request_id: &str) -> t
 
 /// The `schedule` span under `parent`, linked to the publish of the snapshot it reads.
 pub(super) fn schedule_span(parent: &tracing::Span, view: &PickerView, candidates: usize) -> tracing::Span {
+    if parent.is_none() {
+        return tracing::Span::none();
+    }
     let s = &view.snapshot;
     let span = tracing::info_span!(
         parent: parent,
@@ -53,7 +66,7 @@ pub(super) fn schedule_span(parent: &tracing::Span, view: &PickerView, candidate
 /// Whether the span is recorded (then the scheduler explains its decision).
 pub(super) fn is_sampled(span: &tracing::Span) -> bool {
     use opentelemetry::trace::TraceContextExt as _;
-    span.context().span().span_context().is_sampled()
+    !span.is_none() && span.context().span().span_context().is_sampled()
 }
 
 /// Records the decision on the `schedule` span.
@@ -64,6 +77,9 @@ pub(super) fn record_decision(
     load_agnostic: bool,
     explanation: Option<&Explanation>,
 ) {
+    if span.is_none() {
+        return;
+    }
     let state = &view.snapshot.endpoints[primary];
     span.record("chosen", state.endpoint.address.as_str());
     span.record("chosen_id", state.endpoint.id.as_str());

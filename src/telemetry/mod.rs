@@ -105,6 +105,14 @@ pub struct TraceMetrics {
 }
 
 static TRACE_METRICS: OnceLock<TraceMetrics> = OnceLock::new();
+/// Set once the OpenTelemetry layer is installed (spans leave the process).
+static TRACES_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans (an OTLP or console exporter is installed).
+pub fn traces_on() -> bool {
+    TRACES_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, tracing_subscriber::Registry>> = OnceLock::new();
 
 fn trace_metrics() -> &'static TraceMetrics {
@@ -182,7 +190,10 @@ pub fn init(filter: &str, json: bool, traces: Option<&TraceSettings>) -> Telemet
         }
         _ => (None, None),
     };
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let exporting = otel.is_some();
+    if tracing_subscriber::registry().with(fmt).with(otel).try_init().is_ok() && exporting {
+        TRACES_ON.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Telemetry { provider }
 }
 
