@@ -444,9 +444,7 @@ impl StreamState {
             proto::header("content-length", new_body.len().to_string().as_bytes()),
         ];
         // The model server continues the trace under this request's span.
-        if let Some(tp) =
-            (!self.span.is_none()).then(|| crate::telemetry::propagation::traceparent(&self.span)).flatten()
-        {
+        if let Some(tp) = crate::telemetry::propagation::traceparent(&self.span) {
             set.push(proto::header("traceparent", tp.as_bytes()));
         }
         Ok((set, new_body))

@@ -11,11 +11,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::PickError;
-use super::model_series::{Families, ModelSeries, SeriesCache};
+use super::model_series::{Families, Labels, ModelSeries, SeriesCache};
 use super::view::PickerView;
 use crate::model::{EndpointId, Snapshot};
-
-type Labels = Vec<(String, String)>;
 
 /// Registered under the registry passed in; no globals.
 #[derive(Clone)]

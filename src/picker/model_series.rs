@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::response::Usage;
 
-type Labels = Vec<(String, String)>;
+pub(super) type Labels = Vec<(String, String)>;
 
 /// Pairs kept resolved (a hostile client can name any number of models).
 const MAX_PAIRS: usize = 1024;

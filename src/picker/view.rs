@@ -95,10 +95,6 @@ impl LocalLoads for PickerView {
         mine.saturating_add(self.columns.shared_sent[i].saturating_sub(own))
     }
 
-    fn sent_since_scrape_of(&self, candidates: &[usize]) -> Vec<u64> {
-        candidates.iter().map(|&i| LocalLoads::sent_since_scrape(self, i)).collect()
-    }
-
     /// The snapshot's shared load already holds what this picker reported; count only the change
     /// since (the scheduler adds the shared load and clamps at zero).
     fn inflight(&self, i: usize) -> Load {

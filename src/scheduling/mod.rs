@@ -259,10 +259,9 @@ impl Scheduler {
             self.config.prefix.max_blocks,
         );
         let matches = prefix.match_lengths(&prefix_hashes);
-        // (snapshot index, matched blocks), by index, for a binary search per candidate.
-        let mut matched: Vec<(usize, usize)> =
+        // (snapshot index, matched blocks): the endpoints are distinct, so are their indices.
+        let matched: Vec<(usize, usize)> =
             matches.iter().filter_map(|(id, n)| columns.index_of(id).map(|i| (i, *n))).collect();
-        matched.sort_unstable();
         let fresh_after = columns::nanos(now.checked_sub(self.config.staleness).unwrap_or(SystemTime::UNIX_EPOCH));
         let mut needs = self.needs;
         if req.priority < 0 {

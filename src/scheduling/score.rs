@@ -170,10 +170,10 @@ impl Cands {
     }
 }
 
-/// Scraped within `staleness` of `now` (a scrape from the future counts as fresh).
-fn within(columns: &Columns, index: usize, now: SystemTime, staleness: std::time::Duration) -> bool {
-    let staleness = i64::try_from(staleness.as_nanos()).unwrap_or(i64::MAX);
-    columns.fresh(index, nanos(now).saturating_sub(staleness))
+/// The oldest scrape time (ns) within `staleness` of `now` (a scrape from the future is fresh),
+/// for [`Columns::fresh`].
+fn fresh_since(now: SystemTime, staleness: std::time::Duration) -> i64 {
+    nanos(now).saturating_sub(i64::try_from(staleness.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Pool saturation over the candidates (≥ 1.0 means saturated).
@@ -181,14 +181,19 @@ pub(super) fn saturation(detector: &Detector, columns: &Columns, cands: &Cands, 
     if cands.is_empty() {
         return 1.0;
     }
-    let sum: f64 = (0..cands.len()).map(|c| endpoint_saturation(detector, columns, cands, c, now)).sum();
+    let since = match *detector {
+        Detector::Utilization { staleness, .. } => fresh_since(now, staleness),
+        Detector::Concurrency { .. } => 0,
+    };
+    let sum: f64 = (0..cands.len()).map(|c| endpoint_saturation(detector, columns, cands, c, since)).sum();
     sum / cands.len() as f64
 }
 
-fn endpoint_saturation(detector: &Detector, columns: &Columns, cands: &Cands, c: usize, now: SystemTime) -> f64 {
+/// `since`: the oldest fresh scrape time for a utilization detector.
+fn endpoint_saturation(detector: &Detector, columns: &Columns, cands: &Cands, c: usize, since: i64) -> f64 {
     match *detector {
-        Detector::Utilization { queue_threshold, kv_threshold, staleness, .. } => {
-            if !within(columns, cands.index[c], now, staleness) {
+        Detector::Utilization { queue_threshold, kv_threshold, .. } => {
+            if !columns.fresh(cands.index[c], since) {
                 return 1.0;
             }
             // f64::max ignores an unknown (NaN) side; both unknown count as saturated.
@@ -219,11 +224,9 @@ pub(super) fn filter(
     match f {
         FilterKind::Detector(Detector::Utilization { queue_threshold, kv_threshold, staleness, headroom }) => {
             let (q_limit, kv_limit) = (queue_threshold * (1.0 + headroom), kv_threshold * (1.0 + headroom));
-            let c = &*cands;
+            let (c, since) = (&*cands, fresh_since(now, *staleness));
             let keep = (0..c.len())
-                .map(|i| {
-                    within(columns, c.index[i], now, *staleness) && c.queued[i] < q_limit && c.kv_usage[i] < kv_limit
-                })
+                .map(|i| columns.fresh(c.index[i], since) && c.queued[i] < q_limit && c.kv_usage[i] < kv_limit)
                 .collect();
             // Fail open, as upstream: nothing passes → keep everything.
             cands.retain_or_all(keep);

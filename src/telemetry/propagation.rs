@@ -27,6 +27,9 @@ pub fn extract<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Opt
 
 /// The `traceparent` value that continues `span`'s trace downstream (`None` while traces are off).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_none() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
