@@ -14,9 +14,9 @@ pub const KIND: &str = "EndpointPickerConfig";
 /// Feature gates upstream accepts; `dataLayer` is a no-op kept for compatibility.
 const FEATURE_GATES: [&str; 3] = ["dataLayer", "enableLegacyMetrics", "flowControl"];
 
-/// Plugin types upstream registers. Types Switchyard does not implement are rejected at
-/// instantiation with a clear message rather than silently ignored.
-pub const PLUGIN_TYPES: [&str; 33] = [
+/// Plugin types upstream registers, and Switchyard's own (at the end). Types Switchyard does not
+/// implement are rejected at instantiation with a clear message rather than silently ignored.
+pub const PLUGIN_TYPES: [&str; 34] = [
     "single-profile-handler",
     "max-score-picker",
     "random-picker",
@@ -50,6 +50,7 @@ pub const PLUGIN_TYPES: [&str; 33] = [
     "passthrough-parser",
     "header-based-testing-filter",
     "destination-endpoint-served-verifier",
+    "learned-latency-scorer",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use super::request::{ApiKind, parse_body};
 use super::response::{Usage, rewrite_model_back, usage_from_json, usage_from_sse};
 use super::view::EndpointCounters;
 use super::{PickError, Picker};
-use crate::scheduling::{RequestFeatures, ScheduleError, View};
+use crate::scheduling::{LocalLoads, RequestFeatures, ScheduleError, View};
 
 #[path = "ext_proc_response.rs"]
 mod response_phase;
@@ -94,13 +94,28 @@ struct Inflight {
     counters: Arc<EndpointCounters>,
     tokens: i64,
     picker: Arc<Picker>,
+    /// When it was routed and the endpoint's queue then (NaN: not known), until the first token
+    /// of a successful streamed response teaches the endpoint's speed (then `None`).
+    learn: Option<(Instant, f64)>,
 }
 
 impl Inflight {
-    fn start(picker: &Arc<Picker>, counters: Arc<EndpointCounters>, tokens: i64) -> Self {
+    fn start(picker: &Arc<Picker>, counters: Arc<EndpointCounters>, tokens: i64, queued: f64) -> Self {
         counters.start(tokens);
         picker.note_load_changed();
-        Inflight { counters, tokens, picker: picker.clone() }
+        Inflight { counters, tokens, picker: picker.clone(), learn: Some((Instant::now(), queued)) }
+    }
+
+    /// The first token arrived (the first body chunk of a streamed response).
+    fn first_token(&mut self) {
+        if let Some((routed, queued)) = self.learn.take() {
+            self.counters.observe_first_token(routed.elapsed(), queued);
+        }
+    }
+
+    /// The response teaches nothing about the endpoint's speed (an error status, say).
+    fn unlearnable(&mut self) {
+        self.learn = None;
     }
 }
 
@@ -323,7 +338,7 @@ impl StreamState {
             return vec![Ok(self.error(PickError::Internal("no pods available in datastore".into())))];
         };
         self.destination = view.snapshot.endpoints[i].endpoint.address.clone();
-        self.inflight = Some(Inflight::start(&self.picker, view.counters[i].clone(), 0));
+        self.inflight = Some(Inflight::start(&self.picker, view.counters[i].clone(), 0, f64::NAN));
         let set = vec![proto::header(DESTINATION, self.destination.as_bytes())];
         let md = proto::destination_metadata(&self.destination);
         vec![Ok(proto::request_headers_response(set, remove_list(), Some(md)))]
@@ -422,7 +437,9 @@ impl StreamState {
         let addresses: Vec<&str> =
             decision.endpoints.iter().map(|&i| view.snapshot.endpoints[i].endpoint.address.as_str()).collect();
         self.destination = addresses.join(",");
-        self.inflight = Some(Inflight::start(&self.picker, view.counters[primary].clone(), estimated_tokens));
+        // The queue this request joins (scraped, plus what pickers sent since), before it counts.
+        let queued = view.columns.queued(primary) + LocalLoads::sent_since_scrape(view.as_ref(), primary) as f64;
+        self.inflight = Some(Inflight::start(&self.picker, view.counters[primary].clone(), estimated_tokens, queued));
         // The client's bytes go upstream unchanged unless the model is rewritten (no copy).
         let rewritten = (self.target_model != self.incoming_model).then(|| parsed.with_model(&self.target_model));
         drop(parsed);

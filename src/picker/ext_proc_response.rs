@@ -17,6 +17,9 @@ impl StreamState {
         };
         if get(":status").or_else(|| get("status")).is_some_and(|s| s != "200") {
             self.picker.metrics.record_model_server_error(&self.incoming_model, &self.target_model);
+            if let Some(f) = self.inflight.as_mut() {
+                f.unlearnable();
+            }
         }
         self.streaming_response = get("content-type").is_some_and(|ct| ct.contains("text/event-stream"));
         let mut set = vec![proto::header("x-went-into-resp-headers", b"true")];
@@ -36,6 +39,9 @@ impl StreamState {
     pub(super) fn on_response_body(&mut self, b: HttpBody) -> Answers {
         self.response_bytes += b.body.len() as u64;
         if self.streaming_response {
+            if let Some(f) = self.inflight.as_mut().filter(|_| !b.body.is_empty()) {
+                f.first_token();
+            }
             if self.usage.is_none() {
                 self.usage = usage_from_sse(&b.body);
             }

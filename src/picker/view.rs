@@ -25,6 +25,8 @@ pub struct EndpointCounters {
     /// Sends since the scrape taken at `reported_sent_scrape` (µs), as last reported.
     pub reported_sent: AtomicU64,
     pub reported_sent_scrape: AtomicI64,
+    /// Seconds to first token per queued request observed here (f64 bits; 0: none yet), smoothed.
+    seconds_per_queued: AtomicU64,
 }
 
 impl EndpointCounters {
@@ -37,6 +39,28 @@ impl EndpointCounters {
     pub fn finish(&self, tokens: i64) {
         self.inflight_requests.fetch_sub(1, Ordering::Relaxed);
         self.inflight_tokens.fetch_sub(tokens, Ordering::Relaxed);
+    }
+
+    /// Learns from a first token that came `ttft` after routing, with `queued` requests ahead
+    /// of it then: an exponentially weighted mean of `ttft / (queued + 1)`. Two streams finishing
+    /// at once may lose one sample; a mean over hundreds does not notice.
+    pub fn observe_first_token(&self, ttft: std::time::Duration, queued: f64) {
+        const WEIGHT: f64 = 0.1;
+        let queued = if queued.is_finite() { queued.max(0.0) } else { 0.0 };
+        let sample = ttft.as_secs_f64() / (queued + 1.0);
+        let old = self.seconds_per_queued();
+        let new = if old.is_nan() { sample } else { old + WEIGHT * (sample - old) };
+        if new.is_finite() && new > 0.0 {
+            self.seconds_per_queued.store(new.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// What [`observe_first_token`](Self::observe_first_token) learnt; NaN before any sample.
+    pub fn seconds_per_queued(&self) -> f64 {
+        match self.seconds_per_queued.load(Ordering::Relaxed) {
+            0 => f64::NAN,
+            bits => f64::from_bits(bits),
+        }
     }
 }
 
@@ -103,6 +127,10 @@ impl LocalLoads for PickerView {
             requests: c.inflight_requests.load(Ordering::Relaxed) - c.reported_requests.load(Ordering::Relaxed),
             tokens: c.inflight_tokens.load(Ordering::Relaxed) - c.reported_tokens.load(Ordering::Relaxed),
         }
+    }
+
+    fn seconds_per_queued(&self, i: usize) -> f64 {
+        self.counters.get(i).map_or(f64::NAN, |c| c.seconds_per_queued())
     }
 }
 
@@ -238,5 +266,21 @@ mod tests {
         let view = builder.next(&view, snapshot(3, 150, 0)).expect("view");
         assert_eq!(view.local_load(0).sent_since_scrape, 0);
         assert_eq!(view.own_sent_since_scrape(0), (0, 150_000));
+    }
+
+    #[test]
+    fn first_tokens_teach_a_smoothed_time_per_queued_request() {
+        let c = EndpointCounters::default();
+        assert!(c.seconds_per_queued().is_nan(), "nothing learnt yet");
+        // 0.4 s with three ahead: 0.1 s per queued request, the request itself included.
+        c.observe_first_token(Duration::from_millis(400), 3.0);
+        assert!((c.seconds_per_queued() - 0.1).abs() < 1e-9);
+        // A slower sample moves the mean a tenth of the way.
+        c.observe_first_token(Duration::from_millis(1100), 0.0);
+        assert!((c.seconds_per_queued() - 0.2).abs() < 1e-9, "{}", c.seconds_per_queued());
+        // An unknown queue counts as empty; a negative one (sends raced a scrape) too.
+        c.observe_first_token(Duration::from_millis(200), f64::NAN);
+        c.observe_first_token(Duration::from_millis(200), -3.0);
+        assert!((c.seconds_per_queued() - 0.2).abs() < 1e-9);
     }
 }

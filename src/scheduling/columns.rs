@@ -131,6 +131,11 @@ impl Columns {
     }
 
     /// The snapshot index of `id`.
+    /// Waiting requests of endpoint `i` as scraped (NaN: unknown or no such endpoint).
+    pub fn queued(&self, i: usize) -> f64 {
+        self.queued.get(i).copied().unwrap_or(f64::NAN)
+    }
+
     pub fn index_of(&self, id: &EndpointId) -> Option<usize> {
         self.index.get(id).copied()
     }

@@ -36,7 +36,11 @@ pub enum ScorerKind {
     RunningRequests,
     LoraAffinity,
     PrefixCache,
-    TokenLoad { threshold_tokens: f64 },
+    TokenLoad {
+        threshold_tokens: f64,
+    },
+    /// Switchyard's: expected wait = (queue + 1) × the endpoint's learned time per queued request.
+    LearnedLatency,
 }
 
 impl FilterKind {
@@ -72,6 +76,7 @@ impl ScorerKind {
             ScorerKind::LoraAffinity => "lora-affinity-scorer",
             ScorerKind::PrefixCache => "prefix-cache-scorer",
             ScorerKind::TokenLoad { .. } => "token-load-scorer",
+            ScorerKind::LearnedLatency => "learned-latency-scorer",
         }
     }
 }
@@ -243,6 +248,7 @@ fn instantiate(spec: &PluginSpec, i: usize) -> Result<Plugin, ConfigError> {
         "kv-cache-utilization-scorer" => no_params(spec, i, Plugin::Scorer(ScorerKind::KvCache))?,
         "running-requests-size-scorer" => no_params(spec, i, Plugin::Scorer(ScorerKind::RunningRequests))?,
         "lora-affinity-scorer" => no_params(spec, i, Plugin::Scorer(ScorerKind::LoraAffinity))?,
+        "learned-latency-scorer" => no_params(spec, i, Plugin::Scorer(ScorerKind::LearnedLatency))?,
         // Upstream ignores this plugin's parameters although its docs show them; here the old
         // parameters configure the prefix index (see `build`).
         "prefix-cache-scorer" => Plugin::Scorer(ScorerKind::PrefixCache),

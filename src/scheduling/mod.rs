@@ -23,6 +23,8 @@ pub mod prefix;
 mod score;
 pub use score::host;
 #[cfg(test)]
+mod latency_tests;
+#[cfg(test)]
 mod recorded;
 #[cfg(test)]
 mod tests;
@@ -118,6 +120,12 @@ pub trait LocalLoads {
     /// decision rather than one per candidate).
     fn sent_since_scrape_of(&self, candidates: &[usize]) -> Vec<u64> {
         candidates.iter().map(|&i| self.sent_since_scrape(i)).collect()
+    }
+
+    /// Seconds to first token per queued request (the request itself counted) this picker has
+    /// observed at endpoint `i`, smoothed; NaN until it has seen one.
+    fn seconds_per_queued(&self, _i: usize) -> f64 {
+        f64::NAN
     }
 }
 
@@ -435,6 +443,9 @@ impl Scheduler {
 impl ScorerKind {
     /// Scorers that read load metrics (skipped when nothing is fresh).
     pub fn is_load(self) -> bool {
-        matches!(self, ScorerKind::Queue | ScorerKind::KvCache | ScorerKind::RunningRequests)
+        matches!(
+            self,
+            ScorerKind::Queue | ScorerKind::KvCache | ScorerKind::RunningRequests | ScorerKind::LearnedLatency
+        )
     }
 }

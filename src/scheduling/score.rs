@@ -21,6 +21,7 @@ pub(super) struct Needs {
     kv_usage: bool,
     inflight: bool,
     prefix: bool,
+    latency: bool,
 }
 
 impl Needs {
@@ -41,6 +42,7 @@ impl Needs {
                 ScorerKind::PrefixCache => needs.prefix = true,
                 ScorerKind::TokenLoad { .. } => needs.inflight = true,
                 ScorerKind::LoraAffinity => {}
+                ScorerKind::LearnedLatency => (needs.queued, needs.latency) = (true, true),
             }
         }
         needs
@@ -71,6 +73,8 @@ pub(super) struct Cands {
     inflight: Vec<Load>,
     /// Blocks of the request the endpoint is known to cache.
     prefix: Vec<u32>,
+    /// This picker's learnt seconds to first token per queued request (NaN: none observed yet).
+    latency: Vec<f64>,
     pub(super) score: Vec<f64>,
 }
 
@@ -117,6 +121,9 @@ impl Cands {
                 })
                 .collect();
         }
+        if needs.latency {
+            c.latency = candidates.iter().map(|&i| local.seconds_per_queued(i)).collect();
+        }
         if needs.prefix {
             c.prefix = if matched.is_empty() {
                 vec![0; candidates.len()]
@@ -154,6 +161,7 @@ impl Cands {
         column(&mut self.kv_usage, keep);
         column(&mut self.inflight, keep);
         column(&mut self.prefix, keep);
+        column(&mut self.latency, keep);
         column(&mut self.score, keep);
     }
 
@@ -292,7 +300,7 @@ pub(super) fn add_scores(
     total_blocks: usize,
 ) {
     let add = |score: &mut f64, v: f64| *score += weight * v.clamp(0.0, 1.0);
-    let Cands { index, fresh, queued, running, kv_usage, inflight, prefix, score } = cands;
+    let Cands { index, fresh, queued, running, kv_usage, inflight, prefix, latency, score } = cands;
     match s {
         ScorerKind::Queue => min_max(fresh, queued, score, add),
         ScorerKind::RunningRequests => min_max(fresh, running, score, add),
@@ -316,6 +324,7 @@ pub(super) fn add_scores(
                 add(score, v)
             }
         }
+        ScorerKind::LearnedLatency => expected_wait(fresh, queued, latency, score, add),
         ScorerKind::LoraAffinity => {
             let lora = &columns.lora;
             let adapter = lora.adapter(req.target_model);
@@ -341,6 +350,28 @@ pub(super) fn add_scores(
                 add(score, v)
             }
         }
+    }
+}
+
+/// `learned-latency-scorer`: the expected time to first token, (queue + 1) × the endpoint's learnt
+/// seconds per queued request, scored `best / expected` (1 for the best, ½ for twice its wait).
+/// A ratio rather than min-max: near-equal waits score near-equal, where min-max would stretch a
+/// millisecond of noise between identical servers into the scorer's whole range. Endpoints not
+/// learnt yet take the mean of those that are (none learnt: the queue alone decides); stale or unknown queues score 0.
+fn expected_wait(fresh: &[bool], queued: &[f64], per_queued: &[f64], score: &mut [f64], add: impl Fn(&mut f64, f64)) {
+    let (sum, n) = per_queued.iter().filter(|s| s.is_finite() && **s > 0.0).fold((0.0, 0), |(s, n), v| (s + v, n + 1));
+    let typical = if n == 0 { 1.0 } else { sum / f64::from(n) };
+    let wait = |q: f64, s: f64| (q.max(0.0) + 1.0) * if s.is_finite() && s > 0.0 { s } else { typical };
+    let best = queued
+        .iter()
+        .zip(per_queued)
+        .zip(fresh)
+        .filter(|((q, _), f)| **f && !q.is_nan())
+        .map(|((q, s), _)| wait(*q, *s))
+        .fold(f64::INFINITY, f64::min);
+    for (((score, q), s), f) in score.iter_mut().zip(queued).zip(per_queued).zip(fresh) {
+        let v = if !*f || q.is_nan() { 0.0 } else { best / wait(*q, *s) };
+        add(score, v);
     }
 }
 

@@ -11,11 +11,11 @@ use crate::model::{Endpoint, EndpointId, EndpointMetrics, EndpointState, Metrics
 
 const STALE: Duration = Duration::from_secs(2);
 
-fn now() -> SystemTime {
+pub(super) fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
 }
 
-fn metrics(queued: u64, kv: f64) -> EndpointMetrics {
+pub(super) fn metrics(queued: u64, kv: f64) -> EndpointMetrics {
     EndpointMetrics {
         queued: Some(queued),
         running: Some(1),
@@ -26,7 +26,7 @@ fn metrics(queued: u64, kv: f64) -> EndpointMetrics {
     }
 }
 
-fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState {
+pub(super) fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState {
     EndpointState {
         endpoint: Endpoint {
             id: EndpointId::new(name),
@@ -47,7 +47,7 @@ fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState
     }
 }
 
-fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
+pub(super) fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
     Snapshot {
         epoch: 1,
         seq: 1,
@@ -61,6 +61,20 @@ fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
 
 fn default_scheduler() -> Scheduler {
     Scheduler::new(SchedulerConfig::build(&EndpointPickerConfig::default_config(), STALE).expect("default config"))
+}
+
+/// Schedules `req("m")` among all of `snap` with `local` as this picker's counters.
+pub(super) fn run_with(
+    s: &Scheduler,
+    snap: &Snapshot,
+    local: &dyn LocalLoads,
+    prefix: &PrefixIndex,
+    seed: u64,
+) -> Result<Decision, ScheduleError> {
+    let all: Vec<usize> = (0..snap.endpoints.len()).collect();
+    let columns = Columns::new(snap);
+    let view = View { snapshot: snap, columns: &columns, local, prefix, now: now() };
+    s.schedule(&view, &all, &req("m"), &mut SmallRng::seed_from_u64(seed))
 }
 
 fn run(
@@ -78,7 +92,7 @@ fn run(
     s.schedule(&view, &all, req, &mut SmallRng::seed_from_u64(seed))
 }
 
-fn req(model: &str) -> RequestFeatures<'_> {
+pub(super) fn req(model: &str) -> RequestFeatures<'_> {
     RequestFeatures { target_model: model, ..RequestFeatures::default() }
 }
 
@@ -259,12 +273,12 @@ fn pickers_sharing_a_snapshot_do_not_pile_up() {
     assert!(counted.iter().all(|&c| c >= 2), "every endpoint takes a share: {counted:?}");
 }
 
-fn scheduler_from(yaml: &str) -> Scheduler {
+pub(super) fn scheduler_from(yaml: &str) -> Scheduler {
     let cfg = EndpointPickerConfig::from_yaml(yaml).expect("valid yaml");
     Scheduler::new(SchedulerConfig::build(&cfg, STALE).expect("valid scheduler"))
 }
 
-const HEAD: &str = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n";
+pub(super) const HEAD: &str = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n";
 
 #[test]
 fn lora_affinity_prefers_loaded_adapters() {

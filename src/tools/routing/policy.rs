@@ -174,12 +174,16 @@ impl DataPath {
         Ok(path)
     }
 
-    /// Waits until a request goes through (pickers connected and holding fresh metrics of every
-    /// endpoint).
+    /// Waits until every routing process answers: fresh metrics of every endpoint at the
+    /// aggregator, then as many requests in a row as there are routing processes go through. The
+    /// gateway takes its ext-proc servers in turn, so that is one answer from each picker (a single
+    /// success proved only one of four ready: the others' first requests got 503).
     async fn wait_ready(&self, endpoints: usize) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let body = serde_json::json!({"model": super::MODEL, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1});
+        let needed = self.pids.len().max(1);
+        let mut in_a_row = 0;
         loop {
             let fresh = match &self.aggregator {
                 Some(a) => {
@@ -190,11 +194,14 @@ impl DataPath {
             if fresh {
                 let r = client.post(format!("{}/v1/chat/completions", self.url)).json(&body).send().await;
                 if r.is_ok_and(|r| r.status().is_success()) {
-                    // Let every picker receive a snapshot with metrics.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    return Ok(());
+                    in_a_row += 1;
+                    if in_a_row >= needed {
+                        return Ok(());
+                    }
+                    continue;
                 }
             }
+            in_a_row = 0;
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "the routing path did not become ready in 30 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
