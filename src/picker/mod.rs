@@ -131,8 +131,8 @@ impl Picker {
             limits::HeaderBudget::new(settings.limits.max_pending_header_bytes, metrics.pending_header_bytes());
         Picker {
             view: Arc::new(ArcSwap::from_pointee(PickerView::empty())),
+            prefix: PrefixIndex::with_max_entries(scheduler.config.prefix.max_index_entries),
             scheduler,
-            prefix: PrefixIndex::new(),
             settings,
             metrics,
             header_budget,

@@ -100,11 +100,20 @@ pub struct PrefixParams {
     pub block_size_tokens: usize,
     pub max_blocks: usize,
     pub lru_capacity_per_server: usize,
+    /// Cap on the whole index, in (hash, endpoint) entries (`maxIndexEntries`, Switchyard's): each
+    /// endpoint holds at most this divided by the endpoints in the index.
+    pub max_index_entries: usize,
 }
 
 impl Default for PrefixParams {
     fn default() -> Self {
-        PrefixParams { auto_tune: true, block_size_tokens: 16, max_blocks: 256, lru_capacity_per_server: 31_250 }
+        PrefixParams {
+            auto_tune: true,
+            block_size_tokens: 16,
+            max_blocks: 256,
+            lru_capacity_per_server: 31_250,
+            max_index_entries: super::prefix::DEFAULT_MAX_INDEX_ENTRIES,
+        }
     }
 }
 
@@ -163,6 +172,7 @@ struct ApproxPrefixParams {
     max_prefix_blocks_to_match: Option<i64>,
     max_prefix_tokens_to_match: Option<i64>,
     lru_capacity_per_server: Option<i64>,
+    max_index_entries: Option<i64>,
     /// Deprecated: characters per block.
     block_size: Option<i64>,
 }
@@ -364,6 +374,12 @@ fn prefix_params(p: ApproxPrefixParams, i: usize) -> Result<PrefixParams, Config
             return Err(ConfigError::invalid(path("lruCapacityPerServer"), "must be > 0"));
         }
         out.lru_capacity_per_server = c as usize;
+    }
+    if let Some(c) = p.max_index_entries {
+        if c <= 0 {
+            return Err(ConfigError::invalid(path("maxIndexEntries"), "must be > 0"));
+        }
+        out.max_index_entries = usize::try_from(c).unwrap_or(usize::MAX);
     }
     Ok(out)
 }

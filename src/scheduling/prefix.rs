@@ -6,10 +6,13 @@
 //! `max_blocks`. Each endpoint keeps a bounded LRU of the hashes routed to it; the reverse map
 //! `hash → endpoints` answers lookups. Capacity per endpoint is its KV-cache block count when known
 //! (`autoTune`), else `lruCapacityPerServer` (upstream ignores that parameter; here it works).
+//! A cap on the whole index (`maxIndexEntries`, a Switchyard extension) bounds a picker's memory
+//! however many endpoints the pool has: each endpoint gets an equal share of it (see
+//! [`PrefixIndex`]). The index is approximate: it does not know what a server actually evicted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use xxhash_rust::xxh64::Xxh64;
@@ -79,6 +82,11 @@ type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 /// readers and writers meet only when they touch the same shard at the same moment.
 const SHARDS: usize = 64;
 
+/// Default cap on the whole index (`maxIndexEntries`), in (hash, endpoint) entries. An entry costs
+/// ~208 B when the index is first filled and at most ~290 B once its hash tables have doubled under
+/// churn (docs/benchmarks.md, "Picker memory"): 5,000,000 × 290 B = 1.45 GB at worst.
+pub const DEFAULT_MAX_INDEX_ENTRIES: usize = 5_000_000;
+
 #[derive(Debug, Default)]
 struct ServerLru {
     capacity: usize,
@@ -96,27 +104,55 @@ struct ServerLru {
 ///
 /// Invariant: `(hash, id)` is in the reverse map iff `hash` is in the LRU of `id`. Every change to
 /// an endpoint's reverse entries happens under that endpoint's LRU mutex (lock order: server map,
-/// then LRU, then shard), so concurrent inserts and `retain` keep it.
+/// then LRU, then shard), so concurrent inserts, sweeps and `retain` keep it.
+///
+/// The cap on the whole index: each endpoint's LRU holds at most min(its own capacity, `share`),
+/// where `share` = cap / endpoints in the index (at least 1), so the endpoints share the cap
+/// equally and the total stays within `limit` = max(cap, endpoints). An insert trims its own LRU
+/// to the share it reads (one atomic load). When the share shrinks (an endpoint joined), LRUs
+/// filled under the old share are trimmed on their next insert, or by a sweep over every LRU as
+/// soon as an insert finds the total above `limit`. Below the cap (every endpoint's capacity ≤ its
+/// share) nothing changes: the same entries are kept and evicted as without it.
 #[derive(Debug)]
 pub struct PrefixIndex {
     owners: Box<[RwLock<BlockMap<Vec<EndpointId>>>]>,
     servers: RwLock<HashMap<EndpointId, Arc<Mutex<ServerLru>>>>,
     entries: AtomicUsize,
+    max_entries: usize,
+    /// Per-endpoint entries allowed by the cap; stored under the server map's write lock.
+    share: AtomicUsize,
+    /// The most entries the index may hold; stored with `share`.
+    limit: AtomicUsize,
+    /// Held by the one sweep running (others skip it: that sweep checks the total again when done).
+    sweeping: AtomicBool,
+    sweeps: AtomicU64,
 }
 
 impl Default for PrefixIndex {
     fn default() -> Self {
-        PrefixIndex {
-            owners: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            servers: RwLock::default(),
-            entries: AtomicUsize::new(0),
-        }
+        Self::with_max_entries(DEFAULT_MAX_INDEX_ENTRIES)
     }
 }
 
 impl PrefixIndex {
+    /// An index capped at [`DEFAULT_MAX_INDEX_ENTRIES`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An index holding at most `max_entries` entries in all (at least one per endpoint).
+    pub fn with_max_entries(max_entries: usize) -> Self {
+        let max_entries = max_entries.max(1);
+        PrefixIndex {
+            owners: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            servers: RwLock::default(),
+            entries: AtomicUsize::new(0),
+            max_entries,
+            share: AtomicUsize::new(max_entries),
+            limit: AtomicUsize::new(max_entries),
+            sweeping: AtomicBool::new(false),
+            sweeps: AtomicU64::new(0),
+        }
     }
 
     /// Total (hash, endpoint) entries.
@@ -126,6 +162,21 @@ impl PrefixIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The cap on the whole index (`maxIndexEntries`).
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Entries each endpoint may hold under the cap now (its own capacity may be lower).
+    pub fn share(&self) -> usize {
+        self.share.load(Ordering::Relaxed)
+    }
+
+    /// Sweeps run so far: each trimmed every LRU to the share after the share shrank.
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(Ordering::Relaxed)
     }
 
     fn shard(&self, hash: u64) -> &RwLock<BlockMap<Vec<EndpointId>>> {
@@ -160,10 +211,22 @@ impl PrefixIndex {
         if let Some(server) = read(&self.servers).get(id) {
             return server.clone();
         }
-        write(&self.servers).entry(id.clone()).or_default().clone()
+        let mut servers = write(&self.servers);
+        let server = servers.entry(id.clone()).or_default().clone();
+        self.set_share(servers.len());
+        server
     }
 
-    /// Records that `hashes` were routed to `id`, evicting its least recent entries past `capacity`.
+    /// Called with the server map's write lock held, so shares are stored in the order the
+    /// endpoint count changed.
+    fn set_share(&self, endpoints: usize) {
+        let share = (self.max_entries / endpoints.max(1)).max(1);
+        self.share.store(share, Ordering::Relaxed);
+        self.limit.store(self.max_entries.max(endpoints), Ordering::Relaxed);
+    }
+
+    /// Records that `hashes` were routed to `id`, evicting its least recent entries past `capacity`
+    /// or past its share of the cap, whichever is smaller.
     pub fn insert(&self, id: &EndpointId, hashes: &[u64], capacity: usize) {
         if hashes.is_empty() {
             return;
@@ -175,7 +238,8 @@ impl PrefixIndex {
             return;
         }
         let before = s.stamps.len();
-        s.capacity = capacity.max(1);
+        // Read under the LRU's lock: a sweep that trimmed this LRU did so to this share or a newer one.
+        s.capacity = capacity.min(self.share.load(Ordering::Relaxed)).max(1);
         for &h in hashes {
             s.clock += 1;
             match s.stamps.insert(h, s.clock) {
@@ -192,20 +256,63 @@ impl PrefixIndex {
             }
             s.order.insert(s.clock, h);
         }
+        self.evict_past_capacity(s, id);
+        let after = s.stamps.len();
+        if after < before {
+            self.entries.fetch_sub(before - after, Ordering::Relaxed);
+            return;
+        }
+        if after == before {
+            return;
+        }
+        // SeqCst with the sweep's flag: either a running sweep sees this total when it finishes,
+        // or this insert finds the flag free and sweeps itself (no total above the limit is missed).
+        let total = self.entries.fetch_add(after - before, Ordering::SeqCst) + (after - before);
+        drop(guard);
+        if total > self.limit.load(Ordering::Relaxed) {
+            self.sweep();
+        }
+    }
+
+    /// Evicts `s`'s least recent entries past its capacity; returns how many.
+    fn evict_past_capacity(&self, s: &mut ServerLru, id: &EndpointId) -> usize {
+        let mut evicted = 0;
         while s.stamps.len() > s.capacity {
             let Some((_, victim)) = s.order.pop_first() else { break };
             s.stamps.remove(&victim);
             self.remove_owner(victim, id);
+            evicted += 1;
         }
-        let after = s.stamps.len();
-        if after >= before {
-            self.entries.fetch_add(after - before, Ordering::Relaxed);
-        } else {
-            self.entries.fetch_sub(before - after, Ordering::Relaxed);
+        evicted
+    }
+
+    /// Trims every LRU to the current share, until the total is within the limit. One sweep runs
+    /// at a time; an insert that finds one running leaves the total to it. O(endpoints) lock
+    /// acquisitions plus the evictions: it runs only after the share shrank (an endpoint joined
+    /// while the index was full), not per insert.
+    fn sweep(&self) {
+        while self.entries.load(Ordering::SeqCst) > self.limit.load(Ordering::Relaxed) {
+            if self.sweeping.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                return;
+            }
+            let _release = ReleaseOnDrop(&self.sweeping);
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
+            let servers: Vec<(EndpointId, Arc<Mutex<ServerLru>>)> =
+                read(&self.servers).iter().map(|(id, s)| (id.clone(), s.clone())).collect();
+            for (id, server) in &servers {
+                let mut s = lock(server);
+                let share = self.share.load(Ordering::Relaxed);
+                if s.removed || s.stamps.len() <= share {
+                    continue;
+                }
+                s.capacity = s.capacity.min(share).max(1);
+                let evicted = self.evict_past_capacity(&mut s, id);
+                self.entries.fetch_sub(evicted, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Forgets endpoints that are no longer in the pool.
+    /// Forgets endpoints that are no longer in the pool (the others' share of the cap grows).
     pub fn retain(&self, keep: impl Fn(&EndpointId) -> bool) {
         let gone: Vec<EndpointId> = read(&self.servers).keys().filter(|id| !keep(id)).cloned().collect();
         if gone.is_empty() {
@@ -225,6 +332,11 @@ impl PrefixIndex {
             s.stamps = BlockMap::default();
             s.order.clear();
         }
+        // The share grows only now, with the removed entries no longer counted: with fewer
+        // endpoints the limit can fall (when the cap is below the endpoint count), and a total
+        // still counting them would send inserts sweeping for entries that are already going.
+        let servers = write(&self.servers);
+        self.set_share(servers.len());
     }
 
     fn remove_owner(&self, hash: u64, id: &EndpointId) {
@@ -235,6 +347,15 @@ impl PrefixIndex {
                 shard.remove(&hash);
             }
         }
+    }
+}
+
+/// Clears the sweep flag even if a sweep panics, so later sweeps still run.
+struct ReleaseOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -253,106 +374,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(s: &str) -> EndpointId {
-        EndpointId::new(s)
-    }
-
-    #[test]
-    fn hashing_is_chained_and_model_scoped() {
-        let text = b"0123456789abcdef".repeat(8); // 128 bytes = 2 blocks of 16 tokens
-        let a = hash_blocks("m", "", &text, 16, 256);
-        assert_eq!(a.len(), 2);
-        assert_ne!(a, hash_blocks("other", "", &text, 16, 256));
-        assert_ne!(a, hash_blocks("m", "salt", &text, 16, 256));
-        assert!(hash_blocks("m", "", &text[..63], 16, 256).is_empty(), "shorter than a block");
-        assert_eq!(hash_blocks("m", "", &text[..100], 16, 256).len(), 2, "partial last block hashed");
-        assert_eq!(hash_blocks("m", "", &text, 16, 1).len(), 1, "truncated to max blocks");
-        // Same first block, different second: the chain shares only the first hash.
-        let mut other = text.clone();
-        other[100] = b'X';
-        let b = hash_blocks("m", "", &other, 16, 256);
-        assert_eq!(a[0], b[0]);
-        assert_ne!(a[1], b[1]);
-    }
-
-    #[test]
-    fn longest_prefix_per_endpoint() {
-        let idx = PrefixIndex::new();
-        idx.insert(&id("a"), &[1, 2, 3], 100);
-        idx.insert(&id("b"), &[1, 2], 100);
-        idx.insert(&id("c"), &[2, 3], 100);
-        let mut m = idx.match_lengths(&[1, 2, 3, 4]);
-        m.sort();
-        assert_eq!(m, vec![(id("a"), 3), (id("b"), 2)]);
-        assert!(idx.match_lengths(&[9, 1]).is_empty());
-    }
-
-    /// Regression for upstream's `lruCapacityPerServer` being ignored: the capacity bounds entries.
-    #[test]
-    fn test_lru_capacity_per_server_is_honoured() {
-        let idx = PrefixIndex::new();
-        idx.insert(&id("a"), &[1, 2, 3, 4, 5], 3);
-        assert_eq!(idx.len(), 3);
-        assert!(idx.match_lengths(&[1]).is_empty(), "oldest evicted");
-        assert_eq!(idx.match_lengths(&[3, 4, 5]), vec![(id("a"), 3)]);
-        idx.insert(&id("a"), &[3], 3); // touch 3: now 4 is the oldest
-        idx.insert(&id("a"), &[6], 3);
-        assert!(idx.match_lengths(&[4]).is_empty());
-        assert_eq!(idx.match_lengths(&[3]), vec![(id("a"), 1)]);
-    }
-
-    #[test]
-    fn retain_forgets_removed_endpoints() {
-        let idx = PrefixIndex::new();
-        idx.insert(&id("a"), &[1], 10);
-        idx.insert(&id("b"), &[1], 10);
-        idx.retain(|e| e.as_str() == "b");
-        assert_eq!(idx.match_lengths(&[1]), vec![(id("b"), 1)]);
-        assert_eq!(idx.len(), 1);
-    }
-
-    /// Writers on different endpoints and readers run at once; afterwards the per-endpoint bound
-    /// holds, the entry count is exact and every endpoint still owns its newest blocks.
-    #[test]
-    fn concurrent_inserts_and_lookups_keep_the_bound_and_the_reverse_map() {
-        let idx = PrefixIndex::new();
-        let ids: Vec<EndpointId> = (0..4).map(|i| id(&format!("e{i}"))).collect();
-        std::thread::scope(|scope| {
-            for (t, e) in ids.iter().enumerate() {
-                let idx = &idx;
-                scope.spawn(move || {
-                    // Chains of 8 blocks; every endpoint shares block 0 with the others.
-                    for n in 0..500u64 {
-                        let base = ((t as u64 + 1) << 32) | (n * 8);
-                        let mut chain: Vec<u64> = (0..8).map(|k| base + k).collect();
-                        chain[0] = 0;
-                        idx.insert(e, &chain, 40);
-                    }
-                });
-            }
-            let idx = &idx;
-            scope.spawn(move || {
-                for _ in 0..2_000 {
-                    for (e, n) in idx.match_lengths(&[0, 1]) {
-                        assert!(n >= 1 && e.as_str().starts_with('e'));
-                    }
-                }
-            });
-        });
-        assert_eq!(idx.len(), 4 * 40);
-        for (t, e) in ids.iter().enumerate() {
-            let base = ((t as u64 + 1) << 32) | (499 * 8);
-            let newest: Vec<u64> = (1..8).map(|k| base + k).collect();
-            assert_eq!(idx.match_lengths(&newest), vec![(e.clone(), 7)]);
-        }
-        let mut shared: Vec<String> = idx.match_lengths(&[0]).into_iter().map(|(e, _)| e.as_str().to_owned()).collect();
-        shared.sort();
-        assert_eq!(shared, ["e0", "e1", "e2", "e3"]);
-        idx.retain(|_| false);
-        assert!(idx.is_empty());
-        assert!(idx.match_lengths(&[0]).is_empty());
-    }
-}
+mod tests;

@@ -359,6 +359,20 @@ fn scheduler_config_errors_name_their_key() {
             "plugins[0].parameters.blockSize",
         ),
         (
+            format!("{HEAD}plugins:\n- type: prefix-cache-scorer\n  parameters: {{maxIndexEntries: 0}}\n"),
+            "plugins[0].parameters.maxIndexEntries",
+        ),
+        (
+            format!(
+                "{HEAD}plugins:\n- type: queue-scorer\n- type: approx-prefix-cache-producer\n  parameters: {{maxIndexEntries: -5}}\n"
+            ),
+            "plugins[1].parameters.maxIndexEntries",
+        ),
+        (
+            format!("{HEAD}plugins:\n- type: prefix-cache-scorer\n  parameters: {{maxIndexEntry: 10}}\n"),
+            "plugins[0].parameters.maxIndexEntry",
+        ),
+        (
             format!(
                 "{HEAD}plugins:\n- type: queue-scorer\nschedulingProfiles:\n- {{name: a, plugins: []}}\n- {{name: b, plugins: []}}\n"
             ),
@@ -384,6 +398,29 @@ fn test_prefix_cache_scorer_parameters_are_honoured() {
     assert_eq!(s.config.prefix.lru_capacity_per_server, 100);
     let snap = snapshot(vec![state("a", Some(metrics(0, 0.0)), Duration::ZERO)]);
     assert_eq!(s.prefix_capacity(&snap, 0), 100, "not the endpoint's 1000 blocks: autoTune is off");
+}
+
+/// `maxIndexEntries` (Switchyard's) caps the whole prefix index; the default is documented.
+#[test]
+fn max_index_entries_is_parsed_defaulted_and_documented() {
+    let default = crate::scheduling::prefix::DEFAULT_MAX_INDEX_ENTRIES;
+    assert_eq!(default_scheduler().config.prefix.max_index_entries, default);
+    let s = scheduler_from(&format!(
+        "{HEAD}plugins:\n- type: prefix-cache-scorer\n  parameters: {{maxIndexEntries: 250000, lruCapacityPerServer: 100}}\n"
+    ));
+    assert_eq!(s.config.prefix.max_index_entries, 250_000);
+    assert_eq!(s.config.prefix.lru_capacity_per_server, 100, "upstream's parameters keep their meaning");
+    let docs = include_str!("../../docs/config.md");
+    assert!(docs.contains("`maxIndexEntries`"), "docs/config.md documents maxIndexEntries");
+    let grouped = default
+        .to_string()
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|c| String::from_utf8_lossy(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(docs.contains(&grouped), "docs/config.md states the default {grouped}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `switchyard bench picker-memory`: a picker's resident memory with E endpoints and a prefix
-//! index filled to capacity, then over time while it keeps learning and answering ext-proc
-//! requests (the index stays full: every new block evicts an old one).
+//! index filled to capacity (each endpoint's, or its share of the index's cap when smaller), then
+//! over time while it keeps learning and answering ext-proc requests (the index stays full: every
+//! new block evicts an old one).
 //!
 //! The index is filled the way peers' routing fills it (`Picker::accept` of snapshots carrying
 //! routed blocks), with distinct hashes per endpoint: the reverse map then holds one owner list
@@ -36,6 +37,9 @@ pub struct PickerMemoryArgs {
     /// Concurrent ext-proc streams (1 KiB chat requests) while it runs.
     #[arg(long, default_value_t = 4)]
     pub streams: usize,
+    /// Cap on the whole prefix index (`maxIndexEntries`); the config's default when not given.
+    #[arg(long)]
+    pub max_index_entries: Option<usize>,
 }
 
 /// Resident memory of this process in KiB (`VmRSS`), 0 when unreadable.
@@ -61,8 +65,12 @@ fn next(s: &Snapshot, routed: Vec<RoutedBlocks>) -> Arc<Snapshot> {
 
 pub async fn picker_memory(args: PickerMemoryArgs) -> anyhow::Result<()> {
     let start = rss_kib();
-    let scheduler =
-        Scheduler::new(SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2))?);
+    let mut config = SchedulerConfig::build(&EndpointPickerConfig::default_config(), Duration::from_secs(2))?;
+    if let Some(cap) = args.max_index_entries {
+        config.prefix.max_index_entries = cap.max(1);
+    }
+    let cap = config.prefix.max_index_entries;
+    let scheduler = Scheduler::new(config);
     let picker = Arc::new(Picker::new(scheduler, PickerSettings::default(), PickerMetrics::detached()));
     let mut snapshot = crate::tools::loadgen::synthetic_snapshot(args.endpoints);
     for e in &mut snapshot.endpoints {
@@ -74,17 +82,20 @@ pub async fn picker_memory(args: PickerMemoryArgs) -> anyhow::Result<()> {
     picker.accept(snapshot.clone());
     crate::app::follow_snapshots(picker.clone(), Arc::new(crate::health::Readiness::default()));
     let with_snapshot = rss_kib();
+    // The cap's share per endpoint (at least one entry), as the index computes it.
+    let share = (cap / args.endpoints.max(1)).max(1) as u64;
+    let full_entries = args.endpoints as u64 * args.capacity.min(share);
     println!(
-        "picker memory: {} endpoints, prefix capacity {} blocks each ({} entries when full)",
-        args.endpoints,
-        args.capacity,
-        args.endpoints as u64 * args.capacity
+        "picker memory: {} endpoints, prefix capacity {} blocks each, index cap {cap} ({share} each): \
+         {full_entries} entries when full",
+        args.endpoints, args.capacity,
     );
     println!("rss at start {:.1} MiB, with the snapshot {:.1} MiB", mib(start), mib(with_snapshot));
 
     // Fill every endpoint's LRU with distinct hashes, 64 endpoints per snapshot.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let ids: Vec<_> = snapshot.endpoints.iter().map(|e| e.endpoint.id.clone()).collect();
+    let filling = tokio::time::Instant::now();
     for chunk in ids.chunks(64) {
         let routed = chunk
             .iter()
@@ -96,7 +107,9 @@ pub async fn picker_memory(args: PickerMemoryArgs) -> anyhow::Result<()> {
     let full = rss_kib();
     let entries = picker.prefix.len();
     println!(
-        "index full: {entries} entries, rss {:.1} MiB: {:.0} bytes per entry",
+        "index full in {:.1} s ({} sweeps): {entries} entries, rss {:.1} MiB: {:.0} bytes per entry",
+        filling.elapsed().as_secs_f64(),
+        picker.prefix.sweeps(),
         mib(full),
         (full.saturating_sub(with_snapshot) * 1024) as f64 / entries.max(1) as f64
     );
@@ -140,13 +153,15 @@ pub async fn picker_memory(args: PickerMemoryArgs) -> anyhow::Result<()> {
     let (first, last) = (rss.first().copied().unwrap_or(0), rss.last().copied().unwrap_or(0));
     let (lo, hi) = (rss.iter().copied().min().unwrap_or(0), rss.iter().copied().max().unwrap_or(0));
     println!(
-        "over {} min: rss {:.1} -> {:.1} MiB (min {:.1}, max {:.1}, change {:+.1} %); picks ok {ok} failed {failed}",
+        "over {} min: rss {:.1} -> {:.1} MiB (min {:.1}, max {:.1}, change {:+.1} %); picks ok {ok} failed {failed}; \
+         {} sweeps in all",
         args.minutes,
         mib(first),
         mib(last),
         mib(lo),
         mib(hi),
-        (last as f64 - first as f64) * 100.0 / first.max(1) as f64
+        (last as f64 - first as f64) * 100.0 / first.max(1) as f64,
+        picker.prefix.sweeps()
     );
     Ok(())
 }

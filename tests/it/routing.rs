@@ -97,3 +97,48 @@ async fn shared_prefix_gate() {
         one.ttft_ms[1]
     );
 }
+
+/// `learned-latency-scorer` end to end: on the heterogeneous fleet (its first server 3× slower),
+/// the picker learns each server's time per queued request from the first tokens it sees and sends
+/// the slow one fewer requests than a picker that only counts queues does. Both arms run at the
+/// same time on their own fleets, at half of a quarter-speed fleet's saturation, where queues are
+/// short and a queue-only picker spreads requests nearly evenly.
+#[test]
+fn learned_latency_sends_fewer_requests_to_the_slow_server() {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+    });
+    system.block_on(learned_latency_arms());
+}
+
+async fn learned_latency_arms() {
+    let learned = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n\
+        plugins:\n- type: learned-latency-scorer\n- type: max-score-picker\n\
+        schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: learned-latency-scorer\n  \
+        - pluginRef: max-score-picker\n";
+    let rig = Rig { speed: 0.25, switchyard_config: learned.into(), ..Rig::new(BIN.into()) };
+    // The heterogeneous fleet saturates at about 16 req/s at full speed (docs/benchmarks.md).
+    let rate = 0.5 * 16.0 * 0.25;
+    let seed = 21;
+    let records = workload::generate(Kind::Heterogeneous, (rate * 30.0) as usize, seed);
+    let arms = [Policy::Switchyard, Policy::LeastQueue];
+    let runs = futures::future::join_all(arms.iter().map(|&policy| {
+        let (rig, records) = (&rig, &records);
+        async move {
+            let spec =
+                RunSpec { kind: Some(Kind::Heterogeneous), policy, pickers: 1, records, rate, seed, warmup_s: 10.0 };
+            run_once(&spec, rig).await.expect("run")
+        }
+    }))
+    .await;
+    // The slow server's share of the requests sent after the warm-up (what `outcomes` holds).
+    let slow_share = |r: &RunData| {
+        let slow = &r.per_server[0].0;
+        assert!(r.outcomes.iter().all(|o| o.status == 200), "every request is answered");
+        r.outcomes.iter().filter(|o| o.server.as_ref() == Some(slow)).count() as f64 / r.outcomes.len() as f64
+    };
+    let (learned, queue_only) = (slow_share(&runs[0]), slow_share(&runs[1]));
+    eprintln!("slow server's share: learned latency {learned:.3}, queue only {queue_only:.3}");
+    assert!(queue_only > 0.15, "a queue-only picker still sends the slow server a share: {queue_only:.3}");
+    assert!(learned < 0.6 * queue_only, "learned latency {learned:.3} vs queue only {queue_only:.3}");
+}
