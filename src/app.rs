@@ -87,6 +87,22 @@ impl Default for StandaloneOptions {
     }
 }
 
+impl StandaloneOptions {
+    /// Everything on 127.0.0.1 with ports the OS picks, plaintext, reading `pool`: what the demo,
+    /// the benches and the tests run.
+    pub fn loopback(pool: PoolSource) -> Self {
+        StandaloneOptions {
+            host: [127, 0, 0, 1].into(),
+            grpc_port: 0,
+            grpc_health_port: 0,
+            metrics_port: 0,
+            pool,
+            tls: Tls::Plaintext,
+            ..Self::default()
+        }
+    }
+}
+
 pub struct StandaloneHandle {
     pub ext_proc_addr: SocketAddr,
     pub health_addr: SocketAddr,

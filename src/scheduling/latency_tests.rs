@@ -83,6 +83,26 @@ fn near_equal_speeds_score_near_equal() {
     assert!(gap > 0.0 && gap < 0.05, "gap {gap}");
 }
 
+/// Regression (multi-turn on the scoreboard): scored as a ratio of waits, queues of 5 and 6 on
+/// identical servers scored 1 and 6/7, too little against prefix affinity, and conversations piled
+/// onto busy servers (TTFT p90 584 vs 372 ms for `queue-scorer`). One request of difference is
+/// half of the scorer's range.
+#[test]
+fn long_queues_on_identical_servers_spread_like_the_queue_scorer() {
+    let s = latency_only();
+    let snap = fleet(&[5, 6]);
+    let local = Learnt(vec![0.1, 0.1]);
+    let columns = Columns::new(&snap);
+    let view = View { snapshot: &snap, columns: &columns, local: &local, prefix: &PrefixIndex::new(), now: now() };
+    let (d, explained) = s
+        .schedule_explained(&view, &[0, 1], &super::tests::req("m"), &mut rand::SeedableRng::seed_from_u64(1), true)
+        .expect("decision");
+    assert_eq!(d.endpoints[0], 0);
+    let (_, primary, runner_up) = explained.expect("explained").scores[0];
+    let gap = primary - runner_up.expect("runner-up");
+    assert!((gap - 0.5).abs() < 1e-9, "gap {gap}");
+}
+
 #[test]
 fn stale_or_unknown_queues_score_worst() {
     let s = latency_only();

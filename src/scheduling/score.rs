@@ -354,23 +354,28 @@ pub(super) fn add_scores(
 }
 
 /// `learned-latency-scorer`: the expected time to first token, (queue + 1) × the endpoint's learnt
-/// seconds per queued request, scored `best / expected` (1 for the best, ½ for twice its wait).
-/// A ratio rather than min-max: near-equal waits score near-equal, where min-max would stretch a
-/// millisecond of noise between identical servers into the scorer's whole range. Endpoints not
-/// learnt yet take the mean of those that are (none learnt: the queue alone decides); stale or unknown queues score 0.
+/// seconds per queued request, scored `1 − (wait − shortest) / (longest − shortest + typical)`
+/// where `typical` is one request's time at a typical endpoint. Min–max softened by one request:
+/// queues far apart spread as `queue-scorer`'s min–max does (a ratio of waits would score a queue
+/// of 6 at 6/7 of one of 5, and let prefix affinity pile conversations onto busy servers), while
+/// a few milliseconds of learnt difference between idle, identical servers stays a few per cent of
+/// the range instead of all of it. Endpoints not learnt yet take the mean of those that are
+/// (none learnt: the queue alone decides); stale or unknown queues score 0.
 fn expected_wait(fresh: &[bool], queued: &[f64], per_queued: &[f64], score: &mut [f64], add: impl Fn(&mut f64, f64)) {
     let (sum, n) = per_queued.iter().filter(|s| s.is_finite() && **s > 0.0).fold((0.0, 0), |(s, n), v| (s + v, n + 1));
     let typical = if n == 0 { 1.0 } else { sum / f64::from(n) };
     let wait = |q: f64, s: f64| (q.max(0.0) + 1.0) * if s.is_finite() && s > 0.0 { s } else { typical };
-    let best = queued
-        .iter()
-        .zip(per_queued)
-        .zip(fresh)
-        .filter(|((q, _), f)| **f && !q.is_nan())
-        .map(|((q, s), _)| wait(*q, *s))
-        .fold(f64::INFINITY, f64::min);
+    let (mut best, mut worst) = (f64::INFINITY, f64::NEG_INFINITY);
+    for ((q, s), f) in queued.iter().zip(per_queued).zip(fresh) {
+        if *f && !q.is_nan() {
+            let w = wait(*q, *s);
+            best = best.min(w);
+            worst = worst.max(w);
+        }
+    }
+    let range = worst - best + typical;
     for (((score, q), s), f) in score.iter_mut().zip(queued).zip(per_queued).zip(fresh) {
-        let v = if !*f || q.is_nan() { 0.0 } else { best / wait(*q, *s) };
+        let v = if !*f || q.is_nan() { 0.0 } else { 1.0 - (wait(*q, *s) - best) / range };
         add(score, v);
     }
 }

@@ -12,7 +12,7 @@ use clap::Args;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::app::{self, StandaloneOptions, Tls};
+use crate::app::{self, StandaloneOptions};
 use crate::gateway::{self, FailureMode, GatewayConfig};
 use crate::picker::PickerSettings;
 use crate::sim;
@@ -137,15 +137,9 @@ async fn serve(args: &DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let endpoints_file = sim::write_endpoints_file(&fleet, &dir)?;
     let epp = app::start_standalone(StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
         config_text: Some(routing::policy::BEST.to_string()),
-        pool: crate::discovery::PoolSource::file(endpoints_file),
-        tls: Tls::Plaintext,
         picker: PickerSettings { seed: args.run.seed, ..PickerSettings::default() },
-        ..StandaloneOptions::default()
+        ..StandaloneOptions::loopback(crate::discovery::PoolSource::file(endpoints_file))
     })
     .await?;
     let ready_by = Instant::now() + Duration::from_secs(10);

@@ -433,7 +433,7 @@ pub struct GatewayBenchArgs {
 /// gateway going straight to one endpoint. The sims run 100× faster than real time so that the
 /// proxy path, not the model, dominates.
 pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
-    use crate::app::{StandaloneOptions, Tls};
+    use crate::app::StandaloneOptions;
     use crate::gateway::{self, FailureMode, GatewayConfig};
     use crate::sim::{self, Flavor};
     crate::ensure_crypto_provider();
@@ -442,16 +442,8 @@ pub async fn run_gateway(args: GatewayBenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = sim::write_endpoints_file(&fleet, &dir)?;
-    let epp = crate::app::start_standalone(StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: crate::discovery::PoolSource::file(file),
-        tls: Tls::Plaintext,
-        ..StandaloneOptions::default()
-    })
-    .await?;
+    let epp =
+        crate::app::start_standalone(StandaloneOptions::loopback(crate::discovery::PoolSource::file(file))).await?;
     while !epp.readiness.is_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -33,15 +33,7 @@ async fn an_edited_endpoints_file_changes_the_fleet_without_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let (fleet, file) = vllm_fleet(3, dir.path()).await;
     write_fleet(&file, &fleet[..2]);
-    let opts = switchyard::app::StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: PoolSource::File { path: file.clone(), poll: POLL },
-        tls: switchyard::app::Tls::Plaintext,
-        ..Default::default()
-    };
+    let opts = switchyard::app::StandaloneOptions::loopback(PoolSource::File { path: file.clone(), poll: POLL });
     let standalone = switchyard::app::start_standalone(opts).await.expect("standalone");
     let snaps = standalone.snapshots.clone();
     let expect = |want: BTreeSet<String>, what: &'static str| {

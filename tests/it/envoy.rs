@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, body_mutation, common_response,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use switchyard::app::{self, StandaloneHandle, StandaloneOptions, Tls};
+use switchyard::app::{self, StandaloneHandle, StandaloneOptions};
 use switchyard::picker::PickerSettings;
 use switchyard::sim::{self, SimHandle};
 use tokio::sync::mpsc;
@@ -37,15 +37,9 @@ impl Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = sim::write_endpoints_file(&fleet, dir.path()).expect("endpoints file");
         let mut opts = StandaloneOptions {
-            host: [127, 0, 0, 1].into(),
-            grpc_port: 0,
-            grpc_health_port: 0,
-            metrics_port: 0,
             config_text: config_text.map(str::to_string),
-            pool: switchyard::discovery::PoolSource::file(path),
-            tls: Tls::Plaintext,
             picker: PickerSettings { seed: 42, ..Default::default() },
-            ..StandaloneOptions::default()
+            ..StandaloneOptions::loopback(switchyard::discovery::PoolSource::file(path))
         };
         tweak(&mut opts);
         let epp = app::start_standalone(opts).await.expect("standalone starts");

@@ -9,7 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::etcd::{Etcd, free_port};
-use crate::support::{Proc, client, strings, wait_for};
+use crate::support::{Proc, aggregator_args, client, strings, wait_for};
 
 /// The readiness a role's health port reports; `None` when it does not answer.
 async fn readiness(health_port: u16) -> Option<i32> {
@@ -81,27 +81,8 @@ fn aggregator(etcd: &Etcd, endpoints: &str, election: &str) -> Aggregator {
 
 fn aggregator_with(etcd: &Etcd, endpoints: &str, election: &str, extra: &[&str]) -> Aggregator {
     let (control, health) = (free_port(), free_port());
-    let mut args = strings(&[
-        "aggregator",
-        "--listen-host",
-        "127.0.0.1",
-        "--control-port",
-        &control.to_string(),
-        "--grpc-health-port",
-        &health.to_string(),
-        "--metrics-port",
-        &free_port().to_string(),
-        "--endpoints-file",
-        endpoints,
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--election-name",
-        election,
-        "--lease-ttl",
-        "2s",
-        "--log",
-        "warn",
-    ]);
+    let mut args = aggregator_args(control, health, endpoints);
+    args.extend(strings(&["--etcd-endpoints", &etcd.endpoint, "--election-name", election, "--lease-ttl", "2s"]));
     args.extend(strings(extra));
     Aggregator { proc: Proc::spawn(&args, &[]), control, health }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard::app::{StandaloneHandle, StandaloneOptions, Tls, start_standalone};
+use switchyard::app::{StandaloneHandle, StandaloneOptions, start_standalone};
 use switchyard::config::MetricFlags;
 use switchyard::discovery::PoolSource;
 use switchyard::model::MetricsState;
@@ -33,15 +33,9 @@ async fn tls_fleet(dir: &std::path::Path) -> (Vec<SimHandle>, std::path::PathBuf
 
 async fn standalone(file: &std::path::Path, config_text: String, metric_flags: MetricFlags) -> StandaloneHandle {
     let opts = StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: PoolSource::file(file),
-        tls: Tls::Plaintext,
         config_text: Some(config_text),
         metric_flags,
-        ..Default::default()
+        ..StandaloneOptions::loopback(PoolSource::file(file))
     };
     start_standalone(opts).await.expect("standalone")
 }

@@ -323,16 +323,10 @@ async fn a_standalone_scrapes_the_pools_pods_with_each_engines_metric_names() {
     let dir = tempfile::tempdir().expect("dir");
     let opts = switchyard::app::StandaloneOptions {
         config_text: Some(saturated.into()),
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: PoolSource::Kubernetes(KubernetesOptions {
+        ..switchyard::app::StandaloneOptions::loopback(PoolSource::Kubernetes(KubernetesOptions {
             kubeconfig: Some(fake.kubeconfig(dir.path())),
             ..options(by_name("pool"))
-        }),
-        tls: switchyard::app::Tls::Plaintext,
-        ..Default::default()
+        }))
     };
     let standalone = switchyard::app::start_standalone(opts).await.expect("standalone");
     let want: BTreeSet<String> = (0..fleet.len()).map(|i| format!("default/pod-{i}-rank-{i}")).collect();

@@ -21,14 +21,8 @@ async fn metrics_ports_require_the_bearer_token_when_auth_is_on() {
     std::fs::write(&token, "first-token\n").expect("token");
     let auth = MetricsAuth::bearer_token_file(&token);
     let standalone = switchyard::app::start_standalone(switchyard::app::StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: switchyard::discovery::PoolSource::file(file.clone()),
-        tls: switchyard::app::Tls::Plaintext,
         metrics_auth: auth.clone(),
-        ..Default::default()
+        ..switchyard::app::StandaloneOptions::loopback(switchyard::discovery::PoolSource::file(file.clone()))
     })
     .await
     .expect("standalone");
@@ -92,15 +86,9 @@ pub fn families(text: &str) -> std::collections::BTreeMap<String, std::collectio
 async fn upstream_names_and_label_sets() {
     let dir = tempfile::tempdir().expect("dir");
     let (_fleet, file) = vllm_fleet(2, dir.path()).await;
-    let standalone = switchyard::app::start_standalone(switchyard::app::StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: switchyard::discovery::PoolSource::file(file),
-        tls: switchyard::app::Tls::Plaintext,
-        ..Default::default()
-    })
+    let standalone = switchyard::app::start_standalone(switchyard::app::StandaloneOptions::loopback(
+        switchyard::discovery::PoolSource::file(file),
+    ))
     .await
     .expect("standalone");
     let url = format!("http://{}/metrics", standalone.metrics_addr);

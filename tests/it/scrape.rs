@@ -300,15 +300,7 @@ async fn shut_down_roles_stop_scraping() {
     count_reaches("scrapes by the aggregator", &hits, 3).await;
     agg.shutdown(Duration::from_secs(1)).await;
 
-    let opts = switchyard::app::StandaloneOptions {
-        host: [127, 0, 0, 1].into(),
-        grpc_port: 0,
-        grpc_health_port: 0,
-        metrics_port: 0,
-        pool: switchyard::discovery::PoolSource::file(file),
-        tls: switchyard::app::Tls::Plaintext,
-        ..Default::default()
-    };
+    let opts = switchyard::app::StandaloneOptions::loopback(switchyard::discovery::PoolSource::file(file));
     let standalone = switchyard::app::start_standalone(opts).await.expect("standalone");
     let before = hits.load(Ordering::Relaxed);
     count_reaches("scrapes by the standalone", &hits, before + 3).await;

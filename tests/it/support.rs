@@ -90,3 +90,23 @@ impl Drop for Proc {
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
+
+/// Arguments of a child `switchyard aggregator` on loopback reading `endpoints` (etcd and other
+/// flags are the caller's to add).
+pub fn aggregator_args(control: u16, health: u16, endpoints: &str) -> Vec<String> {
+    strings(&[
+        "aggregator",
+        "--listen-host",
+        "127.0.0.1",
+        "--control-port",
+        &control.to_string(),
+        "--grpc-health-port",
+        &health.to_string(),
+        "--metrics-port",
+        &crate::etcd::free_port().to_string(),
+        "--endpoints-file",
+        endpoints,
+        "--log",
+        "warn",
+    ])
+}

@@ -8,7 +8,7 @@ use switchyard::tools::otlp_sink::Collector;
 
 use crate::envoy::{HttpRequest, send};
 use crate::etcd::free_port;
-use crate::support::{Proc, strings, vllm_fleet, wait_for};
+use crate::support::{Proc, aggregator_args, strings, vllm_fleet, wait_for};
 
 /// A role exporting every span to the test's collector (it flushes every 50 ms).
 fn spawn(args: &[String], otlp_port: u16) -> Proc {
@@ -33,24 +33,7 @@ async fn a_routed_request_and_the_control_plane_arrive_as_linked_spans() {
     let dir = tempfile::tempdir().expect("dir");
     let (_fleet, file) = vllm_fleet(2, dir.path()).await;
     let control = free_port();
-    let _aggregator = spawn(
-        &strings(&[
-            "aggregator",
-            "--listen-host",
-            "127.0.0.1",
-            "--control-port",
-            &control.to_string(),
-            "--grpc-health-port",
-            &free_port().to_string(),
-            "--metrics-port",
-            &free_port().to_string(),
-            "--endpoints-file",
-            &file.display().to_string(),
-            "--log",
-            "warn",
-        ]),
-        otlp,
-    );
+    let _aggregator = spawn(&aggregator_args(control, free_port(), &file.display().to_string()), otlp);
     let grpc = free_port();
     let _picker = spawn(
         &strings(&[

@@ -197,6 +197,19 @@ fn records(kind: Option<Kind>, trace: &[workload::TraceRecord], n: usize, seed: 
     }
 }
 
+/// [`run_once`], once more on a fresh fleet if it fails to start (on a machine shared with other
+/// work a routing path has missed its 30 s to become ready): one such failure should not throw
+/// away the runs of a long scoreboard.
+async fn run_retrying(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> {
+    match run_once(spec, rig).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            eprintln!("  {} seed {}: {e:#}; running it again", spec.policy.name(), spec.seed);
+            run_once(spec, rig).await
+        }
+    }
+}
+
 /// One run: a workload's records at a rate through a policy with a number of pickers.
 pub struct RunSpec<'a> {
     pub kind: Option<Kind>,
@@ -370,7 +383,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
                     seed,
                     warmup_s: args.warmup,
                 };
-                runs[i].push(run_once(&spec, &rig).await?);
+                runs[i].push(run_retrying(&spec, &rig).await?);
             }
         }
         let figures: Vec<Figures> =
@@ -388,7 +401,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
                 seed: args.seed,
                 warmup_s: args.warmup,
             };
-            let r = run_once(&spec, &rig).await?;
+            let r = run_retrying(&spec, &rig).await?;
             Figures::from_runs("unloaded", &[r], args.slo_ms).by_objective.get("critical").map(|c| c.2)
         } else {
             None
