@@ -66,20 +66,24 @@ fn an_endpoint_not_learnt_yet_counts_as_typical() {
     assert_eq!(d.endpoints[0], 2, "1 × 0.3 for the unknown is less than 3 × 0.1");
 }
 
+/// Two endpoints with these queues and learnt speeds: the one picked, and the scorer's gap between
+/// it and the runner-up.
+fn pick_and_gap(queues: &[u64], learnt: Vec<f64>) -> (usize, f64) {
+    let snap = fleet(queues);
+    let (local, columns) = (Learnt(learnt), Columns::new(&snap));
+    let view = View { snapshot: &snap, columns: &columns, local: &local, prefix: &PrefixIndex::new(), now: now() };
+    let mut rng = rand::SeedableRng::seed_from_u64(1);
+    let (d, explained) =
+        latency_only().schedule_explained(&view, &[0, 1], &super::tests::req("m"), &mut rng, true).expect("decision");
+    let (_, primary, runner_up) = explained.expect("explained").scores[0];
+    (d.endpoints[0], primary - runner_up.expect("runner-up"))
+}
+
 #[test]
 fn near_equal_speeds_score_near_equal() {
     // Two idle servers a few per cent apart leave the prefix scorer in charge, where min-max
     // normalization would give one of them the whole scorer weight.
-    let s = latency_only();
-    let snap = fleet(&[0, 0]);
-    let local = Learnt(vec![0.100, 0.104]);
-    let columns = Columns::new(&snap);
-    let view = View { snapshot: &snap, columns: &columns, local: &local, prefix: &PrefixIndex::new(), now: now() };
-    let (_, explained) = s
-        .schedule_explained(&view, &[0, 1], &super::tests::req("m"), &mut rand::SeedableRng::seed_from_u64(1), true)
-        .expect("decision");
-    let (_, primary, runner_up) = explained.expect("explained").scores[0];
-    let gap = primary - runner_up.expect("runner-up");
+    let (_, gap) = pick_and_gap(&[0, 0], vec![0.100, 0.104]);
     assert!(gap > 0.0 && gap < 0.05, "gap {gap}");
 }
 
@@ -89,17 +93,8 @@ fn near_equal_speeds_score_near_equal() {
 /// half of the scorer's range.
 #[test]
 fn long_queues_on_identical_servers_spread_like_the_queue_scorer() {
-    let s = latency_only();
-    let snap = fleet(&[5, 6]);
-    let local = Learnt(vec![0.1, 0.1]);
-    let columns = Columns::new(&snap);
-    let view = View { snapshot: &snap, columns: &columns, local: &local, prefix: &PrefixIndex::new(), now: now() };
-    let (d, explained) = s
-        .schedule_explained(&view, &[0, 1], &super::tests::req("m"), &mut rand::SeedableRng::seed_from_u64(1), true)
-        .expect("decision");
-    assert_eq!(d.endpoints[0], 0);
-    let (_, primary, runner_up) = explained.expect("explained").scores[0];
-    let gap = primary - runner_up.expect("runner-up");
+    let (picked, gap) = pick_and_gap(&[5, 6], vec![0.1, 0.1]);
+    assert_eq!(picked, 0);
     assert!((gap - 0.5).abs() < 1e-9, "gap {gap}");
 }
 
