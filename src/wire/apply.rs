@@ -1,9 +1,11 @@
 //! The snapshot a decoded update makes: a full one replaces what a picker holds, a delta is
 //! merged into it. Unchanged endpoints are cloned from the held snapshot (their spec and metrics
 //! sample are shared, so a clone copies a few words); the endpoints the update carries are
-//! converted. Snapshots are in id order, so a delta in id order is merged in one pass over the
-//! held endpoints; anything else (a sender that does not keep the order, or a held snapshot out
-//! of order) takes the general path by id, with the same result. It does not decode bytes
+//! converted. When each of them has the spec of a held endpoint (the same allocation, as the
+//! stream's memo gives it: an update of metrics only), the merge is a walk over the held
+//! endpoints comparing pointers. Otherwise snapshots are in id order, so a delta in id order is
+//! merged in one pass over the held endpoints; anything else (a sender that does not keep the
+//! order, or a held snapshot out of order) takes the general path by id. All give the same result. It does not decode bytes
 //! (`decode.rs`) or fence stale updates (the caller does).
 
 use std::collections::{HashMap, HashSet};
@@ -75,11 +77,17 @@ pub(super) fn apply_decoded(held: &Snapshot, u: DecodedUpdate) -> Result<Snapsho
             held_seq: held.seq,
         });
     }
-    let (changed, in_order) = changed_endpoints(endpoints)?;
+    let changed = endpoints.into_iter().map(endpoint_state).collect::<Result<Vec<_>, _>>()?;
     let removed: HashSet<EndpointId> = u.removed.iter().map(EndpointId::new).collect();
-    let endpoints = match in_order.then(|| merge_in_order(held, &changed, &removed)).flatten() {
-        Some(merged) => merged,
-        None => merge_by_id(held, changed, &removed),
+    let endpoints = match merge_shared(held, changed, &removed) {
+        Ok(merged) => merged,
+        Err(changed) => {
+            let in_order = check_changed(&changed)?;
+            match in_order.then(|| merge_in_order(held, &changed, &removed)).flatten() {
+                Some(merged) => merged,
+                None => merge_by_id(held, changed, &removed),
+            }
+        }
     };
     Ok(Snapshot {
         epoch: u.epoch,
@@ -96,33 +104,50 @@ pub(super) fn apply_decoded(held: &Snapshot, u: DecodedUpdate) -> Result<Snapsho
     })
 }
 
-/// The endpoints a delta carries, converted in order, and whether their ids ascend strictly.
-/// The first endpoint without a spec or whose id came before fails it.
-fn changed_endpoints(endpoints: Vec<WireEndpoint>) -> Result<(Vec<EndpointState>, bool), WireError> {
-    let mut changed: Vec<EndpointState> = Vec::with_capacity(endpoints.len());
-    // Ids seen so far, kept only once the order breaks (before that a repeat is impossible).
-    let mut seen: Option<HashSet<EndpointId>> = None;
-    for e in endpoints {
-        let e = endpoint_state(e)?;
-        let id = &e.endpoint.id;
-        match (&mut seen, changed.last()) {
-            (None, Some(last)) if last.endpoint.id >= *id => {
-                let set: HashSet<EndpointId> = changed.iter().map(|c| c.endpoint.id.clone()).collect();
-                if set.contains(id) {
-                    return Err(WireError::Duplicate(id.to_string()));
-                }
-                seen = Some(set);
-            }
-            (Some(set), _) if set.contains(id) => return Err(WireError::Duplicate(id.to_string())),
-            _ => {}
-        }
-        if let Some(set) = &mut seen {
-            set.insert(id.clone());
-        }
-        changed.push(e);
+/// Whether the ids of the endpoints a delta carries ascend strictly; an id seen twice fails it.
+fn check_changed(changed: &[EndpointState]) -> Result<bool, WireError> {
+    if changed.windows(2).all(|w| w[0].endpoint.id < w[1].endpoint.id) {
+        return Ok(true);
     }
-    let in_order = seen.is_none();
-    Ok((changed, in_order))
+    let mut seen: HashSet<&EndpointId> = HashSet::with_capacity(changed.len());
+    match changed.iter().find(|c| !seen.insert(&c.endpoint.id)) {
+        Some(dup) => Err(WireError::Duplicate(dup.endpoint.id.to_string())),
+        None => Ok(false),
+    }
+}
+
+/// The merge when every endpoint the delta carries has the spec of a held endpoint (the same
+/// allocation: the stream's memo gave it), in the held order: an update of metrics only, the
+/// common case. One walk over `held` comparing pointers, no id compared and the carried states
+/// moved, not cloned. A snapshot's ids are unique, so each carried endpoint stands for a
+/// different held one: the result is [`merge_by_id`]'s. `Err(changed)` (as given) otherwise.
+fn merge_shared(
+    held: &Snapshot,
+    changed: Vec<EndpointState>,
+    removed: &HashSet<EndpointId>,
+) -> Result<Vec<EndpointState>, Vec<EndpointState>> {
+    let mut next = 0;
+    for e in &held.endpoints {
+        if changed.get(next).is_some_and(|c| Arc::ptr_eq(&c.endpoint, &e.endpoint)) {
+            next += 1;
+        }
+    }
+    // Changed and listed as removed too (the merge by id puts it back in id order): rare, left to
+    // the other merges.
+    if next != changed.len() || (!removed.is_empty() && changed.iter().any(|c| removed.contains(&c.endpoint.id))) {
+        return Err(changed);
+    }
+    let mut out = Vec::with_capacity(held.endpoints.len());
+    let mut changed = changed.into_iter().peekable();
+    for e in &held.endpoints {
+        // Changed, left, or unchanged.
+        match changed.next_if(|c| Arc::ptr_eq(&c.endpoint, &e.endpoint)) {
+            Some(c) => out.push(c),
+            None if !removed.is_empty() && removed.contains(&e.endpoint.id) => {}
+            None => out.push(e.clone()),
+        }
+    }
+    Ok(out)
 }
 
 /// One pass over `held` and `changed` (ids strictly ascending), or `None` when `held` is not in
@@ -148,7 +173,7 @@ fn merge_in_order(
         // Changed (listed as removed too, the new state wins, as by id), left, or unchanged.
         match next.next_if(|c| c.endpoint.id == *id) {
             Some(c) => out.push(c.clone()),
-            None if removed.contains(id) => {}
+            None if !removed.is_empty() && removed.contains(id) => {}
             None => out.push(e.clone()),
         }
     }
@@ -197,27 +222,47 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The one-pass merge gives what the merge by id gives, when it applies (joined, changed,
-        /// removed, changed and removed at once); a held snapshot out of order is left to the
-        /// other.
+        /// The one-pass merge and the walk over shared specs give what the merge by id gives,
+        /// when they apply (joined, changed, removed, changed and removed at once); a held
+        /// snapshot out of order is left to the merge by id, a spec not shared (or a joined
+        /// endpoint) to the merges by id.
         #[test]
-        fn the_merge_in_order_is_the_merge_by_id(
+        fn the_fast_merges_are_the_merge_by_id(
             held in proptest::collection::btree_set("[a-f]", 0..6),
             changed in proptest::collection::btree_set("[a-h]", 0..6),
             removed in proptest::collection::vec("[a-h]", 0..3),
             reversed in proptest::bool::ANY,
+            unshared in proptest::option::of("[a-h]"),
         ) {
             let mut held: Vec<EndpointState> = held.iter().map(|id| state(id, 0)).collect();
             if reversed && held.len() > 1 {
                 held.reverse();
             }
             let held = Snapshot { epoch: 1, seq: 1, endpoints: held, ..(*Snapshot::empty()).clone() };
-            let changed: Vec<EndpointState> = changed.iter().map(|id| state(id, 1)).collect();
+            // As the memo gives them: a held endpoint's spec is the held allocation (but one).
+            let changed: Vec<EndpointState> = changed
+                .iter()
+                .map(|id| match held.endpoints.iter().find(|e| e.endpoint.id.as_str() == id) {
+                    Some(e) if unshared.as_deref() != Some(id.as_str()) => {
+                        EndpointState { shared_load: Load { requests: 1, tokens: 0 }, ..e.clone() }
+                    }
+                    _ => state(id, 1),
+                })
+                .collect();
             let removed: HashSet<EndpointId> = removed.iter().map(EndpointId::new).collect();
             let by_id = merge_by_id(&held, changed.clone(), &removed);
             match merge_in_order(&held, &changed, &removed) {
-                Some(merged) => proptest::prop_assert_eq!(merged, by_id),
+                Some(merged) => proptest::prop_assert_eq!(merged, by_id.clone()),
                 None => proptest::prop_assert!(reversed),
+            }
+            let all_shared = changed.iter().all(|c| held.endpoints.iter().any(|e| Arc::ptr_eq(&e.endpoint, &c.endpoint)));
+            match merge_shared(&held, changed.clone(), &removed) {
+                Ok(merged) => proptest::prop_assert_eq!(merged, by_id),
+                Err(back) => {
+                    proptest::prop_assert_eq!(back, changed.clone());
+                    let removed_too = changed.iter().any(|c| removed.contains(&c.endpoint.id));
+                    proptest::prop_assert!(!all_shared || (reversed && changed.len() > 1) || removed_too);
+                }
             }
         }
     }

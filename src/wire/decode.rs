@@ -65,26 +65,75 @@ impl From<pb::SnapshotUpdate> for DecodedUpdate {
 /// The specs one stream has decoded, by their bytes. Entries nobody else holds any more (the
 /// endpoint left or changed) are dropped from time to time, so it stays within about one and a
 /// half times the endpoints held.
+///
+/// The k-th spec of an update is most often the k-th of the update before (the same endpoints,
+/// in id order), so that one is tried first: its bytes are kept one after another with the
+/// previous update's, and compared without hashing or a lookup in the map.
 #[derive(Debug, Default)]
 pub struct SpecMemo {
     specs: HashMap<Box<[u8]>, Arc<Endpoint>>,
     inserted: usize,
+    previous: Recent,
+    current: Recent,
+}
+
+/// The specs of one update, in order, and their bytes one after another.
+#[derive(Debug, Default)]
+struct Recent {
+    bytes: Vec<u8>,
+    /// Each spec, with where its bytes end in `bytes`.
+    specs: Vec<(usize, Arc<Endpoint>)>,
+}
+
+impl Recent {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.specs.clear();
+    }
+
+    /// The `k`-th spec, if its bytes are `bytes`.
+    fn get(&self, k: usize, bytes: &[u8]) -> Option<&Arc<Endpoint>> {
+        let (end, spec) = self.specs.get(k)?;
+        let start = k.checked_sub(1).map_or(0, |p| self.specs[p].0);
+        (self.bytes.get(start..*end) == Some(bytes)).then_some(spec)
+    }
+
+    fn push(&mut self, bytes: &[u8], spec: &Arc<Endpoint>) {
+        self.bytes.extend_from_slice(bytes);
+        self.specs.push((self.bytes.len(), spec.clone()));
+    }
 }
 
 impl SpecMemo {
-    fn spec(&mut self, bytes: &[u8]) -> Result<Arc<Endpoint>, DecodeError> {
-        if let Some(e) = self.specs.get(bytes) {
-            return Ok(e.clone());
-        }
-        let e = Arc::new(endpoint_from_proto(pb::EndpointSpec::decode(bytes)?));
-        self.specs.insert(bytes.into(), e.clone());
-        self.inserted += 1;
+    /// The spec of the `k`-th endpoint of the update being decoded.
+    fn spec(&mut self, k: usize, bytes: &[u8]) -> Result<Arc<Endpoint>, DecodeError> {
+        let e = match self.previous.get(k, bytes) {
+            Some(e) => e.clone(),
+            None => match self.specs.get(bytes) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = Arc::new(endpoint_from_proto(pb::EndpointSpec::decode(bytes)?));
+                    self.specs.insert(bytes.into(), e.clone());
+                    self.inserted += 1;
+                    e
+                }
+            },
+        };
+        self.current.push(bytes, &e);
         Ok(e)
     }
 
-    /// Between updates: lets go of the specs only this memo holds, once as many were added as
-    /// half of those kept (amortized O(1) per spec decoded).
-    fn prune(&mut self) {
+    /// An update is decoded from here.
+    fn start(&mut self) {
+        self.current.clear();
+    }
+
+    /// The update was decoded: its specs are the ones tried first for the next. Lets go of the
+    /// specs only this memo holds, once as many were added as half of those kept (amortized O(1)
+    /// per spec decoded).
+    fn finish(&mut self) {
+        std::mem::swap(&mut self.previous, &mut self.current);
+        self.current.clear();
         if self.inserted > self.specs.len() / 2 + 64 {
             self.specs.retain(|_, e| Arc::strong_count(e) > 1);
             self.inserted = 0;
@@ -105,20 +154,22 @@ impl SpecMemo {
 pub fn decode_update(mut buf: &[u8], memo: &mut SpecMemo) -> Result<DecodedUpdate, DecodeUpdateError> {
     let mut header = pb::SnapshotUpdate::default();
     let mut endpoints = Vec::new();
+    memo.start();
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf)?;
         if tag == UPDATE_ENDPOINTS && wire_type == WireType::LengthDelimited {
-            endpoints.push(decode_endpoint(delimited(&mut buf)?, memo)?);
+            let k = endpoints.len();
+            endpoints.push(decode_endpoint(k, delimited(&mut buf)?, memo)?);
         } else {
             header.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
         }
     }
-    memo.prune();
+    memo.finish();
     Ok(DecodedUpdate { header, endpoints })
 }
 
-/// One `EndpointState`: the spec through the memo, the other fields by prost.
-fn decode_endpoint(bytes: &[u8], memo: &mut SpecMemo) -> Result<WireEndpoint, DecodeUpdateError> {
+/// The `k`-th `EndpointState`: the spec through the memo, the other fields by prost.
+fn decode_endpoint(k: usize, bytes: &[u8], memo: &mut SpecMemo) -> Result<WireEndpoint, DecodeUpdateError> {
     let mut buf = bytes;
     let mut spec = None;
     let mut state = pb::EndpointState::default();
@@ -129,7 +180,7 @@ fn decode_endpoint(bytes: &[u8], memo: &mut SpecMemo) -> Result<WireEndpoint, De
                 // A repeated message field merges its occurrences: rare enough to leave to prost.
                 return Ok(WireEndpoint::from_proto(pb::EndpointState::decode(bytes)?));
             }
-            spec = Some(memo.spec(delimited(&mut buf)?)?);
+            spec = Some(memo.spec(k, delimited(&mut buf)?)?);
         } else {
             state.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
         }

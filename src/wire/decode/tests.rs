@@ -115,6 +115,11 @@ fn a_spec_seen_before_is_shared_not_decoded() {
     assert!(Arc::ptr_eq(&spec(&first, 0), &spec(&second, 0)), "same spec bytes: the same endpoint");
     assert!(!Arc::ptr_eq(&spec(&first, 1), &spec(&second, 1)), "moved: decoded again");
     assert_eq!(spec(&second, 1).address, "10.0.1.2:80");
+    // Another place in the update than before: found by its bytes all the same.
+    let c = snapshot(3, &[(1, false, Some(2), 2), (2, true, Some(2), 0)]);
+    let third = decode_update(&encode_delta(&b, &c, &[], None, &mut cache), &mut memo).expect("delta");
+    assert_eq!(third.endpoints.len(), 1);
+    assert!(Arc::ptr_eq(&spec(&second, 1), &spec(&third, 0)), "second's second, third's first");
 }
 
 #[test]
