@@ -51,7 +51,7 @@ fn endpoints(n: usize) -> Vec<Endpoint> {
         .map(|(i, s)| Endpoint {
             metrics_url: format!("http://{}/metrics", s.endpoint.address),
             labels: labels(i),
-            ..s.endpoint
+            ..(*s.endpoint).clone()
         })
         .collect()
 }
@@ -176,8 +176,14 @@ fn main() {
         // Comparisons, on the same kind of rounds: a full build, one delta built alone (as the
         // first stream to ask does), the delta every stream built and encoded before, a full snapshot
         // encoded, a picker decoding and applying the delta.
-        let mut held: Snapshot =
-            switchyard::wire::snapshot_from_proto(switchyard::wire::snapshot_to_proto(&base)).unwrap();
+        // The picker's decoder, as its stream keeps it (specs seen before are shared).
+        let mut memo = switchyard::wire::SpecMemo::default();
+        let first = switchyard::wire::snapshot_to_proto(&base).encode_to_vec();
+        let mut held: Snapshot = switchyard::wire::apply_decoded(
+            &Snapshot::empty(),
+            switchyard::wire::decode_update(&first, &mut memo).unwrap(),
+        )
+        .unwrap();
         let single = Subscribers::default();
         for round in 400..600i64 {
             events(round, &mut full, None);
@@ -198,7 +204,11 @@ fn main() {
             black_box(single.update(None, &next, &routed));
             t.full_shared.push(us(start));
             let start = Instant::now();
-            held = switchyard::wire::apply_update(&held, one.decode().unwrap()).unwrap();
+            held = switchyard::wire::apply_decoded(
+                &held,
+                switchyard::wire::decode_update(one.bytes(), &mut memo).unwrap(),
+            )
+            .unwrap();
             t.apply.push(us(start));
             base = Arc::new(next);
         }

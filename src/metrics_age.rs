@@ -75,13 +75,13 @@ mod tests {
 
     fn state(id: &str, scraped_at: Option<SystemTime>) -> EndpointState {
         EndpointState {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 id: EndpointId::new(id),
                 address: "10.0.0.1:8000".into(),
                 metrics_url: String::new(),
                 engine: "vllm".into(),
                 labels: Default::default(),
-            },
+            }),
             metrics: match scraped_at {
                 None => MetricsState::Unknown,
                 Some(at) => MetricsState::Known {

@@ -12,8 +12,11 @@ use crate::model::{
     TraceRef, from_unix_micros, unix_micros,
 };
 
+mod apply;
+mod decode;
 mod encode;
 
+pub use decode::{DecodeUpdateError, DecodedUpdate, SpecMemo, WireEndpoint, decode_update};
 pub use encode::{SpecCache, encode_delta, encode_snapshot};
 
 /// Version of the messages this build speaks.
@@ -89,24 +92,6 @@ fn endpoint_state_without_spec(e: &EndpointState) -> pb::EndpointState {
         inflight_tokens: e.shared_load.tokens,
         sent_since_scrape: e.shared_sent_since_scrape,
     }
-}
-
-fn endpoint_state_from_proto(e: pb::EndpointState) -> Result<EndpointState, WireError> {
-    let endpoint = endpoint_from_proto(e.spec.ok_or(WireError::MissingSpec)?);
-    let metrics = match e.metrics {
-        None => MetricsState::Unknown,
-        Some(m) => {
-            let (metrics, errors) = metrics_from_proto(m);
-            let sample = MetricsSample { metrics, scraped_at: from_unix_micros(e.scraped_at_unix_micros), errors };
-            MetricsState::Known { sample: Arc::new(sample), last_error: None }
-        }
-    };
-    Ok(EndpointState {
-        endpoint,
-        metrics,
-        shared_load: Load { requests: e.inflight_requests, tokens: e.inflight_tokens },
-        shared_sent_since_scrape: e.sent_since_scrape,
-    })
 }
 
 fn blocks_to_proto(blocks: &[RoutedBlocks]) -> Vec<pb::PrefixBlocks> {
@@ -288,30 +273,7 @@ pub enum WireError {
 
 /// The snapshot a full update describes.
 pub fn snapshot_from_proto(u: pb::SnapshotUpdate) -> Result<Snapshot, WireError> {
-    if u.version != PROTOCOL_VERSION {
-        return Err(WireError::Version(u.version));
-    }
-    if !u.full {
-        return Err(WireError::DeltaBase { epoch: u.epoch, base_seq: u.base_seq, held_epoch: 0, held_seq: 0 });
-    }
-    let mut endpoints = u.endpoints.into_iter().map(endpoint_state_from_proto).collect::<Result<Vec<_>, _>>()?;
-    // Snapshots are ordered by id (deltas merge on that order); a sender that does not keep it
-    // is put in order here (found by fuzzing).
-    if !endpoints.is_sorted_by(|a, b| a.endpoint.id < b.endpoint.id) {
-        endpoints.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
-    }
-    if let Some(dup) = endpoints.windows(2).find(|w| w[0].endpoint.id == w[1].endpoint.id) {
-        return Err(WireError::Duplicate(dup[0].endpoint.id.to_string()));
-    }
-    Ok(Snapshot {
-        epoch: u.epoch,
-        seq: u.seq,
-        endpoints,
-        published_at: from_unix_micros(u.published_at_unix_micros),
-        routed_blocks: blocks_from_proto(u.prefix_blocks),
-        objectives: Arc::new(u.objectives.into_iter().collect()),
-        publish_span: trace_ref_from_proto(&u.publish_span),
-    })
+    apply::snapshot_from_update(u.into())
 }
 
 fn blocks_from_proto(blocks: Vec<pb::PrefixBlocks>) -> Vec<RoutedBlocks> {
@@ -322,50 +284,12 @@ fn blocks_from_proto(blocks: Vec<pb::PrefixBlocks>) -> Vec<RoutedBlocks> {
 /// (same epoch, `base_seq` = its seq), and keeps the unchanged endpoints' samples shared with it.
 /// The caller fences first: `u` must be newer than `held`.
 pub fn apply_update(held: &Snapshot, u: pb::SnapshotUpdate) -> Result<Snapshot, WireError> {
-    if u.full || u.version != PROTOCOL_VERSION {
-        return snapshot_from_proto(u);
-    }
-    if (held.epoch, held.seq) != (u.epoch, u.base_seq) || held.epoch == 0 {
-        return Err(WireError::DeltaBase {
-            epoch: u.epoch,
-            base_seq: u.base_seq,
-            held_epoch: held.epoch,
-            held_seq: held.seq,
-        });
-    }
-    let mut changed: HashMap<EndpointId, EndpointState> = HashMap::with_capacity(u.endpoints.len());
-    for e in u.endpoints {
-        let e = endpoint_state_from_proto(e)?;
-        if let Some(dup) = changed.insert(e.endpoint.id.clone(), e) {
-            return Err(WireError::Duplicate(dup.endpoint.id.to_string()));
-        }
-    }
-    let removed: HashSet<EndpointId> = u.removed.iter().map(EndpointId::new).collect();
-    let mut endpoints = Vec::with_capacity(held.endpoints.len() + changed.len());
-    for e in &held.endpoints {
-        if removed.contains(&e.endpoint.id) {
-            continue;
-        }
-        endpoints.push(changed.remove(&e.endpoint.id).unwrap_or_else(|| e.clone()));
-    }
-    if !changed.is_empty() {
-        // Joined: the leader's order is by id.
-        endpoints.extend(changed.into_values());
-        endpoints.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
-    }
-    Ok(Snapshot {
-        epoch: u.epoch,
-        seq: u.seq,
-        endpoints,
-        published_at: from_unix_micros(u.published_at_unix_micros),
-        routed_blocks: blocks_from_proto(u.prefix_blocks),
-        objectives: if u.objectives_changed {
-            Arc::new(u.objectives.into_iter().collect())
-        } else {
-            held.objectives.clone()
-        },
-        publish_span: trace_ref_from_proto(&u.publish_span),
-    })
+    apply::apply_decoded(held, u.into())
+}
+
+/// [`apply_update`] for an update decoded by [`decode_update`].
+pub fn apply_decoded(held: &Snapshot, u: DecodedUpdate) -> Result<Snapshot, WireError> {
+    apply::apply_decoded(held, u)
 }
 
 /// A scrape outcome as the scraper role sends it.

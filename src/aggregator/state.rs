@@ -75,7 +75,8 @@ struct Built {
 /// One endpoint: what a snapshot shows of it, and the sums of the live reports for it.
 #[derive(Debug)]
 struct Slot {
-    endpoint: Endpoint,
+    /// Shared with every snapshot built from this slot until the endpoint changes.
+    endpoint: Arc<Endpoint>,
     metrics: MetricsState,
     /// Sum of the live reports' in-flight load.
     inflight: Load,
@@ -113,7 +114,7 @@ const REUSE: usize = 3;
 // === impl Slot ===
 
 impl Slot {
-    fn new(endpoint: Endpoint, metrics: MetricsState, changed_at: u64) -> Self {
+    fn new(endpoint: Arc<Endpoint>, metrics: MetricsState, changed_at: u64) -> Self {
         Slot { endpoint, metrics, inflight: Load::default(), sent: Vec::new(), changed_at }
     }
 
@@ -262,7 +263,7 @@ impl AggregatorState {
 
     pub fn on_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         let next: BTreeMap<EndpointId, Endpoint> = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
-        if next.len() == self.slots.len() && next.values().zip(&self.slots).all(|(e, s)| *e == s.endpoint) {
+        if next.len() == self.slots.len() && next.values().zip(&self.slots).all(|(e, s)| *e == *s.endpoint) {
             return;
         }
         let stamp = self.stamp();
@@ -270,17 +271,16 @@ impl AggregatorState {
         self.slots = next
             .into_values()
             .map(|e| match old.remove(&e.id) {
-                Some(s) => Slot {
-                    // Metrics of a changed endpoint (new address or engine) no longer apply.
-                    metrics: if s.endpoint == e { s.metrics } else { MetricsState::Unknown },
-                    endpoint: e,
-                    inflight: s.inflight,
-                    sent: s.sent,
-                    changed_at: stamp,
-                },
+                Some(s) => {
+                    // Metrics of a changed endpoint (new address or engine) no longer apply; an
+                    // unchanged one keeps its allocation, shared with the snapshots.
+                    let (endpoint, metrics) =
+                        if *s.endpoint == e { (s.endpoint, s.metrics) } else { (Arc::new(e), MetricsState::Unknown) };
+                    Slot { endpoint, metrics, inflight: s.inflight, sent: s.sent, changed_at: stamp }
+                }
                 None => {
                     // Joined (or back): the live reports may name it already.
-                    let mut s = Slot::new(e, MetricsState::Unknown, stamp);
+                    let mut s = Slot::new(Arc::new(e), MetricsState::Unknown, stamp);
                     for (_, loads) in self.picker_loads.values() {
                         let id = &s.endpoint.id;
                         let (inflight, sent) = (loads.inflight.get(id).copied(), loads.sent.get(id).copied());

@@ -14,7 +14,10 @@ pub struct Load {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointState {
-    pub endpoint: Endpoint,
+    /// Shared between the snapshots that hold the endpoint unchanged (and with the leader's slot
+    /// or the picker's decoder): an update that changes only metrics does not copy the spec's
+    /// strings and labels, and dropping a snapshot does not free them.
+    pub endpoint: Arc<Endpoint>,
     pub metrics: MetricsState,
     /// In-flight load reported by other pickers (distributed mode); zero in standalone.
     pub shared_load: Load,

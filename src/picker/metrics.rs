@@ -60,6 +60,9 @@ pub struct PickerMetrics {
     routed_dropped: Counter,
     /// Snapshot updates applied from the leader's stream, `kind` = `full` | `delta`.
     updates: Family<Labels, Counter>,
+    /// Its two series, resolved once (an update does not look its label up).
+    updates_full: Counter,
+    updates_delta: Counter,
     /// Requests refused by a bound, `limit` = the flag that sets it.
     limit_refusals: Family<Labels, Counter>,
     /// Request-header bytes held by streams waiting to be routed.
@@ -89,6 +92,9 @@ impl PickerMetrics {
             input_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 11))),
             output_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14))),
         };
+        let updates = Family::<Labels, Counter>::default();
+        let updates_full = updates.get_or_create(&vec![("kind".into(), "full".into())]).clone();
+        let updates_delta = updates.get_or_create(&vec![("kind".into(), "delta".into())]).clone();
         let m = PickerMetrics {
             // Upstream's buckets (0.1 ms .. 100 ms).
             decision: Histogram::new(SCHEDULER_BUCKETS.iter().copied()),
@@ -115,7 +121,9 @@ impl PickerMetrics {
             prefix_entries: Gauge::default(),
             tracked_endpoints: Gauge::default(),
             routed_dropped: Counter::default(),
-            updates: Family::default(),
+            updates_full,
+            updates_delta,
+            updates,
             limit_refusals: Family::default(),
             pending_header_bytes: Gauge::default(),
             held: Arc::new(arc_swap::ArcSwap::new(Snapshot::empty())),
@@ -269,8 +277,7 @@ impl PickerMetrics {
     }
 
     pub fn record_update(&self, full: bool) {
-        let kind = if full { "full" } else { "delta" };
-        self.updates.get_or_create(&vec![("kind".into(), kind.into())]).inc();
+        if full { &self.updates_full } else { &self.updates_delta }.inc();
     }
 
     pub(super) fn record_routed_dropped(&self) {

@@ -207,19 +207,22 @@ impl Picker {
         self.snapshots.subscribe()
     }
 
-    /// O(endpoints + blocks) per snapshot.
+    /// O(endpoints + blocks) per snapshot; nothing when it routed no blocks and the prefix index
+    /// is empty (the positions by id are built only when asked for).
     fn learn(&self, snapshot: &crate::model::Snapshot) {
-        let index: HashMap<&crate::model::EndpointId, usize> =
-            snapshot.endpoints.iter().enumerate().map(|(i, e)| (&e.endpoint.id, i)).collect();
+        let index = std::cell::OnceCell::new();
+        let index = || -> &HashMap<&crate::model::EndpointId, usize> {
+            index.get_or_init(|| snapshot.endpoints.iter().enumerate().map(|(i, e)| (&e.endpoint.id, i)).collect())
+        };
         // Block by block: picks in the meantime see the index part-way through this update.
         let prefix = &self.prefix;
         for b in &snapshot.routed_blocks {
-            if let Some(&i) = index.get(&b.endpoint) {
+            if let Some(&i) = index().get(&b.endpoint) {
                 let capacity = self.scheduler.prefix_capacity(snapshot, i);
                 prefix.insert(&snapshot.endpoints[i].endpoint.id, &b.hashes, capacity);
             }
         }
-        prefix.retain(|id| index.contains_key(id));
+        prefix.retain(|id| index().contains_key(id));
     }
 
     /// Called when a new view is installed: updates the gauges.

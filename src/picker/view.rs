@@ -210,13 +210,13 @@ mod tests {
             epoch: 1,
             seq,
             endpoints: vec![EndpointState {
-                endpoint: Endpoint {
+                endpoint: Arc::new(Endpoint {
                     id: EndpointId::new("a"),
                     address: "10.0.0.1:8000".into(),
                     metrics_url: String::new(),
                     engine: "vllm".into(),
                     labels: Default::default(),
-                },
+                }),
                 metrics: MetricsState::Known { sample: Arc::new(sample), last_error: None },
                 shared_load: Load::default(),
                 shared_sent_since_scrape: shared_sent,

@@ -81,13 +81,13 @@ fn endpoint(rng: &mut SmallRng, i: usize) -> EndpointState {
     let ages = [0, 0, 0, 100, 150, 240, 300, 3_000];
     let age = Duration::from_millis(ages[rng.random_range(0..ages.len())]);
     EndpointState {
-        endpoint: Endpoint {
+        endpoint: Arc::new(Endpoint {
             id: EndpointId::new(format!("pod-{i}")),
             address: format!("10.0.{}.{}:8000", i / 4, i % 4),
             metrics_url: String::new(),
             engine: "vllm".into(),
             labels: BTreeMap::new(),
-        },
+        }),
         metrics: if maybe(rng, 0.1) {
             MetricsState::Unknown
         } else {

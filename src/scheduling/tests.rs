@@ -28,13 +28,13 @@ pub(super) fn metrics(queued: u64, kv: f64) -> EndpointMetrics {
 
 pub(super) fn state(name: &str, m: Option<EndpointMetrics>, age: Duration) -> EndpointState {
     EndpointState {
-        endpoint: Endpoint {
+        endpoint: Arc::new(Endpoint {
             id: EndpointId::new(name),
             address: format!("10.0.0.{}:8000", name.len()),
             metrics_url: String::new(),
             engine: "vllm".into(),
             labels: BTreeMap::new(),
-        },
+        }),
         metrics: match m {
             None => MetricsState::Unknown,
             Some(metrics) => MetricsState::Known {

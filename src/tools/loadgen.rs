@@ -62,13 +62,13 @@ pub fn synthetic_snapshot(n: usize) -> Snapshot {
     let now = SystemTime::now();
     let endpoints = (0..n)
         .map(|i| EndpointState {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 id: EndpointId::new(format!("bench/vllm-{i}-rank-0")),
                 address: format!("10.{}.{}.{}:8000", i / 65536, (i / 256) % 256, i % 256),
                 metrics_url: String::new(),
                 engine: "vllm".into(),
                 labels: BTreeMap::new(),
-            },
+            }),
             metrics: MetricsState::Known {
                 sample: Arc::new(MetricsSample {
                     metrics: EndpointMetrics {

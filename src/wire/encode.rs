@@ -114,13 +114,13 @@ mod tests {
 
     fn state(id: &str, address: &str, queued: Option<u64>, labels: usize) -> EndpointState {
         EndpointState {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 id: EndpointId::new(id),
                 address: address.into(),
                 metrics_url: format!("http://{address}/metrics"),
                 engine: "vllm".into(),
                 labels: (0..labels).map(|i| (format!("k{i}"), format!("v{i}"))).collect(),
-            },
+            }),
             metrics: match queued {
                 None => MetricsState::Unknown,
                 Some(q) => MetricsState::Known {

@@ -33,13 +33,13 @@ fn snapshots_round_trip() {
         seq: 9,
         endpoints: vec![
             EndpointState {
-                endpoint: ep("a"),
+                endpoint: Arc::new(ep("a")),
                 metrics: MetricsState::Unknown,
                 shared_load: Load { requests: 2, tokens: 30 },
                 shared_sent_since_scrape: 4,
             },
             EndpointState {
-                endpoint: ep("b"),
+                endpoint: Arc::new(ep("b")),
                 metrics: MetricsState::Known { sample: Arc::new(known), last_error: None },
                 shared_load: Load::default(),
                 shared_sent_since_scrape: 0,
@@ -59,7 +59,7 @@ fn snapshots_round_trip() {
     };
     let s2 = Snapshot {
         endpoints: vec![EndpointState {
-            endpoint: ep("c"),
+            endpoint: Arc::new(ep("c")),
             metrics: MetricsState::Known { sample: Arc::new(no_lora), last_error: None },
             shared_load: Load::default(),
             shared_sent_since_scrape: 0,
@@ -71,13 +71,13 @@ fn snapshots_round_trip() {
 
 fn state(id: &str, queued: Option<u64>, requests: i64) -> EndpointState {
     EndpointState {
-        endpoint: Endpoint {
+        endpoint: Arc::new(Endpoint {
             id: EndpointId::new(id),
             address: format!("10.0.0.{}:8000", id.len()),
             metrics_url: String::new(),
             engine: "vllm".into(),
             labels: Default::default(),
-        },
+        }),
         metrics: match queued {
             None => MetricsState::Unknown,
             Some(q) => MetricsState::Known {

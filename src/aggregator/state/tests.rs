@@ -386,18 +386,20 @@ fn recycled_snapshot_is_updated_in_place_only_when_nobody_holds_it() {
     let mut s = AggregatorState::new(1);
     s.on_endpoints(vec![ep("a", "1.1.1.1:80"), ep("b", "1.1.1.2:80")]);
     let first = Arc::new(s.build(SystemTime::UNIX_EPOCH).expect("first"));
-    let address = first.endpoints[1].endpoint.address.as_ptr();
+    // Where the endpoints live: a full build allocates them anew, a recycled one keeps them.
+    let storage = first.endpoints.as_ptr();
     s.recycle(first.clone());
     s.on_scraped(scraped("a", 1));
     let held = s.build(SystemTime::UNIX_EPOCH).expect("second");
-    assert_ne!(held.endpoints[1].endpoint.address.as_ptr(), address, "first is still held: a full build");
+    assert_ne!(held.endpoints.as_ptr(), storage, "first is still held: a full build");
+    assert!(Arc::ptr_eq(&held.endpoints[1].endpoint, &first.endpoints[1].endpoint), "which shares the specs");
     assert_eq!(s.changes().as_deref(), Some(&[0u32][..]), "only a changed");
     drop(first);
     let held = Arc::new(held);
     s.recycle(held.clone());
     s.on_scraped(scraped("b", 2));
     let third = s.build(SystemTime::UNIX_EPOCH).expect("third");
-    assert_eq!(third.endpoints[1].endpoint.address.as_ptr(), address, "first reused: its strings kept");
+    assert_eq!(third.endpoints.as_ptr(), storage, "first reused in place");
     assert_eq!((third.seq, third.endpoints[0].metrics.sample().and_then(|m| m.metrics.queued)), (3, Some(1)));
     assert_eq!(third.endpoints[1].metrics.sample().and_then(|m| m.metrics.queued), Some(2));
     assert_eq!(s.changes().as_deref(), Some(&[1u32][..]));

@@ -98,13 +98,13 @@ fn decide(scheduler: Scheduler) -> Result<(), String> {
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let endpoints: Vec<EndpointState> = (0..3u64)
         .map(|i| EndpointState {
-            endpoint: Endpoint {
+            endpoint: Arc::new(Endpoint {
                 id: EndpointId::new(format!("e{i}")),
                 address: format!("10.0.0.{i}:8000"),
                 metrics_url: String::new(),
                 engine: "vllm".into(),
                 labels: Default::default(),
-            },
+            }),
             metrics: MetricsState::Known {
                 sample: Arc::new(MetricsSample {
                     metrics: EndpointMetrics {

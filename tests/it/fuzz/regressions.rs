@@ -33,7 +33,12 @@ fn snapshot(endpoints: Vec<EndpointState>) -> Snapshot {
 }
 
 fn state(id: &str, shared_load: Load, shared_sent_since_scrape: u64) -> EndpointState {
-    EndpointState { endpoint: endpoint(id), metrics: MetricsState::Unknown, shared_load, shared_sent_since_scrape }
+    EndpointState {
+        endpoint: Arc::new(endpoint(id)),
+        metrics: MetricsState::Unknown,
+        shared_load,
+        shared_sent_since_scrape,
+    }
 }
 
 /// A leader (or anything on its stream) sending `sent_since_scrape` near `u64::MAX` made the

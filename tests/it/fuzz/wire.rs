@@ -43,7 +43,8 @@ pub const SNAPSHOT: Target = Target {
 
 /// `apply_update(held, update)` on a held snapshot and an arbitrary update (input: a 2-byte
 /// little-endian length, the held snapshot's full update, then the update): refused, or a
-/// snapshot with unique ids sorted by id; `held` never changes.
+/// snapshot with unique ids sorted by id; `held` never changes. The picker's own decoding (specs
+/// looked up in a memo that holds the held snapshot's) gives the same result as prost's.
 pub const APPLY: Target = Target {
     name: "wire-apply",
     extra_seeds: &[],
@@ -81,18 +82,32 @@ fn split_apply(input: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn check_apply(input: &[u8]) -> Result<(), String> {
-    let (held, update) = split_apply(input);
-    let held = pb::SnapshotUpdate::decode(held)
+    let (held_bytes, update) = split_apply(input);
+    let held = pb::SnapshotUpdate::decode(held_bytes)
         .ok()
         .and_then(|u| wire::snapshot_from_proto(u).ok())
         .unwrap_or_else(|| (*Snapshot::empty()).clone());
-    let Ok(u) = pb::SnapshotUpdate::decode(update) else { return Ok(()) };
+    // The picker's stream decodes with a memo of the specs seen before (here, the held ones).
+    let mut memo = wire::SpecMemo::default();
+    let _ = wire::decode_update(held_bytes, &mut memo);
+    let memoized = wire::decode_update(update, &mut memo);
+    let Ok(u) = pb::SnapshotUpdate::decode(update) else {
+        return match memoized {
+            Ok(_) => Err("the memo'd decoding accepted what prost refuses".into()),
+            Err(_) => Ok(()),
+        };
+    };
+    let memoized = memoized.map_err(|e| format!("the memo'd decoding refused what prost accepts: {e}"))?;
     // Debug text: NaN metrics compare equal to themselves.
     let before = format!("{held:?}");
     let (full, epoch, seq) = (u.full, u.epoch, u.seq);
     let result = wire::apply_update(&held, u);
     if format!("{held:?}") != before {
         return Err("apply_update changed the held snapshot".into());
+    }
+    let through_memo = wire::apply_decoded(&held, memoized);
+    if format!("{through_memo:?}") != format!("{result:?}") {
+        return Err(format!("the memo'd path gave {through_memo:?}, prost's {result:?}"));
     }
     let Ok(s) = result else { return Ok(()) };
     well_formed(&s)?;
