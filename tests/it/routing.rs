@@ -19,10 +19,15 @@ use switchyard::tools::routing::{Kind, Policy, Rig, RunSpec, run_once, workload}
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The fleets of this file's tests take the machine's cores: run one test at a time, or each
+/// starves the other's sims (seen: every arm's TTFT in seconds when both ran together).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The roles' actors on a multi-threaded runtime, as `main` runs them (a test's single thread
 /// would be the bottleneck of three fleets, gateways and aggregators).
 #[test]
 fn switchyard_beats_round_robin_on_shared_prefixes_and_four_pickers_keep_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
     });
@@ -105,6 +110,7 @@ async fn shared_prefix_gate() {
 /// short and a queue-only picker spreads requests nearly evenly.
 #[test]
 fn learned_latency_sends_fewer_requests_to_the_slow_server() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
     });
