@@ -57,11 +57,12 @@ async fn a_subscriber_that_never_reads_is_cut_off_without_slowing_the_others() {
             break;
         }
         assert!(subscribed.elapsed() < cut_after, "the silent subscriber was not cut off within {cut_after:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = subscribed.elapsed();
     assert!(took >= bound, "cut off after {took:?}, before its queue stayed full for {bound:?}");
-    assert!(checks >= 5, "the normal picker was checked {checks} times while the other was stuck");
+    // A count, not a rate: each check waits for the picker and reads the leader's /metrics, which
+    // on a loaded 2-core machine took over 100 ms in a debug build (4 checks in the 500 ms once).
+    assert!(checks >= 3, "the normal picker was checked {checks} times while the other was stuck");
     let seq_at_cut = agg.snapshots.borrow().seq;
 
     // Reading again, it finds what HTTP/2 had let through, then the reason, not its stale queue.
