@@ -130,12 +130,12 @@ impl Columns {
         self.scraped.is_empty()
     }
 
-    /// The snapshot index of `id`.
     /// Waiting requests of endpoint `i` as scraped (NaN: unknown or no such endpoint).
     pub fn queued(&self, i: usize) -> f64 {
         self.queued.get(i).copied().unwrap_or(f64::NAN)
     }
 
+    /// The snapshot index of `id`.
     pub fn index_of(&self, id: &EndpointId) -> Option<usize> {
         self.index.get(id).copied()
     }

@@ -8,8 +8,10 @@
 //! order, or a held snapshot out of order) takes the general path by id. All give the same result. It does not decode bytes
 //! (`decode.rs`) or fence stale updates (the caller does).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+
+use switchyard_proto::v1 as pb;
 
 use super::decode::{DecodedUpdate, WireEndpoint};
 use super::{PROTOCOL_VERSION, WireError, blocks_from_proto, metrics_from_proto, trace_ref_from_proto};
@@ -36,7 +38,7 @@ fn endpoint_state(e: WireEndpoint) -> Result<EndpointState, WireError> {
 
 /// The snapshot a full update describes.
 pub(super) fn snapshot_from_update(u: DecodedUpdate) -> Result<Snapshot, WireError> {
-    let DecodedUpdate { header: u, endpoints } = u;
+    let DecodedUpdate { header: mut u, endpoints } = u;
     if u.version != PROTOCOL_VERSION {
         return Err(WireError::Version(u.version));
     }
@@ -52,15 +54,21 @@ pub(super) fn snapshot_from_update(u: DecodedUpdate) -> Result<Snapshot, WireErr
     if let Some(dup) = endpoints.windows(2).find(|w| w[0].endpoint.id == w[1].endpoint.id) {
         return Err(WireError::Duplicate(dup[0].endpoint.id.to_string()));
     }
-    Ok(Snapshot {
+    let objectives = Arc::new(std::mem::take(&mut u.objectives).into_iter().collect());
+    Ok(snapshot(u, endpoints, objectives))
+}
+
+/// The snapshot of update `u`'s header with these endpoints and objectives.
+fn snapshot(u: pb::SnapshotUpdate, endpoints: Vec<EndpointState>, objectives: Arc<BTreeMap<String, i32>>) -> Snapshot {
+    Snapshot {
         epoch: u.epoch,
         seq: u.seq,
         endpoints,
         published_at: from_unix_micros(u.published_at_unix_micros),
         routed_blocks: blocks_from_proto(u.prefix_blocks),
-        objectives: Arc::new(u.objectives.into_iter().collect()),
+        objectives,
         publish_span: trace_ref_from_proto(&u.publish_span),
-    })
+    }
 }
 
 /// The snapshot after `u` ([`super::apply_update`]).
@@ -68,7 +76,7 @@ pub(super) fn apply_decoded(held: &Snapshot, u: DecodedUpdate) -> Result<Snapsho
     if u.header.full || u.header.version != PROTOCOL_VERSION {
         return snapshot_from_update(u);
     }
-    let DecodedUpdate { header: u, endpoints } = u;
+    let DecodedUpdate { header: mut u, endpoints } = u;
     if (held.epoch, held.seq) != (u.epoch, u.base_seq) || held.epoch == 0 {
         return Err(WireError::DeltaBase {
             epoch: u.epoch,
@@ -89,19 +97,12 @@ pub(super) fn apply_decoded(held: &Snapshot, u: DecodedUpdate) -> Result<Snapsho
             }
         }
     };
-    Ok(Snapshot {
-        epoch: u.epoch,
-        seq: u.seq,
-        endpoints,
-        published_at: from_unix_micros(u.published_at_unix_micros),
-        routed_blocks: blocks_from_proto(u.prefix_blocks),
-        objectives: if u.objectives_changed {
-            Arc::new(u.objectives.into_iter().collect())
-        } else {
-            held.objectives.clone()
-        },
-        publish_span: trace_ref_from_proto(&u.publish_span),
-    })
+    let objectives = if u.objectives_changed {
+        Arc::new(std::mem::take(&mut u.objectives).into_iter().collect())
+    } else {
+        held.objectives.clone()
+    };
+    Ok(snapshot(u, endpoints, objectives))
 }
 
 /// Whether the ids of the endpoints a delta carries ascend strictly; an id seen twice fails it.
