@@ -152,7 +152,7 @@ impl ControlPlane {
         let source = pool.start(resolver.clone(), DiscoveryMetrics::new(metrics_registry)).await?;
         // The actor's address exists before it runs: the scrapers publish to it, it assigns them.
         let ctx = Context::<Aggregator>::new();
-        let sink = ScrapeSink { scraped: ctx.address().recipient(), failed: ctx.address().recipient() };
+        let sink = ScrapeSink { reports: ctx.address().recipient() };
         let (assigner, remote) = if remote_scrapers {
             let remote = RemoteScraping::new(sink);
             (Assigner::Remote(remote.clone()), Some(remote))

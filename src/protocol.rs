@@ -12,8 +12,7 @@ use thiserror::Error;
 use crate::model::{Endpoint, EndpointId, Load, MetricsSample, RoutedBlocks};
 
 /// A scrape succeeded (some metrics may still be missing: see `sample.errors`).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone)]
 pub struct MetricsScraped {
     pub endpoint: EndpointId,
     pub sample: Arc<MetricsSample>,
@@ -21,8 +20,7 @@ pub struct MetricsScraped {
 }
 
 /// A scrape failed; the previous sample (if any) stays valid but ages.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone)]
 pub struct ScrapeFailed {
     pub endpoint: EndpointId,
     pub error: ScrapeError,
@@ -30,11 +28,20 @@ pub struct ScrapeFailed {
     pub latency: Duration,
 }
 
+/// One scrape's outcome.
+pub type ScrapeReport = Result<MetricsScraped, ScrapeFailed>;
+
+/// Scrape outcomes, in the order they happened. A scraper lane publishes everything its scrapes
+/// finished during one turn of its event loop as one message: one wake-up of the consumer per
+/// batch, not one per scrape.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ScrapeReports(pub Vec<ScrapeReport>);
+
 /// Where scraper actors publish.
 #[derive(Clone)]
 pub struct ScrapeSink {
-    pub scraped: Recipient<MetricsScraped>,
-    pub failed: Recipient<ScrapeFailed>,
+    pub reports: Recipient<ScrapeReports>,
 }
 
 /// The full set of endpoints this process must scrape; anything else is stopped.

@@ -2,8 +2,8 @@
 //! immutable snapshots and publishes them, coalesced to at most one per interval.
 //!
 //! Inputs: the endpoint set of a discovery source (a `watch` channel the actor follows for its
-//! whole life: it owns the set and hands every new one to its [`Assigner`]), `MetricsScraped` /
-//! `ScrapeFailed` (scrapers), picker reports, leadership events.
+//! whole life: it owns the set and hands every new one to its [`Assigner`]), `ScrapeReports`
+//! (scrapers, in batches), picker reports, leadership events.
 //! Output: `Arc<Snapshot>` on a `watch` channel, stamped `(epoch, seq)`. In standalone mode the
 //! epoch is fixed (local leadership); the distributed leader takes it from its etcd term.
 //! It does not scrape, discover or schedule.
@@ -29,7 +29,7 @@ pub use crate::protocol::{PickerLoads, PickerReport};
 
 use crate::discovery::EndpointSet;
 use crate::model::{RoutedBlocks, Snapshot};
-use crate::protocol::{MetricsScraped, ScrapeFailed};
+use crate::protocol::ScrapeReports;
 
 /// This replica became the leader (or is alone, in standalone mode).
 #[derive(Debug, Clone, Copy, Message)]
@@ -327,19 +327,16 @@ impl StreamHandler<Arc<EndpointSet>> for Aggregator {
     }
 }
 
-impl Handler<MetricsScraped> for Aggregator {
+impl Handler<ScrapeReports> for Aggregator {
     type Result = ();
 
-    fn handle(&mut self, msg: MetricsScraped, _: &mut Context<Self>) {
-        self.state.on_scraped(msg);
-    }
-}
-
-impl Handler<ScrapeFailed> for Aggregator {
-    type Result = ();
-
-    fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
-        self.state.on_failed(msg);
+    fn handle(&mut self, msg: ScrapeReports, _: &mut Context<Self>) {
+        for report in msg.0 {
+            match report {
+                Ok(scraped) => self.state.on_scraped(scraped),
+                Err(failed) => self.state.on_failed(failed),
+            }
+        }
     }
 }
 

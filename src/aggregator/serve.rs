@@ -28,6 +28,7 @@ pub use updates::{EncodedUpdate, QUEUE, SLOW_AFTER, Subscribers, Subscription};
 use super::assign::RemoteScraping;
 use crate::etcd::{self, EtcdSettings};
 use crate::model::Snapshot;
+use crate::protocol::ScrapeReports;
 use crate::wire;
 
 #[derive(Clone)]
@@ -134,10 +135,8 @@ impl ControlPlane for ControlPlaneService {
         remote.join(&id, tx.clone());
         tokio::spawn(async move {
             while let Ok(Some(report)) = inbound.message().await {
-                match wire::event_from_report(report) {
-                    Some(Ok(m)) => remote.sink.scraped.do_send(m),
-                    Some(Err(f)) => remote.sink.failed.do_send(f),
-                    None => {}
+                if let Some(report) = wire::event_from_report(report) {
+                    remote.sink.reports.do_send(ScrapeReports(vec![report]));
                 }
             }
             remote.leave(&id, &tx);

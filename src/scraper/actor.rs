@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use prometheus_client::metrics::histogram::Histogram;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 
 use super::fetch::{Fetcher, ScrapeError};
-use super::{MetricsScraped, ScrapeFailed, ScrapeSink};
+use super::outbox::Outbox;
+use super::{MetricsScraped, ScrapeFailed};
 use crate::metrics::{EngineMapping, Normalized};
 use crate::model::{Endpoint, MetricsSample};
 
@@ -25,7 +27,7 @@ pub struct ScraperActor {
     mapping: Arc<EngineMapping>,
     fetcher: Fetcher,
     interval: Duration,
-    sink: ScrapeSink,
+    outbox: Arc<Outbox>,
     in_flight: bool,
     /// Kind of the current failure, for transition logging.
     failing: Option<&'static str>,
@@ -38,7 +40,8 @@ pub struct ScraperActor {
     /// Jitter for the backoff.
     rng: rand::rngs::SmallRng,
     pub(super) stats: ScraperStats,
-    metrics: Option<super::ScrapeMetrics>,
+    /// The metrics and this endpoint's latency histogram in them.
+    metrics: Option<(super::ScrapeMetrics, Histogram)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -71,7 +74,7 @@ impl ScraperActor {
         mapping: Arc<EngineMapping>,
         fetcher: Fetcher,
         interval: Duration,
-        sink: ScrapeSink,
+        outbox: Arc<Outbox>,
     ) -> Self {
         ScraperActor {
             url: reqwest::Url::parse(&endpoint.metrics_url).ok(),
@@ -79,7 +82,7 @@ impl ScraperActor {
             mapping,
             fetcher,
             interval,
-            sink,
+            outbox,
             in_flight: false,
             failing: None,
             failures: 0,
@@ -92,14 +95,15 @@ impl ScraperActor {
     }
 
     pub fn with_metrics(mut self, metrics: super::ScrapeMetrics) -> Self {
-        self.metrics = Some(metrics);
+        let latency = metrics.latency_of(self.endpoint.id.as_str());
+        self.metrics = Some((metrics, latency));
         self
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight {
             self.stats.skipped += 1;
-            if let Some(m) = &self.metrics {
+            if let Some((m, _)) = &self.metrics {
                 m.skipped(self.endpoint.id.as_str());
             }
             return;
@@ -116,14 +120,19 @@ impl ScraperActor {
         self.in_flight = true;
         let (fetcher, mapping) = (self.fetcher.clone(), self.mapping.clone());
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "scrape",
-            otel.kind = "client",
-            endpoint = %self.endpoint.id,
-            engine = %self.endpoint.engine,
-            status = tracing::field::Empty,
-            bytes = tracing::field::Empty,
-        );
+        // Only an exporter or a debug log would show it; creating it formats its fields.
+        let span = if crate::telemetry::traces_on() || tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::info_span!(
+                "scrape",
+                otel.kind = "client",
+                endpoint = %self.endpoint.id,
+                engine = %self.endpoint.engine,
+                status = tracing::field::Empty,
+                bytes = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         // On this actor's own thread (its lane): no hand-off to another thread and back.
         let task = tracing::Instrument::instrument(async move { fetcher.scrape(&url, &mapping).await }, span.clone());
         ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |result, act, _| {
@@ -139,8 +148,8 @@ impl ScraperActor {
             Ok(normalized) => {
                 self.stats.ok += 1;
                 (self.failures, self.retry_at) = (0, None);
-                if let Some(m) = &self.metrics {
-                    m.scraped(endpoint.as_str(), latency);
+                if let Some((_, histogram)) = &self.metrics {
+                    histogram.observe(latency.as_secs_f64());
                 }
                 if let Some(kind) = self.failing.take() {
                     tracing::info!(%endpoint, previous_error = kind, "scrape recovered");
@@ -151,21 +160,21 @@ impl ScraperActor {
                     scraped_at: SystemTime::now(),
                     errors: normalized.errors,
                 };
-                self.sink.scraped.do_send(MetricsScraped { endpoint, sample: Arc::new(sample), latency });
+                self.outbox.publish(Ok(MetricsScraped { endpoint, sample: Arc::new(sample), latency }));
             }
             Err(error) => {
                 self.stats.failed += 1;
                 self.failures = self.failures.saturating_add(1);
                 let delay = retry_delay(self.interval, self.failures, self.rng.random());
                 self.retry_at = Some(Instant::now() + delay);
-                if let Some(m) = &self.metrics {
+                if let Some((m, _)) = &self.metrics {
                     m.failed(endpoint.as_str(), error.kind());
                 }
                 if self.failing != Some(error.kind()) {
                     tracing::warn!(%endpoint, url = %self.endpoint.metrics_url, %error, "scrape failing");
                     self.failing = Some(error.kind());
                 }
-                self.sink.failed.do_send(ScrapeFailed { endpoint, error, at: SystemTime::now(), latency });
+                self.outbox.publish(Err(ScrapeFailed { endpoint, error, at: SystemTime::now(), latency }));
             }
         }
     }
@@ -176,7 +185,7 @@ impl ScraperActor {
         let endpoint = &self.endpoint.id;
         let now: Vec<(&str, &str)> = errors.iter().map(|e| split_error(e)).collect();
         for (metric, error) in &now {
-            if let Some(m) = &self.metrics {
+            if let Some((m, _)) = &self.metrics {
                 m.extraction_failed(endpoint.as_str(), metric);
             }
             if !self.missing.iter().any(|m| m == metric) {

@@ -86,7 +86,8 @@ impl Fetcher {
         let page = self.fetch(url).await?;
         // The caller's `scrape` span, when there is one.
         tracing::Span::current().record("bytes", page.len());
-        let normalized = normalize(std::str::from_utf8(&page).map_err(|_| ScrapeError::NotUtf8)?, mapping);
+        let page = simdutf8::basic::from_utf8(&page).map_err(|_| ScrapeError::NotUtf8)?;
+        let normalized = normalize(page, mapping);
         if !normalized.any() && !mapping.names().is_empty() {
             return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));
         }

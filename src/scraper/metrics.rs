@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,8 +60,10 @@ impl ScrapeMetrics {
         Self::new(&mut Registry::default())
     }
 
-    pub(super) fn scraped(&self, endpoint: &str, took: Duration) {
-        self.latency.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).observe(took.as_secs_f64());
+    /// The endpoint's latency histogram, resolved once by its actor (a lookup per scrape built
+    /// and hashed a label set under the family's lock, shared by every lane).
+    pub(super) fn latency_of(&self, endpoint: &str) -> Histogram {
+        self.latency.get_or_create(&vec![("endpoint".into(), endpoint.to_string())]).clone()
     }
 
     pub(super) fn failed(&self, endpoint: &str, kind: &str) {
@@ -124,7 +125,7 @@ mod tests {
         let mut registry = Registry::default();
         let m = ScrapeMetrics::new(&mut registry);
         for endpoint in ["gone", "stays"] {
-            m.scraped(endpoint, Duration::from_millis(3));
+            m.latency_of(endpoint).observe(0.003);
             m.failed(endpoint, "refused");
             m.failed(endpoint, "refused");
             m.failed(endpoint, "timeout");

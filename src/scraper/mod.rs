@@ -1,8 +1,9 @@
 //! Scraping: one actix actor per assigned endpoint, started and stopped by a supervisor.
 //!
 //! Inputs: the assigned endpoint set (`AssignEndpoints`, the full set each time) and the engine
-//! registry. Outputs: `MetricsScraped` / `ScrapeFailed` sent to a [`ScrapeSink`] (the aggregator in
-//! standalone mode, the control-plane stream in the scraper role).
+//! registry. Outputs: `MetricsScraped` / `ScrapeFailed` outcomes, sent in batches
+//! (`ScrapeReports`, one per lane per turn of its event loop) to a [`ScrapeSink`] (the aggregator
+//! in standalone mode, the control-plane stream in the scraper role).
 //!
 //! Each actor scrapes `metrics_url` every interval (50 ms by default) with a shared keep-alive
 //! client, at most one scrape in flight, bounded by a timeout and a page-size cap. A hostile
@@ -20,6 +21,7 @@
 mod actor;
 mod fetch;
 mod metrics;
+mod outbox;
 pub mod remote;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ pub use metrics::ScrapeMetrics;
 
 use crate::metrics::EngineRegistry;
 use crate::model::{Endpoint, EndpointChange, EndpointId, diff_endpoints};
-pub use crate::protocol::{AssignEndpoints, MetricsScraped, ScrapeFailed, ScrapeSink};
+pub use crate::protocol::{AssignEndpoints, MetricsScraped, ScrapeFailed, ScrapeReport, ScrapeReports, ScrapeSink};
 
 /// Asks an actor for its observable state.
 #[derive(Debug, Clone, Copy, Message)]
@@ -62,12 +64,19 @@ impl Default for ScrapeSettings {
     }
 }
 
+/// An event loop (a thread), the keep-alive client its actors share and the outbox their
+/// outcomes leave by.
+struct Lane {
+    arbiter: Arbiter,
+    fetcher: Fetcher,
+    outbox: Arc<outbox::Outbox>,
+}
+
 pub struct ScrapeSupervisor {
     registry: Arc<EngineRegistry>,
-    /// One per core: an event loop and the keep-alive client its actors share.
-    lanes: Vec<(Arbiter, Fetcher)>,
+    /// One per core.
+    lanes: Vec<Lane>,
     interval: Duration,
-    sink: ScrapeSink,
     metrics: ScrapeMetrics,
     actors: BTreeMap<EndpointId, (Endpoint, Addr<ScraperActor>)>,
     started: u64,
@@ -91,13 +100,15 @@ impl ScrapeSupervisor {
     ) -> Result<Self, reqwest::Error> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lanes = (0..cores)
-            .map(|_| Ok((Arbiter::new(), Fetcher::new(settings.fetch.clone())?)))
+            .map(|_| {
+                let fetcher = Fetcher::new(settings.fetch.clone())?;
+                Ok(Lane { arbiter: Arbiter::new(), fetcher, outbox: outbox::Outbox::new(sink.clone()) })
+            })
             .collect::<Result<_, _>>()?;
         Ok(ScrapeSupervisor {
             registry,
             lanes,
             interval: settings.interval,
-            sink,
             metrics,
             actors: BTreeMap::new(),
             started: 0,
@@ -123,11 +134,12 @@ impl ScrapeSupervisor {
     fn start(&mut self, endpoint: Endpoint) {
         let mapping = self.registry.get(&endpoint.engine).unwrap_or_else(|| self.registry.default_mapping()).clone();
         // Endpoints are dealt to the lanes in turn.
-        let (arbiter, fetcher) = &self.lanes[(self.started as usize) % self.lanes.len()];
-        let actor = ScraperActor::new(endpoint.clone(), mapping, fetcher.clone(), self.interval, self.sink.clone())
-            .with_metrics(self.metrics.clone());
+        let lane = &self.lanes[(self.started as usize) % self.lanes.len()];
+        let actor =
+            ScraperActor::new(endpoint.clone(), mapping, lane.fetcher.clone(), self.interval, lane.outbox.clone())
+                .with_metrics(self.metrics.clone());
         tracing::debug!(endpoint = %endpoint.id, engine = %endpoint.engine, "scraper started");
-        let addr = ScraperActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        let addr = ScraperActor::start_in_arbiter(&lane.arbiter.handle(), move |_| actor);
         self.actors.insert(endpoint.id.clone(), (endpoint, addr));
         self.started += 1;
     }
@@ -152,8 +164,8 @@ impl Actor for ScrapeSupervisor {
             self.stop(&id);
         }
         // Each lane's thread ends once its actors' stop messages are handled.
-        for (arbiter, _) in &self.lanes {
-            arbiter.stop();
+        for lane in &self.lanes {
+            lane.arbiter.stop();
         }
     }
 }
@@ -161,8 +173,8 @@ impl Actor for ScrapeSupervisor {
 impl Drop for ScrapeSupervisor {
     /// A supervisor dropped without its actor having run (or stopped) leaves no thread behind.
     fn drop(&mut self) {
-        for (arbiter, _) in &self.lanes {
-            arbiter.stop();
+        for lane in &self.lanes {
+            lane.arbiter.stop();
         }
     }
 }

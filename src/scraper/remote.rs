@@ -66,21 +66,14 @@ impl StreamSink {
     }
 }
 
-impl Handler<super::MetricsScraped> for StreamSink {
+impl Handler<super::ScrapeReports> for StreamSink {
     type Result = ();
 
-    fn handle(&mut self, m: super::MetricsScraped, _: &mut Context<Self>) {
-        let r = wire::report_from_event(&self.scraper_id, Ok(&m));
-        self.push(r);
-    }
-}
-
-impl Handler<super::ScrapeFailed> for StreamSink {
-    type Result = ();
-
-    fn handle(&mut self, f: super::ScrapeFailed, _: &mut Context<Self>) {
-        let r = wire::report_from_event(&self.scraper_id, Err(&f));
-        self.push(r);
+    fn handle(&mut self, batch: super::ScrapeReports, _: &mut Context<Self>) {
+        for report in &batch.0 {
+            let r = wire::report_from_event(&self.scraper_id, report.as_ref());
+            self.push(r);
+        }
     }
 }
 
@@ -88,7 +81,7 @@ impl Handler<super::ScrapeFailed> for StreamSink {
 pub fn sink(scraper_id: &str, metrics: &ScraperRoleMetrics) -> (ScrapeSink, mpsc::Receiver<pb::MetricsReport>) {
     let (tx, rx) = mpsc::channel::<pb::MetricsReport>(4096);
     let actor = StreamSink { scraper_id: scraper_id.to_string(), tx, dropped: 0, metrics: metrics.clone() }.start();
-    (ScrapeSink { scraped: actor.clone().recipient(), failed: actor.recipient() }, rx)
+    (ScrapeSink { reports: actor.recipient() }, rx)
 }
 
 /// Streams to the current leader until `stop` (over TLS with `tls`): the hello, then every report

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use actix::prelude::*;
 
 use crate::model::{EndpointId, MetricsState};
-use crate::scraper::{MetricsScraped, ScrapeFailed, ScrapeSink};
+use crate::scraper::{ScrapeReports, ScrapeSink};
 
 #[derive(Debug, Default)]
 pub struct Board {
@@ -33,28 +33,30 @@ impl Actor for Board {
 impl Board {
     pub fn start_sink() -> (Addr<Board>, ScrapeSink) {
         let addr = Board::default().start();
-        let sink = ScrapeSink { scraped: addr.clone().recipient(), failed: addr.clone().recipient() };
+        let sink = ScrapeSink { reports: addr.clone().recipient() };
         (addr, sink)
     }
 }
 
-impl Handler<MetricsScraped> for Board {
+impl Handler<ScrapeReports> for Board {
     type Result = ();
 
-    fn handle(&mut self, msg: MetricsScraped, _: &mut Context<Self>) {
-        self.ok += 1;
-        self.states.insert(msg.endpoint, MetricsState::Known { sample: msg.sample, last_error: None });
-    }
-}
-
-impl Handler<ScrapeFailed> for Board {
-    type Result = ();
-
-    fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
-        self.failed += 1;
-        let entry = self.states.entry(msg.endpoint).or_default();
-        if let MetricsState::Known { last_error, .. } = entry {
-            *last_error = Some(msg.error.to_string());
+    fn handle(&mut self, msg: ScrapeReports, _: &mut Context<Self>) {
+        for report in msg.0 {
+            match report {
+                Ok(scraped) => {
+                    self.ok += 1;
+                    self.states
+                        .insert(scraped.endpoint, MetricsState::Known { sample: scraped.sample, last_error: None });
+                }
+                Err(failed) => {
+                    self.failed += 1;
+                    let entry = self.states.entry(failed.endpoint).or_default();
+                    if let MetricsState::Known { last_error, .. } = entry {
+                        *last_error = Some(failed.error.to_string());
+                    }
+                }
+            }
         }
     }
 }

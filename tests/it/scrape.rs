@@ -9,7 +9,7 @@ use actix::prelude::*;
 use switchyard::metrics::EngineRegistry;
 use switchyard::model::{Endpoint, EndpointId, MetricsState};
 use switchyard::scraper::{
-    AssignEndpoints, FetchSettings, GetState, ScrapeFailed, ScrapeSettings, ScrapeSink, ScrapeSupervisor,
+    AssignEndpoints, FetchSettings, GetState, ScrapeReports, ScrapeSettings, ScrapeSink, ScrapeSupervisor,
 };
 use switchyard::sim::{self, Flavor};
 use switchyard::tools::board::{Board, GetBoard};
@@ -42,19 +42,21 @@ async fn last_scraped(board: &Addr<Board>, id: &EndpointId) -> Option<SystemTime
 }
 
 /// Every failure published, per endpoint (the board keeps only a count and the last error of
-/// endpoints that were once scraped).
-#[derive(Default)]
-struct FailureLog(BTreeMap<EndpointId, Vec<String>>);
+/// endpoints that were once scraped); every batch goes on to the board.
+struct FailureLog(BTreeMap<EndpointId, Vec<String>>, ScrapeSink);
 
 impl Actor for FailureLog {
     type Context = Context<Self>;
 }
 
-impl Handler<ScrapeFailed> for FailureLog {
+impl Handler<ScrapeReports> for FailureLog {
     type Result = ();
 
-    fn handle(&mut self, msg: ScrapeFailed, _: &mut Context<Self>) {
-        self.0.entry(msg.endpoint).or_default().push(msg.error.to_string());
+    fn handle(&mut self, msg: ScrapeReports, _: &mut Context<Self>) {
+        for failed in msg.0.iter().filter_map(|r| r.as_ref().err()) {
+            self.0.entry(failed.endpoint.clone()).or_default().push(failed.error.to_string());
+        }
+        self.1.reports.do_send(msg);
     }
 }
 
@@ -181,8 +183,8 @@ async fn hostile_endpoints_only_hurt_themselves() {
     expected.push(("Refused".into(), "connection refused"));
 
     let (board, board_sink) = Board::start_sink();
-    let log = FailureLog::default().start();
-    let sink = ScrapeSink { scraped: board_sink.scraped, failed: log.clone().recipient() };
+    let log = FailureLog(BTreeMap::new(), board_sink).start();
+    let sink = ScrapeSink { reports: log.clone().recipient() };
     let sup = ScrapeSupervisor::new(Arc::new(EngineRegistry::builtin()), &settings(), sink).expect("sup").start();
     sup.do_send(AssignEndpoints(endpoints));
     let good = EndpointId::new("good");
