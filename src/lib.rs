@@ -38,6 +38,41 @@ pub mod telemetry;
 pub mod tools;
 pub mod wire;
 
+/// The environment variable that sizes the runtime: tokio's own, read by its multi-thread
+/// runtime; Switchyard's scraper lanes follow it too.
+pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// Worker threads for this process: [`WORKER_THREADS_ENV`] when set (the chart sets it from the
+/// container's CPU request, so a pod on a 64-core node does not start 64 workers), else the
+/// cores this process may use. An unusable value is an error naming the variable.
+pub fn worker_threads() -> Result<usize, String> {
+    match std::env::var(WORKER_THREADS_ENV) {
+        Ok(v) => parse_worker_threads(&v),
+        Err(std::env::VarError::NotPresent) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Err(e) => Err(format!("{WORKER_THREADS_ENV}: {e}")),
+    }
+}
+
+fn parse_worker_threads(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{WORKER_THREADS_ENV}={v:?}: expected a whole number of threads, at least 1")),
+    }
+}
+
+#[cfg(test)]
+mod worker_threads_tests {
+    #[test]
+    fn worker_thread_counts_are_positive_whole_numbers() {
+        assert_eq!(super::parse_worker_threads("1"), Ok(1));
+        assert_eq!(super::parse_worker_threads(" 8 "), Ok(8));
+        for bad in ["0", "", "1.5", "-2", "many"] {
+            let e = super::parse_worker_threads(bad).expect_err(bad);
+            assert!(e.starts_with("TOKIO_WORKER_THREADS=") && e.contains("at least 1"), "{e}");
+        }
+    }
+}
+
 /// Installs ring as the process-wide rustls provider (reqwest and tonic are built without one so
 /// that only one TLS provider is compiled). Idempotent; called before any client is built.
 pub fn ensure_crypto_provider() {

@@ -43,6 +43,11 @@ fn main() -> ExitCode {
         telemetry::init(&filter, json, None);
         return check::run(&cli.command);
     }
+    // tokio reads it too, and would panic on a bad value.
+    if let Err(e) = switchyard::worker_threads() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let metrics_auth = match MetricsAuth::from_flags(cli.metrics_endpoint_auth, cli.metrics_token_file.clone()) {
         Ok(a) => a,
         Err(e) => {

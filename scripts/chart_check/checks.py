@@ -147,6 +147,7 @@ def check_containers(rel: Release) -> list[str]:
             if len(values) > 1 and name != "inference-objective":
                 out.append(f"{where}: --{name} given {len(values)} times")
         out += _env_refs(where, c, args)
+        out += _worker_threads(where, c)
         out += _ports_and_probes(where, c, role, fl)
         out += _files(where, w, c, fl, configmaps)
         discovery = any(f in fl for f in POOL_FLAGS)
@@ -167,6 +168,20 @@ def check_containers(rel: Release) -> list[str]:
             out.append(f"{where}: --scraper-id should be the pod name")
         out += _control_tls(where, role, fl, rel.values["controlPlane"]["tls"])
     return out
+
+
+def _worker_threads(where: str, c: dict[str, Any]) -> list[str]:
+    """The runtime is sized by the container's CPU request (TOKIO_WORKER_THREADS from the downward
+    API, rounded up), and only when there is one: an unset request would read as 0 threads."""
+    env = {e["name"]: e for e in c.get("env", [])}
+    want = "cpu" in c.get("resources", {}).get("requests", {})
+    got = env.get("TOKIO_WORKER_THREADS")
+    if not want:
+        return [f"{where}: TOKIO_WORKER_THREADS set without a CPU request"] if got else []
+    ref = (got or {}).get("valueFrom", {}).get("resourceFieldRef", {})
+    if ref.get("resource") != "requests.cpu" or str(ref.get("divisor")) != "1":
+        return [f"{where}: TOKIO_WORKER_THREADS should come from requests.cpu with divisor 1, got {got}"]
+    return []
 
 
 def _control_tls(where: str, role: str, fl: dict[str, Any], tls: dict[str, Any]) -> list[str]:

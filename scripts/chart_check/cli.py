@@ -67,7 +67,8 @@ def matrix() -> list[tuple[str, dict[str, Any]]]:
               "- type: queue-scorer\n- type: core-metrics-extractor\n  parameters:\n    defaultEngine: sglang\n")
     cases.append(("custom config, picker without HPA", {
         "mode": "distributed", "etcd": {"deploy": True},
-        "picker": {"autoscaling": {"enabled": False}, "replicas": 3},
+        # No CPU request (no HPA needs one): the runtime then sizes itself, no TOKIO_WORKER_THREADS.
+        "picker": {"autoscaling": {"enabled": False}, "replicas": 3, "resources": {"requests": {"cpu": None}}},
         "inferenceExtension": {"pluginsConfigFile": "mine.yaml", "pluginsCustomConfig": {"mine.yaml": custom},
                                "secureServing": False},
     }))

@@ -13,8 +13,9 @@
 //! Scraping does not decide anything about freshness: samples carry their scrape time and the
 //! consumer judges their age.
 //!
-//! The actors are spread over one actix arbiter (a thread with its own event loop) per core, each
-//! with its own HTTP client: a scrape is ticked, fetched, parsed and published on one thread.
+//! The actors are spread over one actix arbiter (a thread with its own event loop) per worker
+//! thread of the process ([`crate::worker_threads`]), each with its own HTTP client: a scrape is
+//! ticked, fetched, parsed and published on one thread.
 //! Handing each scrape to the shared tokio pool and its result back to the actor's thread cost
 //! two thread wake-ups per scrape, a quarter of the scraper's CPU (docs/benchmarks.md).
 
@@ -98,7 +99,8 @@ impl ScrapeSupervisor {
         sink: ScrapeSink,
         metrics: ScrapeMetrics,
     ) -> Result<Self, reqwest::Error> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // As many lanes as the runtime has workers (its sizing, not the node's core count).
+        let cores = crate::worker_threads().unwrap_or(1);
         let lanes = (0..cores)
             .map(|_| {
                 let fetcher = Fetcher::new(settings.fetch.clone())?;

@@ -158,3 +158,18 @@ fn a_port_in_use_is_one_error_line_naming_the_flag_in_every_role() {
         }
     }
 }
+
+#[test]
+fn an_unusable_worker_thread_count_is_a_clear_error() {
+    for value in ["0", "two", "-1"] {
+        let out = Command::new(BIN)
+            .args(["picker", "--aggregators", "127.0.0.1:1"])
+            .env(switchyard::WORKER_THREADS_ENV, value)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS") && err.contains("at least 1"), "{value}: {err}");
+        assert!(!err.contains("panicked"), "{value}: {err}");
+    }
+}

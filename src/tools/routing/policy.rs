@@ -149,6 +149,11 @@ impl DataPath {
                     .args(["--secure-serving=false", "--aggregators", &agg.control_addr.to_string()])
                     .args(["--seed", &(seed + i as u64).to_string()])
                     .args(["--log", "error"]);
+                // As the chart deploys a picker: one worker thread (its CPU request) unless the
+                // bench's own environment says otherwise.
+                if std::env::var_os(crate::WORKER_THREADS_ENV).is_none() {
+                    cmd.env(crate::WORKER_THREADS_ENV, "1");
+                }
                 for (name, priority) in OBJECTIVES {
                     cmd.args(["--inference-objective", &format!("{name}={priority}")]);
                 }

@@ -266,6 +266,20 @@ chart also sets (--v, --zap-encoder, --tracing) replaces the chart's. Call with
 {{- end }}
 {{- end -}}
 
+{{/* The runtime's worker threads from the container's CPU request, rounded up (the downward API
+     rounds CPU up with divisor 1). Without it the runtime sizes itself by the node's cores: 64
+     workers on a 64-core node, each woken and parked again per message at light load. Only
+     when the role requests CPU (an unset request would read as 0). Takes the role's resources. */}}
+{{- define "switchyard.workerThreadsEnv" -}}
+{{- if and .requests .requests.cpu }}
+- name: TOKIO_WORKER_THREADS
+  valueFrom:
+    resourceFieldRef:
+      resource: requests.cpu
+      divisor: "1"
+{{- end }}
+{{- end -}}
+
 {{/* etcd credentials for the distributed roles (read by the binary from ETCD_USER / ETCD_PASSWORD). */}}
 {{- define "switchyard.etcdEnv" -}}
 {{- $a := .Values.etcd.auth -}}
