@@ -69,7 +69,8 @@ pub fn retry_delay(interval: Duration, failures: u32, jitter: f64) -> Duration {
 }
 
 impl ScraperActor {
-    pub fn new(
+    /// Started by the supervisor, in one of its lanes (whose outbox it publishes to).
+    pub(super) fn new(
         endpoint: Endpoint,
         mapping: Arc<EngineMapping>,
         fetcher: Fetcher,
@@ -94,7 +95,7 @@ impl ScraperActor {
         }
     }
 
-    pub fn with_metrics(mut self, metrics: super::ScrapeMetrics) -> Self {
+    pub(super) fn with_metrics(mut self, metrics: super::ScrapeMetrics) -> Self {
         let latency = metrics.latency_of(self.endpoint.id.as_str());
         self.metrics = Some((metrics, latency));
         self
