@@ -60,19 +60,6 @@ fn parse_worker_threads(v: &str) -> Result<usize, String> {
     }
 }
 
-#[cfg(test)]
-mod worker_threads_tests {
-    #[test]
-    fn worker_thread_counts_are_positive_whole_numbers() {
-        assert_eq!(super::parse_worker_threads("1"), Ok(1));
-        assert_eq!(super::parse_worker_threads(" 8 "), Ok(8));
-        for bad in ["0", "", "1.5", "-2", "many"] {
-            let e = super::parse_worker_threads(bad).expect_err(bad);
-            assert!(e.starts_with("TOKIO_WORKER_THREADS=") && e.contains("at least 1"), "{e}");
-        }
-    }
-}
-
 /// Installs ring as the process-wide rustls provider (reqwest and tonic are built without one so
 /// that only one TLS provider is compiled). Idempotent; called before any client is built.
 pub fn ensure_crypto_provider() {
@@ -94,4 +81,17 @@ pub fn nodelay_incoming(
             let _ = s.set_nodelay(true);
         })
     })
+}
+
+#[cfg(test)]
+mod worker_threads_tests {
+    #[test]
+    fn worker_thread_counts_are_positive_whole_numbers() {
+        assert_eq!(super::parse_worker_threads("1"), Ok(1));
+        assert_eq!(super::parse_worker_threads(" 8 "), Ok(8));
+        for bad in ["0", "", "1.5", "-2", "many"] {
+            let e = super::parse_worker_threads(bad).expect_err(bad);
+            assert!(e.starts_with("TOKIO_WORKER_THREADS=") && e.contains("at least 1"), "{e}");
+        }
+    }
 }
