@@ -38,8 +38,8 @@ pub mod telemetry;
 pub mod tools;
 pub mod wire;
 
-/// The environment variable that sizes the runtime: tokio's own, read by its multi-thread
-/// runtime; Switchyard's scraper lanes follow it too.
+/// The environment variable that sizes the runtime (tokio's own name for it) and the scraper
+/// lanes: `main` builds the runtime with [`worker_threads`], the lanes follow the same count.
 pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
 /// Worker threads for this process: [`WORKER_THREADS_ENV`] when set (the chart sets it from the

@@ -23,7 +23,7 @@ use cli::*;
 /// mimalloc (per-thread heaps) instead of glibc's malloc: the scraper lanes allocate a page's
 /// samples on one thread and the aggregator frees them on another, and glibc's arenas spent
 /// 12–15 % of a scrape's CPU in malloc, free, their locks and `malloc_consolidate`
-/// (docs/benchmarks.md, "Where a scrape's CPU goes").
+/// (docs/benchmarks.md, "Batched results, SIMD UTF-8 and mimalloc").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -43,11 +43,15 @@ fn main() -> ExitCode {
         telemetry::init(&filter, json, None);
         return check::run(&cli.command);
     }
-    // tokio reads it too, and would panic on a bad value.
-    if let Err(e) = switchyard::worker_threads() {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // One count for the runtime and the scraper lanes (tokio would also read the variable, and
+    // panic on a bad value).
+    let worker_threads = match switchyard::worker_threads() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let metrics_auth = match MetricsAuth::from_flags(cli.metrics_endpoint_auth, cli.metrics_token_file.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
             );
             let quiet_demo = prints_table && cli.log.is_none() && cli.verbosity.is_none();
             let filter = if quiet_demo { "warn".to_string() } else { filter };
-            run_async(command, Logging { filter, json, tracing: cli.tracing, metrics_auth })
+            run_async(command, Logging { filter, json, tracing: cli.tracing, metrics_auth }, worker_threads)
         }
     }
 }
@@ -116,9 +120,10 @@ fn crds(args: &CrdsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_async(command: Command, logging: Logging) -> ExitCode {
+fn run_async(command: Command, logging: Logging, worker_threads: usize) -> ExitCode {
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))

@@ -75,7 +75,7 @@ struct Lane {
 
 pub struct ScrapeSupervisor {
     registry: Arc<EngineRegistry>,
-    /// One per core.
+    /// One per worker thread of the process.
     lanes: Vec<Lane>,
     interval: Duration,
     metrics: ScrapeMetrics,
