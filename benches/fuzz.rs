@@ -17,6 +17,8 @@
 mod files;
 #[path = "../tests/it/fuzz/harness.rs"]
 mod harness;
+#[path = "../tests/it/fuzz/http.rs"]
+mod http;
 #[path = "../tests/it/fuzz/openai.rs"]
 mod openai;
 #[path = "../tests/it/fuzz/targets.rs"]

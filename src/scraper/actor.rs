@@ -14,7 +14,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 
-use super::fetch::{Fetcher, ScrapeError};
+use super::fetch::{Fetcher, ScrapeError, USER_AGENT};
+use super::http1::Conn;
 use super::outbox::Outbox;
 use super::{MetricsScraped, ScrapeFailed};
 use crate::metrics::{EngineMapping, Normalized};
@@ -26,6 +27,8 @@ pub struct ScraperActor {
     url: Option<reqwest::Url>,
     mapping: Arc<EngineMapping>,
     fetcher: Fetcher,
+    /// This endpoint's own connection (plain HTTP only); out with the scrape in flight.
+    conn: Option<Box<Conn>>,
     interval: Duration,
     outbox: Arc<Outbox>,
     in_flight: bool,
@@ -77,8 +80,10 @@ impl ScraperActor {
         interval: Duration,
         outbox: Arc<Outbox>,
     ) -> Self {
+        let url = reqwest::Url::parse(&endpoint.metrics_url).ok();
         ScraperActor {
-            url: reqwest::Url::parse(&endpoint.metrics_url).ok(),
+            conn: url.as_ref().and_then(|u| Conn::for_url(u, USER_AGENT)).map(Box::new),
+            url,
             endpoint,
             mapping,
             fetcher,
@@ -135,9 +140,15 @@ impl ScraperActor {
             tracing::Span::none()
         };
         // On this actor's own thread (its lane): no hand-off to another thread and back.
-        let task = tracing::Instrument::instrument(async move { fetcher.scrape(&url, &mapping).await }, span.clone());
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |result, act, _| {
+        let mut conn = self.conn.take();
+        let task = async move {
+            let result = fetcher.scrape_on(conn.as_deref_mut(), &url, &mapping).await;
+            (result, conn)
+        };
+        let task = tracing::Instrument::instrument(task, span.clone());
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |(result, conn), act, _| {
             act.in_flight = false;
+            act.conn = conn;
             span.record("status", result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
             act.on_scraped(result, started.elapsed());
         }));

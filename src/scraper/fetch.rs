@@ -1,7 +1,9 @@
-//! Fetching one metrics page: a shared keep-alive client, a per-scrape timeout and a size cap.
+//! Fetching one metrics page: a per-scrape timeout and a size cap, through the endpoint's own
+//! plain-HTTP connection ([`super::http1`]) or the shared keep-alive client (HTTPS, redirects).
 
 use std::time::Duration;
 
+use super::http1::{Conn, Got};
 use crate::metrics::{EngineMapping, Normalized, normalize};
 pub use crate::protocol::ScrapeError;
 use futures::StreamExt;
@@ -21,6 +23,9 @@ impl Default for FetchSettings {
     }
 }
 
+/// The `User-Agent` of every scrape.
+pub const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
 /// Shared by every scraper actor of a process: one connection pool.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -36,7 +41,7 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(settings.timeout)
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .danger_accept_invalid_certs(settings.insecure_skip_verify)
             .build()?;
         Ok(Fetcher { client, settings })
@@ -81,18 +86,49 @@ impl Fetcher {
         Ok(body.into())
     }
 
-    /// Fetches and normalizes; a page from which nothing mapped can be read is an error.
+    /// Fetches and normalizes through the shared client; a page from which nothing mapped can be
+    /// read is an error.
     pub async fn scrape(&self, url: &reqwest::Url, mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
         let page = self.fetch(url).await?;
-        // The caller's `scrape` span, when there is one.
-        tracing::Span::current().record("bytes", page.len());
-        let page = simdutf8::basic::from_utf8(&page).map_err(|_| ScrapeError::NotUtf8)?;
-        let normalized = normalize(page, mapping);
-        if !normalized.any() && !mapping.names().is_empty() {
-            return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));
-        }
-        Ok(normalized)
+        read_page(&page, mapping)
     }
+
+    /// [`Fetcher::scrape`] through the endpoint's own connection when it has one (plain HTTP),
+    /// under the same timeout and size cap. An endpoint that redirects is scraped through the
+    /// shared client, which follows redirects, from then on.
+    pub async fn scrape_on(
+        &self,
+        conn: Option<&mut Conn>,
+        url: &reqwest::Url,
+        mapping: &EngineMapping,
+    ) -> Result<Normalized, ScrapeError> {
+        let Some(conn) = conn.filter(|c| !c.redirected) else { return self.scrape(url, mapping).await };
+        let timeout = self.settings.timeout;
+        let got = match tokio::time::timeout(timeout, conn.get(self.settings.max_page_bytes)).await {
+            Ok(got) => got?,
+            Err(_) => return Err(ScrapeError::Timeout(timeout)),
+        };
+        match got {
+            Got::Page(page) => read_page(page.bytes(), mapping),
+            Got::Redirect => {
+                tracing::debug!(%url, "metrics endpoint redirects: scraped through the shared client from now on");
+                conn.redirected = true;
+                self.scrape(url, mapping).await
+            }
+        }
+    }
+}
+
+/// Checks the page is UTF-8 and normalizes it.
+fn read_page(page: &[u8], mapping: &EngineMapping) -> Result<Normalized, ScrapeError> {
+    // The caller's `scrape` span, when there is one.
+    tracing::Span::current().record("bytes", page.len());
+    let page = simdutf8::basic::from_utf8(page).map_err(|_| ScrapeError::NotUtf8)?;
+    let normalized = normalize(page, mapping);
+    if !normalized.any() && !mapping.names().is_empty() {
+        return Err(ScrapeError::NothingMapped(normalized.errors.join("; ")));
+    }
+    Ok(normalized)
 }
 
 fn request_error(e: reqwest::Error) -> ScrapeError {

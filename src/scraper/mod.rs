@@ -5,8 +5,9 @@
 //! (`ScrapeReports`, one per lane per turn of its event loop) to a [`ScrapeSink`] (the aggregator
 //! in standalone mode, the control-plane stream in the scraper role).
 //!
-//! Each actor scrapes `metrics_url` every interval (50 ms by default) with a shared keep-alive
-//! client, at most one scrape in flight, bounded by a timeout and a page-size cap. A hostile
+//! Each actor scrapes `metrics_url` every interval (50 ms by default) over its own keep-alive
+//! connection (plain HTTP, [`http1`]) or its lane's shared client (HTTPS), at most one scrape in
+//! flight, bounded by a timeout and a page-size cap. A hostile
 //! endpoint (slow, huge, garbage, 500s, refused) only costs its own actor a failed scrape, and
 //! while it keeps failing it is retried with exponential backoff and jitter (capped at 20
 //! intervals or 5 s, whichever is less; back to every interval after a success).
@@ -21,6 +22,7 @@
 
 mod actor;
 mod fetch;
+pub mod http1;
 mod metrics;
 mod outbox;
 pub mod remote;
@@ -33,7 +35,8 @@ use actix::prelude::*;
 use serde::Serialize;
 
 pub use actor::{ScraperActor, ScraperStats};
-pub use fetch::{FetchSettings, Fetcher, ScrapeError};
+pub use fetch::{FetchSettings, Fetcher, ScrapeError, USER_AGENT};
+pub use http1::Conn;
 pub use metrics::ScrapeMetrics;
 
 use crate::metrics::EngineRegistry;

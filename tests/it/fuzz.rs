@@ -8,6 +8,7 @@
 
 mod files;
 mod harness;
+mod http;
 mod openai;
 mod regressions;
 mod targets;
@@ -67,6 +68,11 @@ fn fuzz_request() {
 #[test]
 fn fuzz_response() {
     run(&openai::RESPONSE, 5000);
+}
+
+#[test]
+fn fuzz_http_response() {
+    run(&http::RESPONSE, 3000);
 }
 
 #[test]

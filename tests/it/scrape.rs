@@ -218,7 +218,7 @@ async fn hostile_endpoints_only_hurt_themselves() {
 
 #[actix_rt::test]
 async fn failure_reasons_are_specific() {
-    use switchyard::scraper::{Fetcher, ScrapeError};
+    use switchyard::scraper::{Conn, Fetcher, ScrapeError, USER_AGENT};
     let fetcher = Fetcher::new(FetchSettings {
         timeout: Duration::from_millis(300),
         max_page_bytes: 64 * 1024,
@@ -238,10 +238,110 @@ async fn failure_reasons_are_specific() {
     for (kind, want) in cases {
         let addr = hostile::spawn(kind).await;
         let err = fetcher.scrape(&url(addr), &mapping).await.expect_err("hostile");
-        assert_eq!(err.kind(), want, "{kind:?}: {err}");
+        assert_eq!(err.kind(), want, "{kind:?} through the shared client: {err}");
+        // The same through the endpoint's own connection, twice: the second scrape finds the
+        // connection the server dropped after the first answer.
+        let mut conn = Conn::for_url(&url(addr), USER_AGENT).expect("plain http");
+        for attempt in 0..2 {
+            let err = fetcher.scrape_on(Some(&mut conn), &url(addr), &mapping).await.expect_err("hostile");
+            assert_eq!(err.kind(), want, "{kind:?} through its own connection, attempt {attempt}: {err}");
+        }
     }
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     assert_eq!(fetcher.scrape(&url(closed), &mapping).await.expect_err("refused"), ScrapeError::Refused);
+    let mut conn = Conn::for_url(&url(closed), USER_AGENT).expect("plain http");
+    let err = fetcher.scrape_on(Some(&mut conn), &url(closed), &mapping).await.expect_err("refused");
+    assert_eq!(err, ScrapeError::Refused);
+}
+
+const PAGE: &str = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3\n";
+
+/// How [`scripted_server`] answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Script {
+    /// `Content-Length`, connection kept.
+    Length,
+    /// Chunked, written in small pieces with pauses between them, connection kept.
+    Chunked,
+    /// `Content-Length`, then the server closes the connection without saying so.
+    CloseAfterEach,
+    /// `/metrics` redirects to `/metrics/`, which answers.
+    Redirect,
+}
+
+/// A /metrics server answering each request on a connection per `script`; counts connections.
+async fn scripted_server(script: Script) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                loop {
+                    // One request head.
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 1024];
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&request).into_owned();
+                    request.clear();
+                    let ok = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{PAGE}", PAGE.len());
+                    match script {
+                        Script::Length => sock.write_all(ok.as_bytes()).await.expect("write"),
+                        Script::CloseAfterEach => {
+                            sock.write_all(ok.as_bytes()).await.expect("write");
+                            return;
+                        }
+                        Script::Redirect if head.starts_with("GET /metrics ") => {
+                            let moved = "HTTP/1.1 307 Temporary Redirect\r\nlocation: /metrics/\r\ncontent-length: 0\r\n\r\n";
+                            sock.write_all(moved.as_bytes()).await.expect("write");
+                        }
+                        Script::Redirect => sock.write_all(ok.as_bytes()).await.expect("write"),
+                        Script::Chunked => {
+                            let (a, b) = PAGE.split_at(17);
+                            let body = format!("{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: 1\r\n\r\n", a.len(), b.len());
+                            let all = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+                            for piece in all.as_bytes().chunks(7) {
+                                sock.write_all(piece).await.expect("write");
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[actix_rt::test]
+async fn plain_http_scrapes_keep_their_connection_and_recover_from_its_loss() {
+    use switchyard::scraper::{Conn, Fetcher, USER_AGENT};
+    let fetcher = Fetcher::new(settings().fetch).expect("fetcher");
+    let mapping = EngineRegistry::builtin().default_mapping().clone();
+    // Connections for three scrapes (a redirected endpoint's are the shared client's).
+    let scripts =
+        [(Script::Length, Some(1)), (Script::Chunked, Some(1)), (Script::CloseAfterEach, Some(3)), (Script::Redirect, None)];
+    for (script, connections_for_3) in scripts {
+        let (addr, connections) = scripted_server(script).await;
+        let url = reqwest::Url::parse(&format!("http://{addr}/metrics")).expect("url");
+        let mut conn = Conn::for_url(&url, USER_AGENT).expect("plain http");
+        for attempt in 0..3 {
+            let page = fetcher.scrape_on(Some(&mut conn), &url, &mapping).await;
+            let page = page.unwrap_or_else(|e| panic!("{script:?}, scrape {attempt}: {e}"));
+            assert_eq!(page.metrics.queued, Some(3), "{script:?}, scrape {attempt}");
+        }
+        if let Some(n) = connections_for_3 {
+            assert_eq!(connections.load(Ordering::Relaxed), n, "{script:?}: connections for 3 scrapes");
+        }
+    }
 }
 
 #[actix_rt::test]

@@ -1,7 +1,7 @@
 //! Every fuzz target, in the order runs report them.
 
 use super::harness::Target;
-use super::{files, openai, text, wire};
+use super::{files, http, openai, text, wire};
 
 pub const ALL: &[&Target] = &[
     &text::EXPOSITION,
@@ -9,6 +9,7 @@ pub const ALL: &[&Target] = &[
     &text::SPEC,
     &openai::REQUEST,
     &openai::RESPONSE,
+    &http::RESPONSE,
     &files::CONFIG,
     &files::ENDPOINTS,
     &wire::SNAPSHOT,
