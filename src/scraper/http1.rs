@@ -29,8 +29,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// At least this much room is made before each read.
 const READ_ROOM: usize = 16 * 1024;
-/// Spare buffers kept per thread, and the largest kept.
-const SPARES: usize = 32;
+/// Spare buffers kept per thread (about the scrapes a lane runs at once), and the largest kept.
+const SPARES: usize = 64;
 const SPARE_MAX_BYTES: usize = 1024 * 1024;
 
 thread_local! {
@@ -91,6 +91,9 @@ pub struct Conn {
     port: u16,
     request: Vec<u8>,
     stream: Option<TcpStream>,
+    /// Bytes of the last response: room made before the first read, so a page like the last one
+    /// is read without growing the buffer (and copying what it holds).
+    expect: usize,
     /// The endpoint answered with a redirect: it is scraped through the shared client since.
     pub(super) redirected: bool,
 }
@@ -142,7 +145,7 @@ impl Conn {
         let request =
             format!("GET {target} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {user_agent}\r\naccept: */*\r\n\r\n");
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        Some(Conn { host, port, request: request.into_bytes(), stream: None, redirected: false })
+        Some(Conn { host, port, request: request.into_bytes(), stream: None, expect: READ_ROOM, redirected: false })
     }
 
     /// GETs the page, reading at most `max` body bytes. A cancelled call (a timeout) leaves no
@@ -154,7 +157,9 @@ impl Conn {
             other => other,
         }
         .map_err(Exchange::into_error)?;
-        let head = reader.head.expect("a finished response has a head");
+        let Some(head) = reader.head else {
+            return Err(ScrapeError::Request("invalid response: finished without a head".into()));
+        };
         if (300..400).contains(&head.status) {
             return Ok(Got::Redirect);
         }
@@ -182,6 +187,7 @@ impl Conn {
         stream.write_all(&self.request).await.map_err(Exchange::ClosedEarly)?;
         let mut reader = Reader::new(max);
         let mut b = Buffers::take();
+        b.raw.reserve(self.expect);
         loop {
             b.raw.reserve(reader.room(b.raw.len()));
             let eof = match stream.read_buf(&mut b.raw).await {
@@ -190,6 +196,7 @@ impl Conn {
                 Err(e) => return Err(Exchange::Io(e)),
             };
             if reader.advance(&b.raw, &mut b.decoded, eof)? {
+                self.expect = (b.raw.len() + b.raw.len() / 8).clamp(READ_ROOM, SPARE_MAX_BYTES);
                 return Ok((stream, reader, b));
             }
         }
@@ -427,7 +434,9 @@ impl Chunks {
                     let size = (!size.is_empty() && size.len() <= 16)
                         .then(|| usize::from_str_radix(size, 16).ok())
                         .flatten()
-                        .ok_or_else(|| Exchange::Invalid(format!("bad chunk size {:?}", String::from_utf8_lossy(line))))?;
+                        .ok_or_else(|| {
+                            Exchange::Invalid(format!("bad chunk size {:?}", String::from_utf8_lossy(line)))
+                        })?;
                     if out.len().saturating_add(size) > max {
                         return Err(Exchange::TooLarge(max));
                     }
@@ -507,7 +516,7 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), true));
         assert_eq!(head("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Length(0));
         assert_eq!(head("HTTP/1.1 307 Temporary Redirect\r\nlocation: /metrics/\r\n\r\n").status, 307);
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1").ok().expect("partial").is_none());
+        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1"), Ok(None)), "partial");
     }
 
     #[test]
@@ -541,7 +550,8 @@ mod tests {
         // Fed one more byte at a time, as reads may split it anywhere.
         let mut c = Chunks { at: 0, state: ChunkState::Size };
         let mut out = Vec::new();
-        let done: Vec<bool> = (1..=body.len()).map(|n| c.decode(&body[..n], &mut out, 1 << 20).expect("valid")).collect();
+        let done: Vec<bool> =
+            (1..=body.len()).map(|n| c.decode(&body[..n], &mut out, 1 << 20).expect("valid")).collect();
         assert_eq!(out, b"hello, world");
         assert_eq!(done.iter().position(|&d| d), Some(body.len() - 1), "complete only at the last byte");
     }
@@ -625,7 +635,8 @@ mod tests {
         let interim = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n".repeat(MAX_HEAD / 30);
         let err = Reader::new(1000).advance(&interim, &mut Vec::new(), false).expect_err("endless interim responses");
         assert!(matches!(&err, Exchange::Invalid(why) if why.contains("head longer")), "{err:?}");
-        let trailers = [&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n"[..], &b"x: y\r\n".repeat(12_000)].concat();
+        let trailers =
+            [&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n"[..], &b"x: y\r\n".repeat(12_000)].concat();
         let err = Reader::new(1000).advance(&trailers, &mut Vec::new(), false).expect_err("endless trailers");
         assert!(matches!(err, Exchange::TooLarge(1000)), "{err:?}");
         let err = Reader::new(1000).advance(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", &mut Vec::new(), true);
@@ -634,7 +645,10 @@ mod tests {
         assert!(matches!(err, Err(Exchange::ClosedEarly(_))), "nothing at all: worth a retry on a kept connection");
         let status = {
             let mut r = Reader::new(1000);
-            assert!(r.advance(b"HTTP/1.1 503 Unavailable\r\ncontent-length: 99\r\n\r\n", &mut Vec::new(), false).expect("head"));
+            assert!(
+                r.advance(b"HTTP/1.1 503 Unavailable\r\ncontent-length: 99\r\n\r\n", &mut Vec::new(), false)
+                    .expect("head")
+            );
             r.status()
         };
         assert_eq!(status, Some(503), "a status other than 200 is complete at its head");

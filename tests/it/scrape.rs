@@ -300,13 +300,18 @@ async fn scripted_server(script: Script) -> (std::net::SocketAddr, Arc<AtomicUsi
                             return;
                         }
                         Script::Redirect if head.starts_with("GET /metrics ") => {
-                            let moved = "HTTP/1.1 307 Temporary Redirect\r\nlocation: /metrics/\r\ncontent-length: 0\r\n\r\n";
+                            let moved =
+                                "HTTP/1.1 307 Temporary Redirect\r\nlocation: /metrics/\r\ncontent-length: 0\r\n\r\n";
                             sock.write_all(moved.as_bytes()).await.expect("write");
                         }
                         Script::Redirect => sock.write_all(ok.as_bytes()).await.expect("write"),
                         Script::Chunked => {
                             let (a, b) = PAGE.split_at(17);
-                            let body = format!("{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: 1\r\n\r\n", a.len(), b.len());
+                            let body = format!(
+                                "{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: 1\r\n\r\n",
+                                a.len(),
+                                b.len()
+                            );
                             let all = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}");
                             for piece in all.as_bytes().chunks(7) {
                                 sock.write_all(piece).await.expect("write");
@@ -327,8 +332,12 @@ async fn plain_http_scrapes_keep_their_connection_and_recover_from_its_loss() {
     let fetcher = Fetcher::new(settings().fetch).expect("fetcher");
     let mapping = EngineRegistry::builtin().default_mapping().clone();
     // Connections for three scrapes (a redirected endpoint's are the shared client's).
-    let scripts =
-        [(Script::Length, Some(1)), (Script::Chunked, Some(1)), (Script::CloseAfterEach, Some(3)), (Script::Redirect, None)];
+    let scripts = [
+        (Script::Length, Some(1)),
+        (Script::Chunked, Some(1)),
+        (Script::CloseAfterEach, Some(3)),
+        (Script::Redirect, None),
+    ];
     for (script, connections_for_3) in scripts {
         let (addr, connections) = scripted_server(script).await;
         let url = reqwest::Url::parse(&format!("http://{addr}/metrics")).expect("url");

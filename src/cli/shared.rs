@@ -1,89 +1,13 @@
-//! Command-line arguments of the `switchyard` binary (upstream EPP flag names where they exist).
+//! Flag groups several subcommands share: etcd, control-plane TLS, scheduling, discovery, the
+//! serving ports, config, scraping and upstream's metric flags.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use switchyard::config::MetricFlags;
 use switchyard::picker::RequestLimits;
-use switchyard::sim;
-use switchyard::tools;
 
-#[derive(Parser)]
-#[command(name = "switchyard", version, about = "Endpoint Picker for LLM inference, as a distributed control plane")]
-pub(crate) struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `switchyard=debug`; wins over --v.
-    #[arg(long, global = true, env = "SWITCHYARD_LOG")]
-    pub(crate) log: Option<String>,
-    /// Log verbosity as upstream (2 default, 3-4 debug, 5 trace; 0-1 warnings only).
-    #[arg(long = "v", global = true, value_name = "LEVEL")]
-    pub(crate) verbosity: Option<i32>,
-    /// Log format: `console` (default) or `json` (upstream's Helm chart passes json).
-    #[arg(long, global = true, value_parser = ["json", "console"])]
-    pub(crate) zap_encoder: Option<String>,
-    /// Upstream's tracing switch; accepted (OpenTelemetry traces are not exported yet).
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub(crate) tracing: Option<bool>,
-    /// Upstream's Kubernetes-lease HA; refused: Switchyard's HA is aggregator replicas elected
-    /// through etcd (see docs/distributed.md).
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub(crate) ha_enable_leader_election: Option<bool>,
-    /// Load the config and flags, print a summary and exit (0 valid, 2 invalid); binds nothing,
-    /// connects to nothing.
-    #[arg(long, global = true)]
-    pub(crate) check_config: bool,
-    /// Guard `/metrics` and `/debug/*` on every role's metrics port with a bearer token (read
-    /// from --metrics-token-file at each request). Upstream's flag; default false here: Switchyard
-    /// does no Kubernetes TokenReview, and a token needs a Secret you create (docs/operations.md).
-    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
-    pub(crate) metrics_endpoint_auth: bool,
-    /// File holding the bearer token for --metrics-endpoint-auth (re-read at each request, so a
-    /// rotated Secret applies without a restart).
-    #[arg(long, global = true)]
-    pub(crate) metrics_token_file: Option<PathBuf>,
-    #[command(subcommand)]
-    pub(crate) command: Command,
-}
-
-impl Cli {
-    /// The log filter: --log, else from --v, else info.
-    pub(crate) fn log_filter(&self) -> String {
-        match (&self.log, self.verbosity) {
-            (Some(f), _) => f.clone(),
-            (None, Some(v)) if v >= 5 => "trace".into(),
-            (None, Some(v)) if v >= 3 => "info,switchyard=debug".into(),
-            (None, Some(v)) if (0..2).contains(&v) => "warn".into(),
-            _ => "info".into(),
-        }
-    }
-}
-
-#[derive(Subcommand)]
-pub(crate) enum Command {
-    /// All roles in one process: scrapers, aggregator and the ext-proc picker (the simplest deployment).
-    Standalone(Box<StandaloneArgs>),
-    /// The main job in one command: sim fleet + picker + gateway, a workload, and a comparison
-    /// with round-robin.
-    Demo(tools::demo::DemoArgs),
-    /// A development data plane that consults an ext-proc server as Envoy does.
-    Gateway(GatewayArgs),
-    /// Aggregator replica: etcd election, scraping, snapshots for pickers.
-    Aggregator(Box<AggregatorArgs>),
-    /// Picker replica: follows the aggregator leader, serves ext-proc.
-    Picker(Box<PickerArgs>),
-    /// Scraper replica: scrapes the endpoints the aggregator leader assigns it.
-    Scraper(Box<ScraperArgs>),
-    /// Run simulated model servers on loopback.
-    Sim(SimArgs),
-    /// Tools for metrics pages.
-    #[command(subcommand)]
-    Metrics(MetricsCommand),
-    /// The InferencePool and InferenceObjective CRDs, generated from the Rust types: printed, or
-    /// written one file per CRD into a directory (the Helm chart's `crds/`).
-    Crds(CrdsArgs),
-    /// Benchmarks (results go to docs/benchmarks.md).
-    #[command(subcommand)]
-    Bench(tools::bench::BenchCommand),
-}
+use super::*;
 
 #[derive(Args, Clone)]
 pub(crate) struct EtcdArgs {
@@ -171,90 +95,6 @@ impl ControlTlsArgs {
             require: self.control_plane_tls_require,
         }
     }
-}
-
-#[derive(Args)]
-pub(crate) struct AggregatorArgs {
-    #[arg(long, default_value = "0.0.0.0")]
-    pub(crate) listen_host: std::net::IpAddr,
-    /// Control-plane gRPC port (pickers watch snapshots here).
-    #[arg(long, default_value_t = 9010)]
-    pub(crate) control_port: u16,
-    #[arg(long, default_value_t = 9013)]
-    pub(crate) grpc_health_port: u16,
-    /// Prometheus /metrics: leadership, snapshot, scrape latency and errors per endpoint.
-    #[arg(long, default_value_t = 9014)]
-    pub(crate) metrics_port: u16,
-    /// Address pickers should use for this replica (default: the bound control address).
-    #[arg(long)]
-    pub(crate) advertise_address: Option<String>,
-    #[command(flatten)]
-    pub(crate) discovery: DiscoveryArgs,
-    /// Leave scraping to `switchyard scraper` processes (rendezvous-hashed assignment).
-    #[arg(long)]
-    pub(crate) remote_scrapers: bool,
-    /// Connections to the control and health ports that have not sent the HTTP/2 preface within
-    /// this are closed.
-    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
-    pub(crate) handshake_timeout: std::time::Duration,
-    #[command(flatten)]
-    pub(crate) etcd: EtcdArgs,
-    #[command(flatten)]
-    pub(crate) control_tls: ControlTlsArgs,
-    #[command(flatten)]
-    pub(crate) metric_flags: MetricFlagArgs,
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
-    #[command(flatten)]
-    pub(crate) scrape: ScrapeArgs,
-}
-
-#[derive(Args)]
-pub(crate) struct ScraperArgs {
-    /// Aggregator control addresses (when etcd is not used), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) aggregators: Vec<String>,
-    /// Stable identity of this scraper (default: scraper-<pid>).
-    #[arg(long)]
-    pub(crate) scraper_id: Option<String>,
-    #[arg(long, default_value = "0.0.0.0")]
-    pub(crate) listen_host: std::net::IpAddr,
-    /// Prometheus /metrics: scrape latency and errors per endpoint, assignment, dropped reports.
-    #[arg(long, default_value_t = 9015)]
-    pub(crate) metrics_port: u16,
-    #[command(flatten)]
-    pub(crate) etcd: EtcdArgs,
-    #[command(flatten)]
-    pub(crate) control_tls: ControlTlsArgs,
-    #[command(flatten)]
-    pub(crate) metric_flags: MetricFlagArgs,
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
-    #[command(flatten)]
-    pub(crate) scrape: ScrapeArgs,
-}
-
-#[derive(Args)]
-pub(crate) struct PickerArgs {
-    /// Aggregator control addresses to try (when etcd is not used), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) aggregators: Vec<String>,
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub(crate) metrics_staleness_threshold: std::time::Duration,
-    #[arg(long = "inference-objective")]
-    pub(crate) inference_objectives: Vec<String>,
-    #[arg(long, default_value_t = 30)]
-    pub(crate) grace_period_secs: u64,
-    #[command(flatten)]
-    pub(crate) scheduling: SchedulingArgs,
-    #[command(flatten)]
-    pub(crate) etcd: EtcdArgs,
-    #[command(flatten)]
-    pub(crate) control_tls: ControlTlsArgs,
-    #[command(flatten)]
-    pub(crate) serve: ServeArgs,
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
 }
 
 /// Scheduling flags of the roles that serve ext-proc (standalone, picker).
@@ -378,59 +218,6 @@ impl DiscoveryArgs {
     }
 }
 
-#[derive(Args)]
-pub(crate) struct GatewayArgs {
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: std::net::SocketAddr,
-    /// ext-proc server URLs (plaintext h2c), comma-separated; streams are spread round-robin.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9002")]
-    pub(crate) ext_proc: Vec<String>,
-    /// Static endpoints file: the pool used when failing open (and by --round-robin).
-    #[arg(long)]
-    pub(crate) endpoints_file: PathBuf,
-    /// `open` sends to a random pool endpoint when ext-proc is unreachable; `close` answers 503.
-    #[arg(long, default_value = "open", value_parser = ["open", "close"])]
-    pub(crate) failure_mode: String,
-    /// How long to wait for each ext-proc answer.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) message_timeout: std::time::Duration,
-    /// Ignore ext-proc and round-robin over the pool (a baseline).
-    #[arg(long)]
-    pub(crate) round_robin: bool,
-}
-
-/// Flags follow upstream's EPP names where they exist.
-#[derive(Args)]
-pub(crate) struct StandaloneArgs {
-    #[command(flatten)]
-    pub(crate) discovery: DiscoveryArgs,
-    /// Metrics older than this are not trusted for load scoring.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub(crate) metrics_staleness_threshold: std::time::Duration,
-    /// Accepted for compatibility: health is always served on the ext-proc port too.
-    #[arg(long)]
-    pub(crate) health_checking: bool,
-    /// InferenceObjective priorities, NAME=PRIORITY (repeatable); the cluster's
-    /// InferenceObjectives win for the names they define.
-    #[arg(long = "inference-objective")]
-    pub(crate) inference_objectives: Vec<String>,
-    #[command(flatten)]
-    pub(crate) scheduling: SchedulingArgs,
-    /// Seconds to drain in-flight requests on SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) grace_period_secs: u64,
-    #[command(flatten)]
-    pub(crate) metric_flags: MetricFlagArgs,
-    #[command(flatten)]
-    pub(crate) serve: ServeArgs,
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
-    #[command(flatten)]
-    pub(crate) scrape: ScrapeArgs,
-    #[command(flatten)]
-    pub(crate) control_tls: NoControlTlsArgs,
-}
-
 /// The control-plane TLS flags, hidden on standalone so that giving one is refused with the
 /// reason rather than clap's "unexpected argument".
 #[derive(Args)]
@@ -538,44 +325,6 @@ pub(crate) struct ScrapeArgs {
     pub(crate) scrape_timeout: std::time::Duration,
 }
 
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    switchyard::scheduling::config::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 50ms, 2s)"))
-}
-
-/// A duration that must not be zero (a zero deadline would refuse everything).
-pub(crate) fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    parse_duration(s).and_then(|d| if d.is_zero() { Err(format!("{s:?} must be more than zero")) } else { Ok(d) })
-}
-
-#[derive(Args)]
-pub(crate) struct CrdsArgs {
-    /// Write `<group>_<plural>.yaml` files here (e.g. deploy/charts/switchyard/crds) instead of
-    /// printing one multi-document YAML.
-    #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-pub(crate) enum MetricsCommand {
-    /// Normalize one exposition (file or stdin) and print one JSON object.
-    Parse(ParseArgs),
-}
-
-#[derive(Args)]
-pub(crate) struct ParseArgs {
-    /// Engine mapping to use (default: the config's default engine).
-    #[arg(long)]
-    pub(crate) engine: Option<String>,
-    /// EndpointPickerConfig file (its core-metrics-extractor engines are used).
-    #[arg(long)]
-    pub(crate) config: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) metric_flags: MetricFlagArgs,
-    /// Exposition file, or `-` for stdin.
-    #[arg(default_value = "-")]
-    pub(crate) file: String,
-}
-
 /// Upstream's metric-mapping flags; they override the default engine's specs (empty disables).
 #[derive(Args, Clone, Default)]
 pub(crate) struct MetricFlagArgs {
@@ -612,81 +361,5 @@ impl MetricFlagArgs {
             metrics_path: self.model_server_metrics_path.clone(),
             metrics_insecure_skip_verify: self.model_server_metrics_https_insecure_skip_verify,
         }
-    }
-}
-
-#[derive(Args)]
-pub(crate) struct SimArgs {
-    /// Servers per engine flavor: vllm-v1, vllm-v0, sglang, triton-tensorrt-llm, trtllm-serve.
-    #[arg(long, default_value = "vllm-v1=1,vllm-v0=1,sglang=1,triton-tensorrt-llm=1,trtllm-serve=1")]
-    pub(crate) fleet: String,
-    #[arg(long, default_value = "127.0.0.1")]
-    pub(crate) host: std::net::IpAddr,
-    /// First port (consecutive ports follow); 0 picks free ports.
-    #[arg(long, default_value_t = 8000)]
-    pub(crate) base_port: u16,
-    #[arg(long, default_value_t = 1)]
-    pub(crate) seed: u64,
-    /// Simulated seconds per real second.
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) speed: f64,
-    #[arg(long, default_value = "meta-llama/Llama-3.1-8B-Instruct")]
-    pub(crate) model: String,
-    /// LoRA adapters served by the vLLM servers (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) lora_adapters: Vec<String>,
-    #[arg(long, default_value_t = 4)]
-    pub(crate) max_lora: u32,
-    #[arg(long, default_value_t = 7000)]
-    pub(crate) kv_blocks: u32,
-    #[arg(long, default_value_t = 16)]
-    pub(crate) block_size: u32,
-    #[arg(long, default_value_t = 256)]
-    pub(crate) max_num_seqs: u32,
-    #[arg(long, default_value_t = 12000.0)]
-    pub(crate) prefill_tokens_per_s: f64,
-    #[arg(long, default_value_t = 12.0)]
-    pub(crate) decode_base_ms: f64,
-    #[arg(long, default_value_t = 0.12)]
-    pub(crate) decode_per_seq_ms: f64,
-    /// Stop after this many seconds (default: run until interrupted).
-    #[arg(long)]
-    pub(crate) duration_secs: Option<u64>,
-    /// Also write the fleet as a static endpoints file for `switchyard standalone`.
-    #[arg(long)]
-    pub(crate) endpoints_out: Option<PathBuf>,
-    /// Serve HTTPS with a self-signed certificate generated at start (the picker then needs
-    /// `metrics-data-source` `scheme: https`).
-    #[arg(long)]
-    pub(crate) tls: bool,
-    /// Per server in start order, how many times slower it runs (e.g. `3` makes the first 3×
-    /// slower); servers past the list run at full speed.
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) slowdown: Vec<f64>,
-}
-
-impl SimArgs {
-    pub(crate) fn fleet_config(&self) -> anyhow::Result<sim::FleetConfig> {
-        Ok(sim::FleetConfig {
-            fleet: sim::parse_fleet(&self.fleet).map_err(anyhow::Error::msg)?,
-            host: self.host,
-            base_port: self.base_port,
-            seed: self.seed,
-            speed: self.speed,
-            model: self.model.clone(),
-            adapters: self.lora_adapters.clone(),
-            params: sim::ModelParams {
-                kv_blocks: self.kv_blocks,
-                block_size: self.block_size,
-                max_num_seqs: self.max_num_seqs,
-                max_lora: self.max_lora,
-                prefill_tokens_per_s: self.prefill_tokens_per_s,
-                decode_base_s: self.decode_base_ms / 1000.0,
-                decode_per_seq_s: self.decode_per_seq_ms / 1000.0,
-                ..sim::ModelParams::default()
-            },
-            tls: self.tls,
-            slowdown: self.slowdown.clone(),
-        })
     }
 }
