@@ -77,6 +77,15 @@ pub fn scan<'a>(page: &'a str, wanted: Wanted<'_>, mut on_sample: impl FnMut(usi
     };
     for (lineno, raw) in lines(page).enumerate() {
         report.lines += 1;
+        // Most lines are samples of families nobody asked for: a line starting with a name is
+        // rejected on its first bytes before anything else is looked at (what `may_match` would
+        // say of it once trimmed: a name has no blanks and no `\r`).
+        if let Some(pf) = &prefilter
+            && raw.as_bytes().first().is_some_and(|&b| is_name_start(b))
+            && !pf.may_match(raw)
+        {
+            continue;
+        }
         let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
         if line.is_empty() {
             continue;
@@ -172,6 +181,9 @@ impl Prefilter {
 }
 
 fn prefix_key(b: &[u8]) -> u64 {
+    if let Some(first) = b.first_chunk::<8>() {
+        return u64::from_le_bytes(*first);
+    }
     let mut k = [0u8; 8];
     let n = b.len().min(8);
     k[..n].copy_from_slice(&b[..n]);
