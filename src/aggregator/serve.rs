@@ -108,6 +108,9 @@ fn check_version(version: u32) -> Result<(), Status> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The most scrape reports of one remote scraper handed to the aggregator in one message.
+const REPORT_BATCH: usize = 256;
+
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
     type ScrapeStream = BoxStream<pb::ScrapeAssignment>;
@@ -134,9 +137,26 @@ impl ControlPlane for ControlPlaneService {
         let (tx, rx) = mpsc::channel(8);
         remote.join(&id, tx.clone());
         tokio::spawn(async move {
-            while let Ok(Some(report)) = inbound.message().await {
-                if let Some(report) = wire::event_from_report(report) {
-                    remote.sink.reports.do_send(ScrapeReports(vec![report]));
+            // Reports already received leave together: one message to the aggregator per batch,
+            // as a local scraper lane's do (nothing waits to fill a batch).
+            let mut batches = inbound.ready_chunks(REPORT_BATCH);
+            while let Some(received) = batches.next().await {
+                let mut reports = Vec::with_capacity(received.len());
+                let mut ended = false;
+                for report in received {
+                    match report {
+                        Ok(report) => reports.extend(wire::event_from_report(report)),
+                        Err(_) => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                if !reports.is_empty() {
+                    remote.sink.reports.do_send(ScrapeReports(reports));
+                }
+                if ended {
+                    break;
                 }
             }
             remote.leave(&id, &tx);
