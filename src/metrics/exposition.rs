@@ -80,8 +80,9 @@ pub fn scan<'a>(page: &'a str, wanted: Wanted<'_>, mut on_sample: impl FnMut(usi
         // Most lines are samples of families nobody asked for: a line starting with a name is
         // rejected on its first bytes before anything else is looked at (what `may_match` would
         // say of it once trimmed: a name has no blanks and no `\r`).
+        let starts_with_name = raw.as_bytes().first().is_some_and(|&b| is_name_start(b));
         if let Some(pf) = &prefilter
-            && raw.as_bytes().first().is_some_and(|&b| is_name_start(b))
+            && starts_with_name
             && !pf.may_match(raw)
         {
             continue;
@@ -99,8 +100,9 @@ pub fn scan<'a>(page: &'a str, wanted: Wanted<'_>, mut on_sample: impl FnMut(usi
             }
             continue;
         }
-        // Most lines belong to families nobody asked for: reject them on their first bytes.
+        // An indented sample line meets the prefilter here, once trimmed.
         if let Some(pf) = &prefilter
+            && !starts_with_name
             && !pf.may_match(line)
         {
             continue;

@@ -54,11 +54,13 @@ impl Fetcher {
     /// GETs the page, reading at most `max_page_bytes`. The bytes are kept as received (a 47 KB
     /// page is not copied into a `String`); [`Fetcher::scrape`] checks they are UTF-8.
     pub async fn fetch(&self, url: &reqwest::Url) -> Result<bytes::Bytes, ScrapeError> {
+        self.timed(self.fetch_inner(url)).await
+    }
+
+    /// `work` within the per-scrape timeout.
+    async fn timed<T>(&self, work: impl Future<Output = Result<T, ScrapeError>>) -> Result<T, ScrapeError> {
         let timeout = self.settings.timeout;
-        match tokio::time::timeout(timeout, self.fetch_inner(url)).await {
-            Ok(r) => r,
-            Err(_) => Err(ScrapeError::Timeout(timeout)),
-        }
+        tokio::time::timeout(timeout, work).await.unwrap_or(Err(ScrapeError::Timeout(timeout)))
     }
 
     async fn fetch_inner(&self, url: &reqwest::Url) -> Result<bytes::Bytes, ScrapeError> {
@@ -103,12 +105,7 @@ impl Fetcher {
         mapping: &EngineMapping,
     ) -> Result<Normalized, ScrapeError> {
         let Some(conn) = conn.filter(|c| !c.redirected) else { return self.scrape(url, mapping).await };
-        let timeout = self.settings.timeout;
-        let got = match tokio::time::timeout(timeout, conn.get(self.settings.max_page_bytes)).await {
-            Ok(got) => got?,
-            Err(_) => return Err(ScrapeError::Timeout(timeout)),
-        };
-        match got {
+        match self.timed(conn.get(self.settings.max_page_bytes)).await? {
             Got::Page(page) => read_page(page.bytes(), mapping),
             Got::Redirect => {
                 tracing::debug!(%url, "metrics endpoint redirects: scraped through the shared client from now on");

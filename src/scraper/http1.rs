@@ -83,10 +83,10 @@ impl Page {
     }
 }
 
-/// One endpoint's connection and buffers.
+/// One endpoint's connection and the request it sends (its buffers are the thread's spares).
 #[derive(Debug)]
 pub struct Conn {
-    /// `host:port` to connect to (an IPv6 literal without brackets).
+    /// The host to connect to (an IPv6 literal without brackets), at `port`.
     host: String,
     port: u16,
     request: Vec<u8>,

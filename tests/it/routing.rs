@@ -17,6 +17,7 @@
 //! Switchyard against round-robin needs no allowance (TTFT p90 about 3× apart, hit rate 85 % vs
 //! 65 %).
 
+use switchyard::tools::bench::percentile;
 use switchyard::tools::routing::report::{Figures, RunData};
 use switchyard::tools::routing::{Kind, Policy, Rig, RunSpec, run_once, workload};
 
@@ -115,14 +116,14 @@ fn ttfts(runs: &[RunData]) -> Vec<f64> {
     runs.iter().flat_map(|r| &r.outcomes).filter(|o| o.ok()).filter_map(|o| o.ttft_ms).collect()
 }
 
-/// The p90 (nearest rank) of `v` and its standard error, from 400 resamples of `v` with a fixed
-/// seed.
+/// The p90 of `v` (nearest rank, as the scoreboard's figures) and its standard error, from 400
+/// resamples of `v` with a fixed seed.
 fn p90_with_error(v: &[f64]) -> (f64, f64) {
     use rand::{Rng as _, SeedableRng as _};
     assert!(!v.is_empty(), "no answered request to take a p90 of");
     let p90 = |mut s: Vec<f64>| {
         s.sort_by(f64::total_cmp);
-        s[((s.len() as f64 * 0.9).ceil() as usize).clamp(1, s.len()) - 1]
+        percentile(&s, 90.0)
     };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(90);
     let resampled: Vec<f64> =
