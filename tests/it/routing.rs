@@ -152,7 +152,13 @@ async fn learned_latency_arms() {
         plugins:\n- type: learned-latency-scorer\n- type: max-score-picker\n\
         schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: learned-latency-scorer\n  \
         - pluginRef: max-score-picker\n";
-    let rig = Rig { speed: 0.25, switchyard_config: learned.into(), ..Rig::new(BIN.into()) };
+    let outcomes = tempfile::tempdir().expect("tempdir");
+    let rig = Rig {
+        speed: 0.25,
+        switchyard_config: learned.into(),
+        outcomes: Some(outcomes.path().to_path_buf()),
+        ..Rig::new(BIN.into())
+    };
     // The heterogeneous fleet saturates at about 16 req/s at full speed (docs/benchmarks.md).
     let rate = 0.5 * 16.0 * 0.25;
     let seed = 21;
@@ -173,6 +179,18 @@ async fn learned_latency_arms() {
         assert!(r.outcomes.iter().all(|o| o.status == 200), "every request is answered");
         r.outcomes.iter().filter(|o| o.server.as_ref() == Some(slow)).count() as f64 / r.outcomes.len() as f64
     };
+    // `--outcomes`: each run's counted requests, one JSON line each, as the figures saw them.
+    for (policy, run) in arms.iter().zip(&runs) {
+        let file = outcomes.path().join(format!("heterogeneous-{}-1p-seed{seed}.jsonl", policy.name()));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let servers: Vec<Option<String>> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["server"].as_str().map(String::from)
+            })
+            .collect();
+        assert_eq!(servers, run.outcomes.iter().map(|o| o.server.clone()).collect::<Vec<_>>(), "{}", file.display());
+    }
     let (learned, queue_only) = (slow_share(&runs[0]), slow_share(&runs[1]));
     eprintln!("slow server's share: learned latency {learned:.3}, queue only {queue_only:.3}");
     assert!(queue_only > 0.15, "a queue-only picker still sends the slow server a share: {queue_only:.3}");

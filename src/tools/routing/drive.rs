@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::workload::TraceRecord;
 
 /// One request as the client saw it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Outcome {
     /// Seconds after the run's start the request was sent.
     pub sent_at: f64,

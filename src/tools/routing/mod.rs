@@ -73,6 +73,11 @@ pub struct RoutingArgs {
     /// Write every figure here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write every counted request of every run into this directory, one JSON-lines file per
+    /// run (`<workload>-<policy>-<pickers>p-seed<N>.jsonl`, an existing file kept: sent at, server, status, TTFT, e2e,
+    /// objective), to see where a policy sent what and when.
+    #[arg(long)]
+    pub outcomes: Option<PathBuf>,
     /// The `switchyard` executable the pickers run (default: this one).
     #[arg(long, hide = true)]
     pub exe: Option<PathBuf>,
@@ -94,6 +99,7 @@ impl Default for RoutingArgs {
             slo_ms: 1000.0,
             switchyard_config: None,
             json: None,
+            outcomes: None,
             exe: None,
         }
     }
@@ -147,11 +153,13 @@ pub struct Rig {
     /// Simulated seconds per wall-clock second of the sims (below 1 the fleet is slower and
     /// saturates at a lower rate: the test suite's short version runs this way).
     pub speed: f64,
+    /// Where each run's requests are written (`--outcomes`).
+    pub outcomes: Option<PathBuf>,
 }
 
 impl Rig {
     pub fn new(exe: PathBuf) -> Rig {
-        Rig { exe, switchyard_config: policy::BEST.to_string(), speed: 1.0 }
+        Rig { exe, switchyard_config: policy::BEST.to_string(), speed: 1.0, outcomes: None }
     }
 }
 
@@ -246,6 +254,9 @@ pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> 
     let (cache0, cpu0) = (counters(&fleet), path.cpu_seconds());
     let mut outcomes = load.await.unwrap_or_default();
     outcomes.retain(|o| o.sent_at >= spec.warmup_s);
+    if let Some(dir) = &rig.outcomes {
+        write_outcomes(dir, spec, &outcomes)?;
+    }
     let (cache1, cpu1) = (counters(&fleet), path.cpu_seconds());
     path.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -261,6 +272,28 @@ pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> 
         cpu_seconds: cpu1 - cpu0,
         endpoints: fleet.len(),
     })
+}
+
+/// One run's counted requests as JSON lines (`--outcomes`).
+fn write_outcomes(dir: &std::path::Path, spec: &RunSpec<'_>, outcomes: &[drive::Outcome]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let workload = spec.kind.map_or("trace", Kind::name);
+    let stem = format!("{workload}-{}-{}p-seed{}", spec.policy.name(), spec.pickers, spec.seed);
+    std::fs::create_dir_all(dir)?;
+    // A policy listed twice (an A/A comparison) keeps both runs.
+    let path = (1..)
+        .map(|n| dir.join(if n == 1 { format!("{stem}.jsonl") } else { format!("{stem}-{n}.jsonl") }))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join(format!("{stem}.jsonl")));
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+    );
+    for o in outcomes {
+        serde_json::to_writer(&mut out, o)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Round-robin saturation: offered load rises ×1.25 in 5 s steps on one fleet until a server's
@@ -319,6 +352,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<Vec<WorkloadResult>> {
         Some(e) => e.clone(),
         None => std::env::current_exe()?,
     });
+    rig.outcomes = args.outcomes.clone();
     if let Some(path) = &args.switchyard_config {
         rig.switchyard_config =
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
