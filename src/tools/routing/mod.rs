@@ -73,9 +73,9 @@ pub struct RoutingArgs {
     /// Write every figure here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write every counted request of every run into this directory, one JSON-lines file per
-    /// run (`<workload>-<policy>-<pickers>p-seed<N>.jsonl`, an existing file kept: sent at, server, status, TTFT, e2e,
-    /// objective), to see where a policy sent what and when.
+    /// Write every counted request of every run into this directory, one JSON-lines file per run
+    /// (`<workload>-<policy>-<pickers>p-seed<N>.jsonl`; a second run of the same name gets `-2`):
+    /// when it was sent, the server that answered, status, TTFT, end to end, objective.
     #[arg(long)]
     pub outcomes: Option<PathBuf>,
     /// The `switchyard` executable the pickers run (default: this one).
@@ -254,12 +254,12 @@ pub async fn run_once(spec: &RunSpec<'_>, rig: &Rig) -> anyhow::Result<RunData> 
     let (cache0, cpu0) = (counters(&fleet), path.cpu_seconds());
     let mut outcomes = load.await.unwrap_or_default();
     outcomes.retain(|o| o.sent_at >= spec.warmup_s);
-    if let Some(dir) = &rig.outcomes {
-        write_outcomes(dir, spec, &outcomes)?;
-    }
     let (cache1, cpu1) = (counters(&fleet), path.cpu_seconds());
     path.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(dir) = &rig.outcomes {
+        write_outcomes(dir, spec, &outcomes)?;
+    }
     let per_server: Vec<(String, (u64, u64))> = fleet
         .iter()
         .zip(cache0.iter().zip(&cache1))
@@ -281,10 +281,13 @@ fn write_outcomes(dir: &std::path::Path, spec: &RunSpec<'_>, outcomes: &[drive::
     let stem = format!("{workload}-{}-{}p-seed{}", spec.policy.name(), spec.pickers, spec.seed);
     std::fs::create_dir_all(dir)?;
     // A policy listed twice (an A/A comparison) keeps both runs.
-    let path = (1..)
-        .map(|n| dir.join(if n == 1 { format!("{stem}.jsonl") } else { format!("{stem}-{n}.jsonl") }))
-        .find(|p| !p.exists())
-        .unwrap_or_else(|| dir.join(format!("{stem}.jsonl")));
+    let mut path = dir.join(format!("{stem}.jsonl"));
+    for n in 2.. {
+        if !path.exists() {
+            break;
+        }
+        path = dir.join(format!("{stem}-{n}.jsonl"));
+    }
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
     );
